@@ -1,0 +1,117 @@
+"""
+Who may send mail where: local domains, relay domains, relay networks, and
+the final guard that keeps smtpmx from ever being an open relay.
+
+L{Access.decide} turns a validator's verdict into the reply to RCPT and the
+destinations of the recipient.  Whatever a validator says, a recipient in a
+domain that is neither local nor a relay domain, from a client outside the
+relay networks, is refused C{554 5.7.1}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, Optional
+
+from smtpmx import reply
+from smtpmx.address import Address, UnsafeMailbox, mailboxName
+from smtpmx.envelope import Destination, LocalMailbox, RemoteAddress
+from smtpmx.reply import Reply
+from smtpmx.validation import Accept, Reject
+
+
+class Access:
+    """
+    The relay and locality policy of one server.
+
+    @ivar domains: the local domains, lower-cased; the first is where a
+        bare C{postmaster} goes.
+    """
+
+    def __init__(
+        self,
+        domains: Iterable[str],
+        relayDomains: Iterable[str] = (),
+        relayNetworks: Iterable[str] = (),
+        delimiter: str = "+",
+    ) -> None:
+        self.domains = tuple(d.lower() for d in domains)
+        self._domainSet = frozenset(self.domains)
+        self._relayDomains = frozenset(d.lower() for d in relayDomains)
+        self._networks = tuple(
+            ipaddress.ip_network(n, strict=False) for n in relayNetworks
+        )
+        self.delimiter = delimiter
+
+    def isLocal(self, domain: str) -> bool:
+        """
+        Whether mail for C{domain} is delivered here.
+        """
+        return domain.lower() in self._domainSet
+
+    def clientMayRelay(self, clientHost: str) -> bool:
+        """
+        Whether the client at C{clientHost} is in a relay network.
+        """
+        try:
+            ip = ipaddress.ip_address(clientHost.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._networks)
+
+    def mayRelay(self, clientHost: str, domain: str) -> bool:
+        """
+        Whether mail for the non-local C{domain} may be accepted from
+        C{clientHost}: the client is trusted or the domain is a relay
+        domain (we are its backup MX).
+        """
+        return domain.lower() in self._relayDomains or self.clientMayRelay(clientHost)
+
+    def postmaster(self, recipient: Address) -> Optional[LocalMailbox]:
+        """
+        The mailbox of C{recipient} when it is a postmaster we must always
+        accept (RFC 5321 4.5.1): C{postmaster@} a local domain, or a bare
+        C{postmaster}.
+        """
+        if not recipient.domain:
+            return LocalMailbox(self.domains[0], "postmaster")
+        if not self.isLocal(recipient.domain):
+            return None
+        try:
+            name = mailboxName(recipient, self.delimiter)
+        except UnsafeMailbox:
+            return None
+        if name == "postmaster":
+            return LocalMailbox(recipient.domain.lower(), name)
+        return None
+
+    def decide(
+        self, clientHost: str, recipient: Address, verdict: Accept | Reject | None
+    ) -> tuple[Reply, list[Destination]]:
+        """
+        The reply to RCPT and where the message goes, given the verdict of
+        the validator chain (L{None} when no validator had an opinion).
+        """
+        local = self.isLocal(recipient.domain)
+        if not local and not self.mayRelay(clientHost, recipient.domain):
+            return reply.RELAY_DENIED, []
+        if isinstance(verdict, Reject):
+            return Reply(verdict.code, verdict.enhanced, verdict.text), []
+        if verdict is None:
+            if local:
+                return reply.UNKNOWN_USER, []
+            return reply.RECIPIENT_OK, [RemoteAddress(recipient)]
+        targets = verdict.deliverTo if verdict.deliverTo is not None else [recipient]
+        destinations: list[Destination] = []
+        for target in targets:
+            if self.isLocal(target.domain):
+                try:
+                    name = mailboxName(target, self.delimiter)
+                except UnsafeMailbox:
+                    return reply.UNSAFE_MAILBOX, []
+                destinations.append(LocalMailbox(target.domain.lower(), name))
+            else:
+                destinations.append(RemoteAddress(target))
+        return reply.RECIPIENT_OK, destinations

@@ -1,0 +1,69 @@
+"""
+The envelope of one accepted message: who sent it, to whom and where each
+copy goes.  Plain values, shared by the server and the stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from smtpmx.address import Address
+
+
+@dataclass(frozen=True)
+class LocalMailbox:
+    """
+    A Maildir of one of our domains: C{<root>/<domain>/<name>/}.
+
+    @ivar domain: the local domain, lower-cased.
+    @ivar name: the mailbox name: the local part lower-cased, unquoted and
+        with its delimiter tag stripped; already checked to be a safe
+        directory name.
+    """
+
+    domain: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RemoteAddress:
+    """
+    A recipient to relay to the next hop, exactly as it is to be sent.
+    """
+
+    address: Address
+
+
+Destination = Union[LocalMailbox, RemoteAddress]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """
+    An accepted recipient: the forward-path as the client gave it and where
+    the copy for it goes (an alias may give one recipient several).
+    """
+
+    address: Address
+    destination: Destination
+
+
+@dataclass
+class Envelope:
+    """
+    Everything but the body of one message being received.
+
+    @ivar queueId: our ID for the message, in logs and the 250 reply.
+    @ivar reversePath: the sender, or L{None} for the null path C{<>}.
+    @ivar recipients: accepted recipients, in the order given.
+    @ivar received: our C{Received:} trace header, complete with its
+        terminating LF, to be put on top of every copy.
+    """
+
+    queueId: str
+    clientHost: str
+    heloName: str
+    reversePath: Optional[Address]
+    recipients: list[Recipient] = field(default_factory=list)
+    received: bytes = b""

@@ -1,0 +1,101 @@
+"""
+Every interface that a third party, or a test, plugs into.
+
+Validators decide recipients (the plugin API of SPEC section 3); a message
+store makes accepted messages durable.  The server knows storage only
+through L{IMessageStore}, never a concrete class.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IRecipientValidator(Interface):
+    """
+    Decides whether one recipient is acceptable.
+    """
+
+    def validateRecipient(session, recipient):
+        """
+        Give a verdict on C{recipient}.
+
+        @param session: the SMTP session asking; it has C{clientHost} (the
+            client's IP address as text), C{heloName}, C{reversePath} (an
+            L{smtpmx.address.Address} or L{None} for the null path C{<>}),
+            C{config} (the server's L{smtpmx.config.Config}) and
+            C{runBlocking(f, *args, **kwargs)}, which runs C{f} in the
+            server's thread pool and returns a L{Deferred} of its result.
+        @param recipient: the forward-path, an L{smtpmx.address.Address}.
+
+        @return: an L{smtpmx.validation.Accept}, an
+            L{smtpmx.validation.Reject}, L{None} for "no opinion", or a
+            L{Deferred} that fires with one of those.
+        """
+
+
+class IRecipientValidatorFactory(Interface):
+    """
+    A plugin that makes recipient validators; found with
+    C{getPlugins(IRecipientValidatorFactory, smtpmx.plugins)}.
+    """
+
+    name = Attribute("The name used in C{--validator NAME[:ARG]}.")
+    description = Attribute("One line shown by C{--list-validators}.")
+
+    def makeValidator(argument):
+        """
+        Make a validator.
+
+        @param argument: the text after the first C{:} of the
+            C{--validator} option, or L{None} when there was none.
+
+        @return: a provider of L{IRecipientValidator}.
+
+        @raise ValueError: the argument is unusable; start-up stops with
+            this message.
+        """
+
+
+class IIncomingMessage(Interface):
+    """
+    One message being received: its body arrives in chunks, then it is
+    either finished (made durable) or aborted (nothing is left behind).
+    """
+
+    def write(data):
+        """
+        Append body bytes (already dot-unstuffed, LF line endings).
+
+        @type data: L{bytes}
+
+        @return: L{None}, or a L{Deferred} when the store's buffer is full:
+            the caller should stop reading input until it fires.
+        """
+
+    def finish():
+        """
+        Make the message durable for every recipient.
+
+        @return: a L{Deferred} that fires with L{None} once the message is
+            on disk (file and directory fsynced) for all recipients, or
+            fails with nothing left behind.
+        """
+
+    def abort():
+        """
+        Give up on the message and remove whatever was written for it.
+        """
+
+
+class IMessageStore(Interface):
+    """
+    Where accepted messages go.
+    """
+
+    def receive(envelope):
+        """
+        Begin storing a message.
+
+        @param envelope: an L{smtpmx.envelope.Envelope}.
+
+        @return: a provider of L{IIncomingMessage}.
+        """

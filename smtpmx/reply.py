@@ -1,0 +1,100 @@
+"""
+SMTP replies as values, and the table of the standard ones.
+
+Every reply with a 2xx, 4xx or 5xx code carries an enhanced status code
+(RFC 3463, RFC 2034), except the greeting and the EHLO/HELO answer, which
+RFC 2034 leaves without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Reply:
+    """
+    One SMTP reply: a code, an optional enhanced status code, and text that
+    may span several lines.
+    """
+
+    code: int
+    enhanced: Optional[str]
+    text: str
+
+    def format(self) -> bytes:
+        """
+        The reply as it goes on the wire, CRLF-terminated, each line of a
+        multi-line reply but the last written C{code-}.
+        """
+        lines = self.text.split("\n")
+        out = []
+        for i, line in enumerate(lines):
+            sep = "-" if i < len(lines) - 1 else " "
+            if self.enhanced:
+                line = f"{self.enhanced} {line}" if line else self.enhanced
+            out.append(f"{self.code}{sep}{line}".rstrip(" ") + "\r\n")
+        return "".join(out).encode("utf-8", "replace")
+
+    @property
+    def isPositive(self) -> bool:
+        """
+        Whether the code is 2xx or 3xx.
+        """
+        return self.code < 400
+
+    def __str__(self) -> str:
+        return self.format().decode("utf-8").replace("\r\n", " / ").rstrip(" /")
+
+
+# The standard replies, keyed by what they answer.
+OK = Reply(250, "2.0.0", "Ok")
+SENDER_OK = Reply(250, "2.1.0", "Ok")
+RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
+START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+BYE = Reply(221, "2.0.0", "Bye")
+VRFY = Reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery")
+HELP = Reply(
+    214,
+    "2.0.0",
+    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS\n"
+    "See RFC 5321",
+)
+START_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+
+UNKNOWN_COMMAND = Reply(500, "5.5.2", "Error: command not recognized")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
+BAD_SEQUENCE = Reply(503, "5.5.1", "Error: bad sequence of commands")
+NEED_HELO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
+NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
+NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
+TLS_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")
+NO_RECIPIENTS = Reply(554, "5.5.1", "Error: no valid recipients")
+UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Unsupported parameter")
+NEED_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
+TOO_BIG = Reply(552, "5.3.4", "Error: message size exceeds fixed limit")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Error: too many hops (mail loop?)")
+UNKNOWN_USER = Reply(550, "5.1.1", "Error: recipient unknown: user unknown in local recipient table")
+UNSAFE_MAILBOX = Reply(550, "5.1.3", "Error: bad destination mailbox name")
+RELAY_DENIED = Reply(554, "5.7.1", "Error: relay access denied")
+RELAY_UNAVAILABLE = Reply(451, "4.3.2", "Error: relaying is not available yet, try again later")
+VALIDATOR_FAILED = Reply(451, "4.3.0", "Error: temporary failure checking the recipient, try again later")
+STORAGE_FAILED = Reply(451, "4.3.0", "Error: local storage failure, try again later")
+TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available due to temporary reason")
+
+
+def syntaxError(text: str) -> Reply:
+    """
+    A C{501 5.5.4} reply: the command's arguments cannot be parsed.
+    """
+    return Reply(501, "5.5.4", f"Syntax: {text}")
+
+
+def queued(queueId: str) -> Reply:
+    """
+    The reply to a message made durable.
+    """
+    return Reply(250, "2.0.0", f"Ok: queued as {queueId}")

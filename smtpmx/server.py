@@ -1,0 +1,444 @@
+"""
+The SMTP server protocol and factory: bytes in, replies out.
+
+L{SMTPServerProtocol} adapts a connection to a L{smtpmx.session.Session}:
+command lines become session inputs, the DATA phase is read in raw chunks
+by a L{smtpmx.body.DataReader} and streamed into an
+L{smtpmx.interfaces.IIncomingMessage}, and it enforces the limits that
+belong to the connection: line length, idle timeouts, bad commands,
+connection counts.  Input is not read while an answer is pending, so
+pipelined replies always go out in order (RFC 2920).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import Counter
+from typing import Callable, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from smtpmx import reply
+from smtpmx.access import Access
+from smtpmx.body import DataReader, HeaderScanner
+from smtpmx.config import Config
+from smtpmx.interfaces import IIncomingMessage, IMessageStore
+from smtpmx.reply import Reply
+from smtpmx.session import CLOSE, READ_DATA, START_TLS, Outcome, Session
+from smtpmx.validation import ValidatorChain
+
+# RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
+MAX_COMMAND_LINE = 510
+# A line longer than this without any line ending is not SMTP: cut it off.
+MAX_BUFFERED_LINE = 16384
+# RFC 5321 4.5.3.1 does not bound errors; Postfix's smtpd_hard_error_limit.
+MAX_BAD_COMMANDS = 20
+INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal server error, try again later")
+
+
+class QueueIds:
+    """
+    Makes queue IDs unique within this host: the time in milliseconds, the
+    process ID and a counter, in hexadecimal.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._counter = itertools.count()
+        self._pid = os.getpid() & 0xFFFF
+
+    def __call__(self) -> str:
+        millis = int(self._clock.seconds() * 1000) & 0xFFFFFFFFFF
+        return f"{millis:010X}{self._pid:04X}{next(self._counter) & 0xFFFF:04X}"
+
+
+class SMTPServerProtocol(LineReceiver, TimeoutMixin):
+    """
+    One SMTP connection.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_BUFFERED_LINE
+    log = Logger()
+
+    def __init__(self, factory: "SMTPServerFactory") -> None:
+        self.factory = factory
+        self.callLater = factory.clock.callLater
+        self.session: Optional[Session] = None
+        self._message: Optional[IIncomingMessage] = None
+        self._reader: Optional[DataReader] = None
+        self._headers: Optional[HeaderScanner] = None
+        self._tooBig = False
+        self._waiting: set[str] = set()
+        self._closing = False
+        self._counted = False
+
+    # Connection life.
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.clientHost = getattr(peer, "host", "unknown")
+        self.clientPort = getattr(peer, "port", 0)
+        refusal = self.factory.admit(self.clientHost)
+        if refusal is not None:
+            self.log.info(
+                "refused connection from [{client}]: {why}",
+                client=self.clientHost,
+                why=refusal,
+            )
+            self._sendReply(Reply(421, "4.7.0", f"{self.factory.config.hostname} Error: {refusal}"))
+            self._close()
+            return
+        self._counted = True
+        self.log.info("connect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
+        self.session = self.factory.newSession(self.clientHost)
+        self.setTimeout(self.factory.config.commandTimeout)
+        self._sendReply(Reply(220, None, f"{self.factory.config.hostname} ESMTP smtpmx"))
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.setTimeout(None)
+        self._abortMessage()
+        if self._counted:
+            self._counted = False
+            self.factory.release(self.clientHost)
+            self.log.info("disconnect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
+
+    def timeoutConnection(self) -> None:
+        """
+        RFC 5321 4.5.3.2: the client was idle too long.
+        """
+        self.log.info("timeout after {phase} from [{client}]", phase="DATA" if self._reader else "command", client=self.clientHost)
+        self._abortMessage()
+        self._sendReply(Reply(421, "4.4.2", f"{self.factory.config.hostname} Error: timeout exceeded"))
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self.setTimeout(None)
+        self.transport.loseConnection()
+
+    def _sendReply(self, r: Reply) -> None:
+        self.transport.write(r.format())
+
+    # Flow control: no input is read while an answer of ours is pending.
+
+    def _wait(self, why: str) -> None:
+        if not self._waiting:
+            self.pauseProducing()
+            self.setTimeout(None)
+        self._waiting.add(why)
+
+    def _done(self, why: str) -> None:
+        self._waiting.discard(why)
+        if not self._waiting and not self._closing and self.transport is not None:
+            self.setTimeout(
+                self.factory.config.dataTimeout if self._reader else self.factory.config.commandTimeout
+            )
+            self.resumeProducing()
+
+    # Command mode.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > MAX_COMMAND_LINE:
+            self._answer(Outcome(reply.LINE_TOO_LONG), countsAsBad=True)
+            return
+        try:
+            result = self.session.command(line)
+        except Exception:
+            self.log.failure("internal error on command from [{client}]", client=self.clientHost)
+            result = Outcome(INTERNAL_ERROR)
+        if isinstance(result, Deferred):
+            self._answerLater(result)
+        else:
+            self._answer(result)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A line with no end in sight: answer and hang up.
+        """
+        self._sendReply(reply.LINE_TOO_LONG)
+        self._close()
+
+    def _answerLater(self, d: Deferred) -> None:
+        """
+        Send a reply that is decided later, holding back later commands.
+        """
+        now: list = []
+        waiting = False
+
+        def arrived(outcome):
+            if waiting:
+                if not self._closing:
+                    self._answer(outcome)
+                self._done("command")
+            else:
+                now.append(outcome)
+
+        def broke(failure):
+            self.log.failure("internal error answering [{client}]", failure, client=self.clientHost)
+            return Outcome(INTERNAL_ERROR)
+
+        d.addErrback(broke).addCallback(arrived)
+        if now:
+            self._answer(now[0])
+        else:
+            waiting = True
+            self._wait("command")
+
+    def _answer(self, outcome: Outcome, countsAsBad: bool = False) -> None:
+        """
+        Send the reply to a command and do what it says.
+        """
+        if countsAsBad:
+            self.session.badCommands += 1
+        self._sendReply(outcome.reply)
+        if outcome.action == CLOSE:
+            self._close()
+        elif self.session.badCommands >= MAX_BAD_COMMANDS:
+            self.log.info("too many errors from [{client}]", client=self.clientHost)
+            self._sendReply(Reply(421, "4.7.0", f"{self.factory.config.hostname} Error: too many errors"))
+            self._close()
+        elif outcome.action == READ_DATA:
+            self._startData()
+        elif outcome.action == START_TLS:
+            self._startTLS()
+
+    # STARTTLS.
+
+    def _startTLS(self) -> None:
+        """
+        RFC 3207: anything the client sent after STARTTLS in the clear is
+        thrown away, never run once TLS is up.
+        """
+        discarded = self.clearLineBuffer()
+        if discarded:
+            self.log.info(
+                "discarded {n} bytes pipelined after STARTTLS from [{client}]",
+                n=len(discarded),
+                client=self.clientHost,
+            )
+        self.transport.startTLS(self.factory.tlsOptions)
+        self.session.tlsStarted("TLS")
+        self._tlsDescribed = False
+
+    def _describeTLS(self) -> None:
+        """
+        Record the TLS version and cipher once the handshake is done.
+        """
+        if getattr(self, "_tlsDescribed", True):
+            return
+        handle = None
+        try:
+            handle = self.transport.getHandle()
+            version = handle.get_protocol_version_name()
+            cipher = handle.get_cipher_name()
+            bits = handle.get_cipher_bits()
+        except Exception:
+            return
+        if version and cipher:
+            self._tlsDescribed = True
+            self.session.tls = f"{version} with cipher {cipher} ({bits}/{bits} bits)"
+
+    # The DATA phase.
+
+    def _startData(self) -> None:
+        self._describeTLS()
+        self._envelope = self.session.envelope()
+        self._reader = DataReader()
+        self._headers = HeaderScanner()
+        self._tooBig = False
+        try:
+            self._message = self.factory.store.receive(self._envelope)
+        except Exception:
+            self.log.failure("cannot store message {id}", id=self._envelope.queueId)
+            self._message = None
+        self.setTimeout(self.factory.config.dataTimeout)
+        self.setRawMode()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        reader = self._reader
+        body, leftover = reader.feed(data)
+        if body and not self._tooBig:
+            if reader.size > self.factory.config.maxMessageSize:
+                # Keep reading to the end, storing nothing more.
+                self._tooBig = True
+                self._abortMessage()
+            else:
+                if not self._headers.done:
+                    self._headers.feed(body)
+                if self._message is not None:
+                    try:
+                        pending = self._message.write(body)
+                    except Exception:
+                        self.log.failure("cannot store message {id}", id=self._envelope.queueId)
+                        self._abortMessage()
+                    else:
+                        if pending is not None:
+                            self._wait("disk")
+                            pending.addBoth(lambda _: self._done("disk"))
+        if leftover is not None:
+            self._endData(leftover)
+
+    def _endData(self, leftover: bytes) -> None:
+        """
+        The message is all here: make it durable, then answer.
+        """
+        envelope = self._envelope
+        size = self._reader.size
+        self._reader = None
+        self._headers, headers = None, self._headers
+        transaction = self.session.endTransaction()
+        message, self._message = self._message, None
+        self._wait("store")
+        # Commands pipelined after the data wait in the line buffer.
+        self.setLineMode(leftover)
+
+        def answer(r: Reply) -> None:
+            self._logTransaction(envelope, transaction, size, r)
+            if self.transport is not None and not self._closing:
+                self._sendReply(r)
+            self._done("store")
+
+        if self._tooBig:
+            answer(reply.TOO_BIG)
+        elif headers.received > self.factory.config.maxHops:
+            if message is not None:
+                message.abort()
+            answer(reply.TOO_MANY_HOPS)
+        elif message is None:
+            answer(reply.STORAGE_FAILED)
+        else:
+            d = message.finish()
+
+            def stored(_):
+                return reply.queued(envelope.queueId)
+
+            def failed(failure):
+                self.log.failure("cannot store message {id}", failure, id=envelope.queueId)
+                return reply.STORAGE_FAILED
+
+            d.addCallbacks(stored, failed).addCallback(answer)
+
+    def _abortMessage(self) -> None:
+        message, self._message = self._message, None
+        if message is not None:
+            try:
+                message.abort()
+            except Exception:
+                self.log.failure("cannot abort message")
+
+    def _logTransaction(self, envelope, transaction, size: int, r: Reply) -> None:
+        """
+        One line per transaction: ID, client, sender, each recipient's
+        verdict, size and result.
+        """
+        verdicts = ", ".join(
+            f"<{v.address}> {v.reply.code} {v.reply.enhanced or ''}".rstrip()
+            + (f" by {v.decidedBy}" if v.decidedBy else "")
+            for v in transaction.verdicts
+        )
+        self.log.info(
+            "{id}: client=[{client}] helo={helo} from={sender} to=[{verdicts}] "
+            "size={size} result={result}",
+            id=envelope.queueId,
+            client=envelope.clientHost,
+            helo=envelope.heloName,
+            sender=envelope.reversePath.path if envelope.reversePath else "<>",
+            verdicts=verdicts,
+            size=size,
+            result=str(r),
+        )
+
+
+class SMTPServerFactory(Factory):
+    """
+    Makes L{SMTPServerProtocol}s and holds what they share: configuration,
+    validators, the store, the connection counts.
+    """
+
+    protocol = SMTPServerProtocol
+
+    def __init__(
+        self,
+        config: Config,
+        validators: ValidatorChain,
+        store: IMessageStore,
+        clock: IReactorTime,
+        runBlocking: Callable[..., Deferred],
+        tlsOptions=None,
+        relayAvailable: bool = False,
+    ) -> None:
+        self.config = config
+        self.validators = validators
+        self.store = store
+        self.clock = clock
+        self.runBlocking = runBlocking
+        self.tlsOptions = tlsOptions
+        self.relayAvailable = relayAvailable
+        self.access = Access(
+            config.domains,
+            config.relayDomains,
+            config.relayNetworks,
+            config.recipientDelimiter,
+        )
+        self.newQueueId = QueueIds(clock)
+        self.connections = 0
+        self.perHost: Counter[str] = Counter()
+
+    def buildProtocol(self, addr) -> SMTPServerProtocol:
+        p = self.protocol(self)
+        return p
+
+    def admit(self, host: str) -> Optional[str]:
+        """
+        Count a new connection from C{host}, or say why it is refused.
+        """
+        if self.connections >= self.config.maxConnections:
+            return "too many connections"
+        if self.perHost[host] >= self.config.maxConnectionsPerIp:
+            return "too many connections from your address"
+        self.connections += 1
+        self.perHost[host] += 1
+        return None
+
+    def release(self, host: str) -> None:
+        """
+        A connection admitted by L{admit} has ended.
+        """
+        self.connections -= 1
+        self.perHost[host] -= 1
+        if self.perHost[host] <= 0:
+            del self.perHost[host]
+
+    def newSession(self, clientHost: str) -> Session:
+        """
+        The SMTP dialogue state for a new connection.
+        """
+        return Session(
+            self.config,
+            self.validators,
+            self.access,
+            clientHost,
+            self.runBlocking,
+            self.clock.seconds,
+            self.newQueueId,
+            tlsAvailable=self.tlsOptions is not None,
+            relayAvailable=self.relayAvailable,
+        )

@@ -1,0 +1,126 @@
+"""
+An in-memory SMTP server for protocol tests: StringTransport, a Clock and
+a L{MemoryStore}, no sockets and no threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from smtpmx.config import Config
+from smtpmx.interfaces import IRecipientValidator
+from smtpmx.server import SMTPServerFactory
+from smtpmx.testing import MemoryStore
+from smtpmx.validation import Accept, Reject, ValidatorChain
+
+
+@implementer(IRecipientValidator)
+class DictValidator:
+    """
+    Gives the verdict stored for a recipient's lower-cased address; a
+    Deferred verdict, an exception or None are all possible.
+    """
+
+    def __init__(self, verdicts: dict) -> None:
+        self.verdicts = verdicts
+        self.asked: list[str] = []
+
+    def validateRecipient(self, session, recipient):
+        self.asked.append(str(recipient))
+        verdict = self.verdicts.get(str(recipient).lower())
+        if isinstance(verdict, BaseException):
+            raise verdict
+        if callable(verdict):
+            return verdict()
+        return verdict
+
+
+def makeConfig(**overrides) -> Config:
+    """
+    A configuration for tests: local domain example.org, host name
+    mx.example.org.
+    """
+    base = dict(hostname="mx.example.org", domains=("example.org",))
+    base.update(overrides)
+    return dataclasses.replace(Config(), **base)
+
+
+class Server:
+    """
+    One server connection driven by a test.
+    """
+
+    def __init__(self, verdicts=None, clientHost="127.0.0.1", tlsOptions=None, **config) -> None:
+        self.clock = Clock()
+        self.store = MemoryStore()
+        self.validator = DictValidator(
+            verdicts
+            if verdicts is not None
+            else {
+                "alice@example.org": Accept(),
+                "bob@example.org": Accept(),
+            }
+        )
+        self.config = makeConfig(**config)
+        self.factory = SMTPServerFactory(
+            self.config,
+            ValidatorChain([("dict", self.validator)]),
+            self.store,
+            self.clock,
+            lambda f, *a, **kw: maybeDeferred(f, *a, **kw),
+            tlsOptions=tlsOptions,
+        )
+        self.clientHost = clientHost
+        self.protocol, self.transport = self.connect()
+
+    def connect(self):
+        """
+        Open another connection to the same factory.
+        """
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", self.clientHost, 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", self.clientHost, 40000))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def send(self, data: bytes | str) -> list[str]:
+        """
+        Send bytes in one write and return the reply lines they caused.
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.transport.clear()
+        self.protocol.dataReceived(data)
+        return self.output()
+
+    def output(self) -> list[str]:
+        """
+        The reply lines written since the last clear, without CRLF.
+        """
+        text = self.transport.value().decode("utf-8")
+        self.transport.clear()
+        assert text == "" or text.endswith("\r\n"), text
+        return text.split("\r\n")[:-1]
+
+    def codes(self, data: bytes | str) -> list[str]:
+        """
+        Send bytes; return the last line of each reply, e.g. "250 2.1.5 Ok".
+        """
+        return [line for line in self.send(data) if line[3:4] == " "]
+
+    def greeted(self) -> "Server":
+        """
+        Skip the greeting and say EHLO.
+        """
+        self.transport.clear()
+        self.send("EHLO client.example\r\n")
+        return self
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting

@@ -1,0 +1,620 @@
+"""
+Tests for the SMTP server protocol, in memory: every command, reply code,
+limit and ordering rule of SPEC section 4.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmx.envelope import LocalMailbox
+from smtpmx.validation import Accept, Reject
+
+from tests.serverhelpers import Server
+
+TRANSACTION = (
+    "MAIL FROM:<sender@remote.example>\r\n"
+    "RCPT TO:<alice@example.org>\r\n"
+    "DATA\r\n"
+)
+
+
+class GreetingTests(SynchronousTestCase):
+    """
+    The greeting, EHLO and HELO.
+    """
+
+    def test_greeting(self):
+        """
+        A new connection is greeted with 220 and our host name.
+        """
+        s = Server()
+        self.assertEqual(s.output(), ["220 mx.example.org ESMTP smtpmx"])
+
+    def test_ehloExtensions(self):
+        """
+        EHLO lists PIPELINING, SIZE with the limit, 8BITMIME,
+        ENHANCEDSTATUSCODES and SMTPUTF8, and no STARTTLS without a
+        certificate.
+        """
+        s = Server(maxMessageSize=1000)
+        s.output()
+        lines = s.send("EHLO client.example\r\n")
+        self.assertEqual(lines[0], "250-mx.example.org")
+        keywords = [line[4:] for line in lines[1:]]
+        for k in ["PIPELINING", "SIZE 1000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"]:
+            self.assertIn(k, keywords)
+        self.assertNotIn("STARTTLS", keywords)
+        self.assertTrue(lines[-1].startswith("250 "))
+
+    def test_ehloNeedsArgument(self):
+        """
+        EHLO and HELO without a name are a syntax error, 501 5.5.4.
+        """
+        s = Server()
+        s.output()
+        self.assertEqual(s.codes("EHLO\r\n")[0][:9], "501 5.5.4")
+        self.assertEqual(s.codes("HELO\r\n")[0][:9], "501 5.5.4")
+
+    def test_helo(self):
+        """
+        HELO answers 250 with our name, and a transaction can follow.
+        """
+        s = Server()
+        s.output()
+        self.assertEqual(s.send("HELO client.example\r\n"), ["250 mx.example.org"])
+        self.assertEqual(s.codes("MAIL FROM:<a@b.example>\r\n"), ["250 2.1.0 Ok"])
+
+    def test_commandsCaseInsensitive(self):
+        """
+        Commands and keywords are case-insensitive.
+        """
+        s = Server()
+        s.output()
+        replies = s.codes(
+            "ehlo client.example\r\nmail from:<a@b.example>\r\nrcpt to:<alice@example.org>\r\n"
+        )
+        self.assertEqual(replies[1:], ["250 2.1.0 Ok", "250 2.1.5 Ok"])
+
+
+class CommandTests(SynchronousTestCase):
+    """
+    NOOP, RSET, VRFY, HELP, QUIT and unknown commands.
+    """
+
+    def test_noop(self):
+        """
+        NOOP answers 250 2.0.0, with or without an argument.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("NOOP\r\nNOOP hello\r\n"), ["250 2.0.0 Ok"] * 2)
+
+    def test_rset(self):
+        """
+        RSET forgets the transaction: RCPT after it needs a new MAIL.
+        """
+        s = Server().greeted()
+        replies = s.codes("MAIL FROM:<a@b.example>\r\nRSET\r\nRCPT TO:<alice@example.org>\r\n")
+        self.assertEqual(replies[1], "250 2.0.0 Ok")
+        self.assertEqual(replies[2][:9], "503 5.5.1")
+
+    def test_rsetWithArgument(self):
+        """
+        RSET takes no argument: 501 5.5.4.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("RSET now\r\n")[0][:9], "501 5.5.4")
+
+    def test_vrfy(self):
+        """
+        VRFY never discloses who exists: 252; without argument 501.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("VRFY alice\r\n")[0][:9], "252 2.0.0")
+        self.assertEqual(s.codes("VRFY\r\n")[0][:9], "501 5.5.4")
+
+    def test_help(self):
+        """
+        HELP answers 214.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("HELP\r\n")[0][:9], "214 2.0.0")
+
+    def test_quit(self):
+        """
+        QUIT answers 221 2.0.0 and closes the connection.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("QUIT\r\n"), ["221 2.0.0 Bye"])
+        self.assertTrue(s.closed)
+
+    def test_unknown(self):
+        """
+        An unknown command, and EXPN, get 500 5.5.2.
+        """
+        s = Server().greeted()
+        self.assertEqual([r[:9] for r in s.codes("FOO\r\nEXPN x\r\n\r\n")], ["500 5.5.2"] * 3)
+
+    def test_starttlsWithoutCertificate(self):
+        """
+        STARTTLS is an unknown command when no certificate is configured.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("STARTTLS\r\n")[0][:9], "500 5.5.2")
+
+    def test_invalidUTF8(self):
+        """
+        A command that is not UTF-8 gets 501, not a traceback.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes(b"MAIL FROM:<\xff@x.example>\r\n")[0][:9], "501 5.5.4")
+
+    def test_bareLFCommands(self):
+        """
+        Commands ended by a bare LF, as typed by hand, are understood.
+        """
+        s = Server()
+        s.output()
+        self.assertEqual(s.codes("HELO a\nNOOP\n"), ["250 mx.example.org", "250 2.0.0 Ok"])
+
+
+class SequenceTests(SynchronousTestCase):
+    """
+    Commands out of order get 503 5.5.1.
+    """
+
+    def test_mailBeforeHelo(self):
+        """
+        MAIL before HELO/EHLO is out of sequence.
+        """
+        s = Server()
+        s.output()
+        self.assertEqual(s.codes("MAIL FROM:<a@b.example>\r\n")[0][:9], "503 5.5.1")
+
+    def test_rcptBeforeMail(self):
+        """
+        RCPT before MAIL is out of sequence.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("RCPT TO:<alice@example.org>\r\n")[0][:9], "503 5.5.1")
+
+    def test_dataBeforeMail(self):
+        """
+        DATA before MAIL is out of sequence.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("DATA\r\n")[0][:9], "503 5.5.1")
+
+    def test_nestedMail(self):
+        """
+        A second MAIL in a transaction is out of sequence.
+        """
+        s = Server().greeted()
+        replies = s.codes("MAIL FROM:<a@b.example>\r\nMAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(replies[1][:9], "503 5.5.1")
+
+    def test_dataWithoutRecipients(self):
+        """
+        DATA when every RCPT was refused gets 554 5.5.1.
+        """
+        s = Server().greeted()
+        replies = s.codes("MAIL FROM:<a@b.example>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n")
+        self.assertEqual(replies[1][:9], "550 5.1.1")
+        self.assertEqual(replies[2][:9], "554 5.5.1")
+
+    def test_ehloResetsTransaction(self):
+        """
+        EHLO in a transaction abandons it.
+        """
+        s = Server().greeted()
+        replies = s.codes("MAIL FROM:<a@b.example>\r\nEHLO again\r\nRCPT TO:<alice@example.org>\r\n")
+        self.assertEqual(replies[-1][:9], "503 5.5.1")
+
+
+class MailTests(SynchronousTestCase):
+    """
+    MAIL FROM and its parameters.
+    """
+
+    def mail(self, argument: str, **config) -> str:
+        s = Server(**config).greeted()
+        return s.codes(f"MAIL FROM:{argument}\r\n")[0]
+
+    def test_nullPath(self):
+        """
+        The null reverse-path <> is accepted.
+        """
+        self.assertEqual(self.mail("<>"), "250 2.1.0 Ok")
+
+    def test_sourceRoute(self):
+        """
+        A source route is accepted and ignored.
+        """
+        self.assertEqual(self.mail("<@a.example,@b.example:user@c.example>"), "250 2.1.0 Ok")
+
+    def test_spaceAfterColon(self):
+        """
+        A space after the colon, as many clients send, is accepted.
+        """
+        self.assertEqual(self.mail(" <a@b.example>"), "250 2.1.0 Ok")
+
+    def test_badSyntax(self):
+        """
+        A malformed path gets 501 5.5.4.
+        """
+        for bad in ["<a@b.example", "<a@>", "<@b.example>", "<a b@c.example>", ""]:
+            self.assertEqual(self.mail(bad)[:9], "501 5.5.4", bad)
+
+    def test_missingFrom(self):
+        """
+        MAIL without FROM: is a syntax error.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("MAIL <a@b.example>\r\n")[0][:9], "501 5.5.4")
+
+    def test_sizeWithinLimit(self):
+        """
+        SIZE= at or below the limit is accepted.
+        """
+        self.assertEqual(self.mail("<a@b.example> SIZE=1000", maxMessageSize=1000), "250 2.1.0 Ok")
+
+    def test_sizeOverLimit(self):
+        """
+        SIZE= above the limit gets 552 5.3.4 at MAIL time.
+        """
+        self.assertEqual(self.mail("<a@b.example> SIZE=1001", maxMessageSize=1000)[:9], "552 5.3.4")
+
+    def test_bodyAndSmtputf8(self):
+        """
+        BODY=8BITMIME and SMTPUTF8 are accepted; a UTF-8 address needs
+        SMTPUTF8.
+        """
+        self.assertEqual(self.mail("<a@b.example> BODY=8BITMIME SMTPUTF8"), "250 2.1.0 Ok")
+        self.assertEqual(self.mail("<jörg@b.example> SMTPUTF8"), "250 2.1.0 Ok")
+        self.assertEqual(self.mail("<jörg@b.example>")[:9], "553 5.6.7")
+
+    def test_unknownParameter(self):
+        """
+        An unknown parameter gets 555 5.5.4; a bad value 501 5.5.4.
+        """
+        self.assertEqual(self.mail("<a@b.example> FOO=BAR")[:9], "555 5.5.4")
+        self.assertEqual(self.mail("<a@b.example> SIZE=big")[:9], "501 5.5.4")
+        self.assertEqual(self.mail("<a@b.example> BODY=BINARYMIME")[:9], "501 5.5.4")
+
+
+class RecipientTests(SynchronousTestCase):
+    """
+    RCPT TO: each recipient decided on its own.
+    """
+
+    def rcpt(self, s: Server, *addresses: str) -> list[str]:
+        s.codes("MAIL FROM:<sender@remote.example>\r\n")
+        return s.codes("".join(f"RCPT TO:{a}\r\n" for a in addresses))
+
+    def test_perRecipientVerdicts(self):
+        """
+        A refused recipient does not end the transaction: the next one is
+        decided on its own and DATA goes ahead.
+        """
+        s = Server().greeted()
+        replies = self.rcpt(s, "<nobody@example.org>", "<alice@example.org>")
+        self.assertEqual([r[:9] for r in replies], ["550 5.1.1", "250 2.1.5"])
+        self.assertEqual(s.codes("DATA\r\n")[0][:3], "354")
+
+    def test_rejectVerdict(self):
+        """
+        A validator's Reject is sent as given.
+        """
+        s = Server({"bob@example.org": Reject(550, "5.7.1", "bob is on holiday")}).greeted()
+        self.assertEqual(self.rcpt(s, "<bob@example.org>"), ["550 5.7.1 bob is on holiday"])
+
+    def test_deferredVerdict(self):
+        """
+        A validator may answer later with a Deferred; the reply waits for it
+        and commands pipelined after it wait too, so replies stay in order.
+        """
+        later = Deferred()
+        s = Server({"alice@example.org": lambda: later}).greeted()
+        s.codes("MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(s.codes("RCPT TO:<alice@example.org>\r\nNOOP\r\n"), [])
+        later.callback(Accept())
+        self.assertEqual(s.output(), ["250 2.1.5 Ok", "250 2.0.0 Ok"])
+
+    def test_validatorRaises(self):
+        """
+        A validator that raises gives 451 4.3.0 for that recipient only.
+        """
+        s = Server({"bob@example.org": RuntimeError("plugin bug"), "alice@example.org": Accept()}).greeted()
+        replies = self.rcpt(s, "<bob@example.org>", "<alice@example.org>")
+        self.assertEqual([r[:9] for r in replies], ["451 4.3.0", "250 2.1.5"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_validatorReturnsNonsense(self):
+        """
+        A validator that returns something other than a verdict gives 451.
+        """
+        s = Server({"bob@example.org": lambda: "250 ok"}).greeted()
+        self.assertEqual(self.rcpt(s, "<bob@example.org>")[0][:9], "451 4.3.0")
+
+    def test_postmasterAlwaysAccepted(self):
+        """
+        postmaster@ a local domain and a bare <postmaster> are accepted
+        whatever the validators say, in any case.
+        """
+        s = Server({"postmaster@example.org": Reject(550, "5.1.1", "no")}).greeted()
+        replies = self.rcpt(s, "<postmaster@example.org>", "<PostMaster@EXAMPLE.org>", "<postmaster>")
+        self.assertEqual(replies, ["250 2.1.5 Ok"] * 3)
+        self.assertEqual(s.validator.asked, [])
+
+    def test_relayDenied(self):
+        """
+        A remote recipient from a client outside the relay networks is
+        refused 554 5.7.1, even when a validator accepts it.
+        """
+        s = Server({"x@remote.example": Accept()}, clientHost="192.0.2.1").greeted()
+        self.assertEqual(self.rcpt(s, "<x@remote.example>")[0][:9], "554 5.7.1")
+
+    def test_relayPlaceholder(self):
+        """
+        A remote recipient from a trusted client is refused for now with a
+        temporary 451 4.3.2: nothing is accepted that cannot be delivered.
+        """
+        s = Server().greeted()
+        self.assertEqual(self.rcpt(s, "<x@remote.example>")[0][:9], "451 4.3.2")
+
+    def test_unsafeMailbox(self):
+        """
+        A local part that cannot be a directory name is refused 550 5.1.3.
+        """
+        verdicts = {a: Accept() for a in ["a/b@example.org", ".hidden@example.org", '"a\\\\b"@example.org']}
+        s = Server(verdicts).greeted()
+        replies = self.rcpt(s, "<a/b@example.org>", "<.hidden@example.org>", '<"a\\\\b"@example.org>')
+        self.assertEqual([r[:9] for r in replies], ["550 5.1.3"] * 3)
+
+    def test_tooManyRecipients(self):
+        """
+        Past the recipient limit RCPT gets 452 4.5.3.
+        """
+        s = Server(maxRecipients=1).greeted()
+        replies = self.rcpt(s, "<alice@example.org>", "<bob@example.org>")
+        self.assertEqual([r[:9] for r in replies], ["250 2.1.5", "452 4.5.3"])
+
+    def test_caseKept(self):
+        """
+        The forward-path is recorded exactly as sent, case included, and the
+        Maildir name is lower-cased with the tag stripped.
+        """
+        s = Server({"alice+news@example.org": Accept()}).greeted()
+        self.rcpt(s, "<Alice+News@Example.ORG>")
+        recipient = s.protocol.session.transaction.recipients[0]
+        self.assertEqual(str(recipient.address), "Alice+News@Example.ORG")
+        self.assertEqual(recipient.destination, LocalMailbox("example.org", "alice"))
+
+    def test_rcptParameter(self):
+        """
+        RCPT parameters are not supported: 555 5.5.4.
+        """
+        s = Server().greeted()
+        self.assertEqual(self.rcpt(s, "<alice@example.org> NOTIFY=NEVER")[0][:9], "555 5.5.4")
+
+    def test_emptyRecipient(self):
+        """
+        RCPT TO:<> is a syntax error.
+        """
+        s = Server().greeted()
+        self.assertEqual(self.rcpt(s, "<>")[0][:9], "501 5.5.4")
+
+
+class DataTests(SynchronousTestCase):
+    """
+    The DATA phase: termination, unstuffing, sizes, storage.
+    """
+
+    def test_message(self):
+        """
+        A message is stored dot-unstuffed with LF endings, and 250 names
+        its queue ID.
+        """
+        s = Server().greeted()
+        replies = s.codes(TRANSACTION + "Subject: hi\r\n\r\n..leading dot\r\nend\r\n.\r\n")
+        self.assertEqual(replies[2][:3], "354")
+        self.assertRegex(replies[3], r"^250 2\.0\.0 Ok: queued as [0-9A-F]+$")
+        [message] = s.store.messages
+        self.assertEqual(message.body, b"Subject: hi\n\n.leading dot\nend\n")
+        self.assertIn(message.envelope.queueId, replies[3])
+
+    def test_dataInPieces(self):
+        """
+        Data split at any byte gives the same message.
+        """
+        s = Server().greeted()
+        s.codes(TRANSACTION)
+        data = b"a\r\n..b\r\nc\r\n.\r\n"
+        for i in range(len(data)):
+            s.protocol.dataReceived(data[i : i + 1])
+        self.assertEqual(s.store.messages[0].body, b"a\n.b\nc\n")
+
+    def test_smuggling(self):
+        """
+        A bare LF or bare CR before a dot never ends the data: what follows
+        is part of the message, never a second transaction.
+        """
+        for ending in [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r"]:
+            s = Server().greeted()
+            s.codes(TRANSACTION)
+            smuggled = b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nevil\r\n"
+            replies = s.codes(b"hello" + ending + smuggled + b".\r\n")
+            self.assertEqual(len(replies), 1, (ending, replies))
+            self.assertEqual(replies[0][:3], "250")
+            self.assertEqual(len(s.store.messages), 1)
+            self.assertIn(b"MAIL FROM:<evil@x.example>\n", s.store.messages[0].body)
+
+    def test_pipelinedAfterData(self):
+        """
+        Commands pipelined after the end of data are answered after the
+        250, in order.
+        """
+        s = Server().greeted()
+        replies = s.codes(TRANSACTION + "x\r\n.\r\nMAIL FROM:<a@b.example>\r\nQUIT\r\n")
+        self.assertEqual([r[:3] for r in replies], ["250", "250", "354", "250", "250", "221"])
+
+    def test_replyOnlyAfterStorage(self):
+        """
+        The 250 goes out only once the store says the message is durable,
+        and pipelined commands wait for it.
+        """
+        s = Server().greeted()
+        s.store.hold = True
+        replies = s.codes(TRANSACTION + "x\r\n.\r\nNOOP\r\n")
+        self.assertEqual([r[:3] for r in replies], ["250", "250", "354"])
+        s.store.release()
+        self.assertEqual([r[:3] for r in s.output()], ["250", "250"])
+
+    def test_storageFailure(self):
+        """
+        A store that fails gives 451 4.3.0, and the session goes on.
+        """
+        s = Server().greeted()
+        s.store.failWith = OSError(28, "No space left on device")
+        replies = s.codes(TRANSACTION + "x\r\n.\r\nNOOP\r\n")
+        self.assertEqual(replies[3][:9], "451 4.3.0")
+        self.assertEqual(replies[4], "250 2.0.0 Ok")
+        self.flushLoggedErrors(OSError)
+
+    def test_tooBig(self):
+        """
+        A body past the size limit gets 552 5.3.4 after the data, and what
+        was stored is thrown away.
+        """
+        s = Server(maxMessageSize=100).greeted()
+        replies = s.codes(TRANSACTION + "x" * 200 + "\r\n.\r\nNOOP\r\n")
+        self.assertEqual(replies[3][:9], "552 5.3.4")
+        self.assertEqual(replies[4], "250 2.0.0 Ok")
+        self.assertEqual(s.store.messages, [])
+        self.assertTrue(s.store.started[0].aborted)
+
+    def test_longLine(self):
+        """
+        A text line far longer than 1000 octets is stored as sent and never
+        ends the DATA phase.
+        """
+        s = Server().greeted()
+        line = b"y" * 100000
+        replies = s.codes(TRANSACTION.encode() + line + b"\r\nMAIL FROM:<a@b.example>\r\n.\r\n")
+        self.assertEqual(replies[-1][:3], "250")
+        self.assertEqual(s.store.messages[0].body, line + b"\nMAIL FROM:<a@b.example>\n")
+
+    def test_tooManyHops(self):
+        """
+        More Received headers than the hop limit: 554 5.4.6.
+        """
+        s = Server(maxHops=2).greeted()
+        headers = "Received: from a\r\nReceived: from b\r\nreceived: from c\r\n\r\nbody\r\n"
+        self.assertEqual(s.codes(TRANSACTION + headers + ".\r\n")[3][:9], "554 5.4.6")
+        s2 = Server(maxHops=3).greeted()
+        self.assertEqual(s2.codes(TRANSACTION + headers + ".\r\n")[3][:3], "250")
+
+    def test_receivedHeader(self):
+        """
+        The Received header names the HELO name, the client address, our
+        name, ESMTP and the queue ID.
+        """
+        s = Server().greeted()
+        s.codes(TRANSACTION + "x\r\n.\r\n")
+        envelope = s.store.messages[0].envelope
+        received = envelope.received.decode()
+        self.assertTrue(received.startswith("Received: from client.example ([127.0.0.1])\n"))
+        self.assertIn("by mx.example.org (smtpmx) with ESMTP id " + envelope.queueId, received)
+        self.assertIn("for <alice@example.org>;", received)
+        self.assertTrue(received.endswith("+0000\n"))
+
+    def test_abortOnDisconnect(self):
+        """
+        A client that goes away in the middle of the data leaves nothing
+        stored.
+        """
+        s = Server().greeted()
+        s.codes(TRANSACTION + "partial\r\n")
+        s.protocol.connectionLost(None)
+        self.assertTrue(s.store.started[0].aborted)
+        self.assertEqual(s.store.messages, [])
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    Line length, timeouts, error counts and connection limits.
+    """
+
+    def test_longCommandLine(self):
+        """
+        A command line over 512 octets gets 500 5.5.2 and the session goes on.
+        """
+        s = Server().greeted()
+        replies = s.codes("NOOP " + "x" * 600 + "\r\nNOOP\r\n")
+        self.assertEqual([r[:9] for r in replies], ["500 5.5.2", "250 2.0.0"])
+        self.assertFalse(s.closed)
+
+    def test_unboundedLine(self):
+        """
+        A line that never ends is cut off and the connection closed.
+        """
+        s = Server().greeted()
+        replies = s.codes("x" * 100000)
+        self.assertEqual(replies[0][:9], "500 5.5.2")
+        self.assertTrue(s.closed)
+
+    def test_commandTimeout(self):
+        """
+        Idle past the command timeout: 421 4.4.2 and close.
+        """
+        s = Server(commandTimeout=30).greeted()
+        s.clock.advance(29)
+        self.assertFalse(s.closed)
+        s.clock.advance(2)
+        self.assertEqual(s.output()[0][:9], "421 4.4.2")
+        self.assertTrue(s.closed)
+
+    def test_dataTimeout(self):
+        """
+        Idle in DATA past the data timeout: 421 4.4.2, close, nothing kept.
+        """
+        s = Server(commandTimeout=30, dataTimeout=100).greeted()
+        s.codes(TRANSACTION + "partial\r\n")
+        s.clock.advance(50)
+        self.assertFalse(s.closed)
+        s.clock.advance(51)
+        self.assertEqual(s.output()[0][:9], "421 4.4.2")
+        self.assertTrue(s.store.started[0].aborted)
+
+    def test_badCommands(self):
+        """
+        After 20 bad commands the session gets 421 4.7.0 and is closed.
+        """
+        s = Server().greeted()
+        replies = s.codes("BAD\r\n" * 25)
+        self.assertEqual(len(replies), 21)
+        self.assertEqual(replies[-1][:9], "421 4.7.0")
+        self.assertTrue(s.closed)
+
+    def test_tooManyConnectionsPerIp(self):
+        """
+        Past the per-address limit a connection gets 421 4.7.0 and is closed;
+        a closed connection frees its place.
+        """
+        s = Server(maxConnectionsPerIp=1)
+        protocol, transport = s.connect()
+        self.assertEqual(transport.value()[:9], b"421 4.7.0")
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(None)
+        s.protocol.connectionLost(None)
+        protocol, transport = s.connect()
+        self.assertEqual(transport.value()[:3], b"220")
+
+    def test_tooManyConnections(self):
+        """
+        Past the global limit a connection gets 421 4.7.0.
+        """
+        s = Server(maxConnections=1)
+        _, transport = s.connect()
+        self.assertEqual(transport.value()[:9], b"421 4.7.0")
