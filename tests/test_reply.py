@@ -1,0 +1,47 @@
+"""
+Tests for reply values: the wire format, and that every standard reply
+carries a valid enhanced status code (RFC 3463, RFC 2034).
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmx import reply
+from smtpmx.reply import Reply
+
+
+class ReplyTests(SynchronousTestCase):
+    """
+    L{Reply}.
+    """
+
+    def test_format(self):
+        """
+        A one-line reply is code, enhanced code and text, ended by CRLF.
+        """
+        self.assertEqual(Reply(250, "2.1.0", "Ok").format(), b"250 2.1.0 Ok\r\n")
+
+    def test_multiline(self):
+        """
+        Each line but the last of a multi-line reply has a dash.
+        """
+        self.assertEqual(Reply(214, "2.0.0", "a\nb").format(), b"214-2.0.0 a\r\n214 2.0.0 b\r\n")
+
+    def test_everyStandardReplyHasEnhancedCode(self):
+        """
+        Every 2xx, 4xx and 5xx reply in the table has an enhanced code whose
+        class matches its code; 354 has none.
+        """
+        pattern = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+        replies = [v for v in vars(reply).values() if isinstance(v, Reply)]
+        replies += [reply.syntaxError("x"), reply.queued("ID")]
+        self.assertGreater(len(replies), 20)
+        for r in replies:
+            if r.code == 354:
+                self.assertIsNone(r.enhanced)
+                continue
+            self.assertRegex(r.enhanced, pattern)
+            self.assertEqual(r.enhanced[0], str(r.code)[0], r)
