@@ -1,0 +1,4 @@
+"""
+Local delivery backends: where a message for one of our own domains is
+filed.
+"""

@@ -1,0 +1,47 @@
+"""
+The trace headers prepended to stored messages (SPEC section 5), as small
+pure functions returning bytes with an LF line ending, the way the Maildir
+file is written.
+
+Values come from the envelope, which the client chose: any CR or LF in
+them is dropped, so that no value can end its header early and smuggle in
+another one.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from smtpmx.address import Address
+
+
+def _headerValue(text: str) -> bytes:
+    """
+    Encode a header value, without any CR or LF.
+
+    Addresses may be UTF-8 (SMTPUTF8, RFC 6531) and may carry undecodable
+    bytes as surrogate escapes; both go back out as the bytes that came in.
+    """
+    return text.encode("utf-8", "surrogateescape").replace(b"\r", b"").replace(b"\n", b"")
+
+
+def returnPath(reversePath: Optional[Address]) -> bytes:
+    """
+    The C{Return-Path:} header (RFC 5321 section 4.4): the reverse-path in
+    angle brackets, C{<>} for the null path.
+
+    @param reversePath: the sender, or L{None} for the null path.
+    """
+    if reversePath is None:
+        return b"Return-Path: <>\n"
+    return b"Return-Path: <" + _headerValue(str(reversePath)) + b">\n"
+
+
+def deliveredTo(address: Address) -> bytes:
+    """
+    The C{Delivered-To:} header: the recipient exactly as the client gave
+    it, case kept, without angle brackets.
+
+    @param address: the forward-path.
+    """
+    return b"Delivered-To: " + _headerValue(str(address)) + b"\n"

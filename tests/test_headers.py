@@ -1,0 +1,96 @@
+"""
+Tests for L{smtpmx.headers}: the headers put on top of every stored copy.
+"""
+
+from hypothesis import given, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmx.address import Address
+from smtpmx.headers import deliveredTo, returnPath
+
+
+class ReturnPathTests(SynchronousTestCase):
+    """
+    Tests for L{returnPath}.
+    """
+
+    def test_sender(self) -> None:
+        """
+        The sender appears in literal angle brackets, on an LF-ended line.
+        """
+        self.assertEqual(
+            returnPath(Address("Alice", "Example.COM")),
+            b"Return-Path: <Alice@Example.COM>\n",
+        )
+
+    def test_nullPath(self) -> None:
+        """
+        A message with the null reverse-path (a bounce) gets C{<>}.
+        """
+        self.assertEqual(returnPath(None), b"Return-Path: <>\n")
+
+    def test_utf8(self) -> None:
+        """
+        An internationalised sender (SMTPUTF8) is written in UTF-8.
+        """
+        self.assertEqual(
+            returnPath(Address("jöran", "exämple.org")),
+            "Return-Path: <jöran@exämple.org>\n".encode("utf-8"),
+        )
+
+    def test_noInjection(self) -> None:
+        """
+        A CR or LF in the address cannot start a header of its own.
+        """
+        self.assertEqual(
+            returnPath(Address("a\r\nBcc: x", "b.example")),
+            b"Return-Path: <aBcc: x@b.example>\n",
+        )
+
+
+class DeliveredToTests(SynchronousTestCase):
+    """
+    Tests for L{deliveredTo}.
+    """
+
+    def test_asGiven(self) -> None:
+        """
+        The recipient is written as the client gave it, case kept, without
+        angle brackets.
+        """
+        self.assertEqual(
+            deliveredTo(Address("Bob+Tag", "Example.org")),
+            b"Delivered-To: Bob+Tag@Example.org\n",
+        )
+
+    def test_quoted(self) -> None:
+        """
+        A quoted local part keeps its quotes.
+        """
+        self.assertEqual(
+            deliveredTo(Address('"john doe"', "example.org")),
+            b'Delivered-To: "john doe"@example.org\n',
+        )
+
+    def test_noInjection(self) -> None:
+        """
+        A CR or LF in the recipient is dropped.
+        """
+        self.assertEqual(
+            deliveredTo(Address("bob\n\rX-Evil: 1", "example.org")),
+            b"Delivered-To: bobX-Evil: 1@example.org\n",
+        )
+
+    @given(st.text(min_size=1), st.text(min_size=1))
+    def test_oneLine(self, localpart: str, domain: str) -> None:
+        """
+        Whatever the address, each header is exactly one LF-ended line with
+        no CR in it.
+        """
+        for header in (
+            deliveredTo(Address(localpart, domain)),
+            returnPath(Address(localpart, domain)),
+        ):
+            self.assertTrue(header.endswith(b"\n"))
+            self.assertEqual(header.count(b"\n"), 1)
+            self.assertNotIn(b"\r", header)
