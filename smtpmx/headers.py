@@ -10,6 +10,8 @@ another one.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from email.utils import format_datetime
 from typing import Optional
 
 from smtpmx.address import Address
@@ -45,3 +47,44 @@ def deliveredTo(address: Address) -> bytes:
     @param address: the forward-path.
     """
     return b"Delivered-To: " + _headerValue(str(address)) + b"\n"
+
+
+def received(
+    heloName: str,
+    clientHost: str,
+    hostname: str,
+    protocol: str,
+    queueId: str,
+    when: float,
+    tls: Optional[str] = None,
+    recipient: Optional[Address] = None,
+) -> bytes:
+    """
+    Our C{Received:} trace header (RFC 5321 section 4.4), folded over a few
+    lines the way Postfix writes it.
+
+    @param protocol: C{SMTP}, C{ESMTP} or C{ESMTPS} (RFC 3848).
+    @param when: the time of receipt, in seconds since the epoch.
+    @param tls: the TLS version and cipher, when the session used TLS.
+    @param recipient: the one recipient, named in a C{for} clause; none
+        when the message has several, so as not to disclose them.
+    """
+    literal = f"[IPv6:{clientHost}]" if ":" in clientHost else f"[{clientHost}]"
+    lines = [f"Received: from {_printable(heloName)} ({literal})"]
+    if tls is not None:
+        lines.append(f"\t(using {_printable(tls)})")
+    lines.append(f"\tby {hostname} (smtpmx) with {protocol} id {queueId}")
+    date = format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    if recipient is not None:
+        lines.append(f"\tfor <{_printable(str(recipient))}>; {date}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{date}")
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+def _printable(text: str) -> str:
+    """
+    Client-given text made safe inside a header: one line, printable.
+    """
+    return "".join(c if c.isprintable() else "?" for c in text)[:255]

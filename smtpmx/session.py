@@ -10,14 +10,12 @@ The protocol in L{smtpmx.server} is a thin adapter from bytes to this.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from email.utils import format_datetime
-from datetime import datetime, timezone
 from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from smtpmx import reply
+from smtpmx import headers, reply
 from smtpmx.access import Access
 from smtpmx.address import Address, AddressError, parseParameters, parsePath
 from smtpmx.config import Config
@@ -376,20 +374,17 @@ class Session:
             protocol = "ESMTPS" if self.esmtp else "SMTPS"
         else:
             protocol = "ESMTP" if self.esmtp else "SMTP"
-        client = self.clientHost
-        literal = f"[IPv6:{client}]" if ":" in client else f"[{client}]"
-        lines = [f"Received: from {_clean(self.heloName or '')} ({literal})"]
-        if self.tls is not None:
-            lines.append(f"\t(using {self.tls})")
-        lines.append(f"\tby {self.config.hostname} (smtpmx) with {protocol} id {queueId}")
-        date = format_datetime(datetime.fromtimestamp(self._now(), timezone.utc))
         addresses = {str(r.address) for r in t.recipients}
-        if len(addresses) == 1:
-            lines.append(f"\tfor {_clean(t.recipients[0].address.path)}; {date}")
-        else:
-            lines[-1] += ";"
-            lines.append(f"\t{date}")
-        return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+        return headers.received(
+            self.heloName or "",
+            self.clientHost,
+            self.config.hostname,
+            protocol,
+            queueId,
+            self._now(),
+            tls=self.tls,
+            recipient=t.recipients[0].address if len(addresses) == 1 else None,
+        )
 
     def endTransaction(self) -> Optional[Transaction]:
         """
@@ -400,9 +395,3 @@ class Session:
         t, self.transaction = self.transaction, None
         return t
 
-
-def _clean(text: str) -> str:
-    """
-    Make client-given text safe inside a header: printable, one line.
-    """
-    return "".join(c if c.isprintable() and c not in "\r\n" else "?" for c in text)[:255]

@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.address import Address
-from smtpmx.headers import deliveredTo, returnPath
+from smtpmx.headers import deliveredTo, received, returnPath
 
 
 class ReturnPathTests(SynchronousTestCase):
@@ -94,3 +94,37 @@ class DeliveredToTests(SynchronousTestCase):
             self.assertTrue(header.endswith(b"\n"))
             self.assertEqual(header.count(b"\n"), 1)
             self.assertNotIn(b"\r", header)
+
+
+class ReceivedTests(SynchronousTestCase):
+    """
+    Tests for L{received}, our trace header.
+    """
+
+    def test_fields(self):
+        """
+        The header names the HELO name, client address, our name, the
+        protocol, the queue ID, the TLS session and the date.
+        """
+
+        text = received(
+            "client.example", "192.0.2.1", "mx.example.org", "ESMTPS", "ID1", 0,
+            tls="TLSv1.3 with cipher X", recipient=Address("Bob", "example.org"),
+        ).decode()
+        self.assertEqual(
+            text,
+            "Received: from client.example ([192.0.2.1])\n"
+            "\t(using TLSv1.3 with cipher X)\n"
+            "\tby mx.example.org (smtpmx) with ESMTPS id ID1\n"
+            "\tfor <Bob@example.org>; Thu, 01 Jan 1970 00:00:00 +0000\n",
+        )
+
+    def test_injection(self):
+        """
+        A HELO name with CR/LF cannot start a new header; an IPv6 client
+        is written as an IPv6 literal.
+        """
+
+        text = received("evil\r\nX-Injected: 1", "::1", "mx", "SMTP", "ID", 0).decode()
+        self.assertNotIn("\nX-Injected", text)
+        self.assertIn("([IPv6:::1])", text)
