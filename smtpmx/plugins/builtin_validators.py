@@ -1,0 +1,92 @@
+"""
+The built-in recipient validators, shipped as plugins shaped exactly like
+third-party ones (SPEC section 3): C{mailbox}, C{any} and C{aliases:PATH}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from smtpmx.interfaces import IRecipientValidatorFactory
+
+
+def _noArgument(name: str, argument: Optional[str]) -> None:
+    """
+    Refuse an argument given to a validator that takes none.
+    """
+    if argument:
+        raise ValueError(f"{name} takes no argument")
+
+
+@implementer(IPlugin, IRecipientValidatorFactory)
+class MailboxValidatorFactory:
+    """
+    Makes the C{mailbox} validator.
+    """
+
+    name = "mailbox"
+    description = "Accepts a local recipient whose Maildir already exists."
+
+    def makeValidator(self, argument: Optional[str]):
+        """
+        A L{smtpmx.validators.mailbox.MailboxValidator}; no argument.
+        """
+        from smtpmx.validators.mailbox import MailboxValidator
+
+        _noArgument(self.name, argument)
+        return MailboxValidator()
+
+
+@implementer(IPlugin, IRecipientValidatorFactory)
+class AnyLocalValidatorFactory:
+    """
+    Makes the C{any} validator.
+    """
+
+    name = "any"
+    description = "Accepts every local recipient; its Maildir is created on first delivery."
+
+    def makeValidator(self, argument: Optional[str]):
+        """
+        A L{smtpmx.validators.anylocal.AnyLocalValidator}; no argument.
+        """
+        from smtpmx.validators.anylocal import AnyLocalValidator
+
+        _noArgument(self.name, argument)
+        return AnyLocalValidator()
+
+
+@implementer(IPlugin, IRecipientValidatorFactory)
+class AliasesValidatorFactory:
+    """
+    Makes the C{aliases:PATH} validator.
+    """
+
+    name = "aliases"
+    description = (
+        "aliases:PATH - accepts the recipients listed in an aliases file"
+        " ('local@domain: target, ...'; '@domain: target' is a catch-all),"
+        " re-read when it changes."
+    )
+
+    def makeValidator(self, argument: Optional[str]):
+        """
+        An L{smtpmx.validators.aliases.AliasesValidator} for the file
+        C{argument}, read now.
+
+        @raise ValueError: no file given, or it cannot be read or parsed.
+        """
+        from smtpmx.validators.aliases import AliasesValidator
+
+        if not argument:
+            raise ValueError("aliases needs a file: --validator aliases:PATH")
+        return AliasesValidator(os.path.abspath(argument))
+
+
+mailbox = MailboxValidatorFactory()
+anyLocal = AnyLocalValidatorFactory()
+aliases = AliasesValidatorFactory()

@@ -1,0 +1,130 @@
+"""
+TLS for the server's STARTTLS (RFC 3207): the certificate and key are read
+and checked once, at start-up, so that a wrong file stops start-up with one
+clear line instead of failing every handshake later.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Callable, Optional
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from OpenSSL.crypto import X509, PKey
+from twisted.internet.ssl import CertificateOptions, TLSVersion
+
+from smtpmx.config import ConfigError
+
+
+def _readFile(path: str, what: str) -> bytes:
+    """
+    The bytes of C{path}.
+
+    @raise ConfigError: it cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read the TLS {what} {path}: {e.strerror or e}") from None
+
+
+def _publicBytes(key) -> bytes:
+    """
+    A public key in a form that compares equal for equal keys.
+    """
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def loadCertificateChain(
+    certPath: str,
+    keyPath: str,
+    now: Optional[Callable[[], datetime.datetime]] = None,
+):
+    """
+    Read and check a certificate chain and its private key.
+
+    @param certPath: a PEM file holding the server's certificate first,
+        then any intermediate certificates.
+    @param keyPath: a PEM file holding the certificate's private key (not
+        encrypted); it may be the same file as C{certPath}.
+    @param now: gives the current time (UTC), for the validity check.
+
+    @return: the certificates (a L{list} of L{x509.Certificate}, the
+        server's first) and the private key.
+
+    @raise ConfigError: a file is unreadable or not PEM, the key does not
+        belong to the certificate, or the certificate is not valid now.
+    """
+    if now is None:
+        now = lambda: datetime.datetime.now(datetime.timezone.utc)  # noqa: E731
+    certData = _readFile(certPath, "certificate")
+    keyData = _readFile(keyPath, "key")
+    try:
+        certificates = x509.load_pem_x509_certificates(certData)
+    except ValueError:
+        raise ConfigError(
+            f"the TLS certificate {certPath} holds no PEM certificate"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(keyData, password=None)
+    except TypeError:
+        raise ConfigError(
+            f"the TLS key {keyPath} is encrypted; give an unencrypted key"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise ConfigError(
+            f"the TLS key {keyPath} holds no usable PEM private key"
+            f" ({' '.join(str(e).split()) or type(e).__name__})"
+        ) from None
+    leaf = certificates[0]
+    if _publicBytes(leaf.public_key()) != _publicBytes(key.public_key()):
+        raise ConfigError(
+            f"the TLS key {keyPath} does not match the certificate {certPath}"
+        )
+    current = now()
+    if current < leaf.not_valid_before_utc:
+        raise ConfigError(
+            f"the TLS certificate {certPath} is not valid before"
+            f" {leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    if current > leaf.not_valid_after_utc:
+        raise ConfigError(
+            f"the TLS certificate {certPath} expired on"
+            f" {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    return certificates, key
+
+
+def serverTLSOptions(
+    certPath: str,
+    keyPath: str,
+    now: Optional[Callable[[], datetime.datetime]] = None,
+) -> CertificateOptions:
+    """
+    The context factory for the server's STARTTLS: TLS 1.2 or newer, with
+    the intermediate certificates of C{certPath} sent along.
+
+    @param certPath: PEM certificate chain, the server's certificate first.
+    @param keyPath: PEM private key of that certificate.
+    @param now: gives the current time (UTC), for the validity check.
+
+    @raise ConfigError: see L{loadCertificateChain}.
+    """
+    certificates, key = loadCertificateChain(certPath, keyPath, now)
+    try:
+        return CertificateOptions(
+            privateKey=PKey.from_cryptography_key(key),
+            certificate=X509.from_cryptography(certificates[0]),
+            extraCertChain=[X509.from_cryptography(c) for c in certificates[1:]],
+            raiseMinimumTo=TLSVersion.TLSv1_2,
+        )
+    except Exception as e:
+        raise ConfigError(
+            f"cannot use the TLS certificate {certPath}:"
+            f" {' '.join(str(e).split()) or type(e).__name__}"
+        ) from None

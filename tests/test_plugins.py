@@ -1,0 +1,123 @@
+"""
+Tests for the validator plugin API: the built-ins are found as plugins, and
+a third party's module in any C{smtpmx/plugins/} directory on C{sys.path}
+is found too.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+import smtpmx.plugins
+from smtpmx.interfaces import IRecipientValidator, IRecipientValidatorFactory
+from smtpmx.validators import findValidatorFactories
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+THIRD_PARTY = '''\
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+from smtpmx.interfaces import IRecipientValidator, IRecipientValidatorFactory
+from smtpmx.validation import Reject
+
+@implementer(IRecipientValidator)
+class DenyBob:
+    def validateRecipient(self, session, recipient):
+        if recipient.localpart.lower() == "bob":
+            return Reject(550, "5.7.1", "bob is on holiday")
+        return None
+
+@implementer(IPlugin, IRecipientValidatorFactory)
+class DenyBobFactory:
+    name = "denybob"
+    description = "Rejects bob."
+    def makeValidator(self, argument):
+        return DenyBob()
+
+denybob = DenyBobFactory()
+'''
+
+
+class BuiltinPluginTests(SynchronousTestCase):
+    """
+    The built-in validators are plugins like any other.
+    """
+
+    def test_found(self):
+        """
+        C{getPlugins(IRecipientValidatorFactory, smtpmx.plugins)} finds
+        C{mailbox}, C{any} and C{aliases}.
+        """
+        names = {p.name for p in getPlugins(IRecipientValidatorFactory, smtpmx.plugins)}
+        self.assertTrue({"mailbox", "any", "aliases"} <= names, names)
+
+    def test_interfaces(self):
+        """
+        Each built-in factory provides the factory interface, has a
+        one-line description, and makes a validator.
+        """
+        for factory in findValidatorFactories():
+            if factory.name not in ("mailbox", "any"):
+                continue
+            verifyObject(IRecipientValidatorFactory, factory)
+            self.assertNotIn("\n", factory.description)
+            verifyObject(IRecipientValidator, factory.makeValidator(None))
+
+    def test_noArgument(self):
+        """
+        C{mailbox} and C{any} take no argument; C{aliases} needs one.
+        """
+        byName = {f.name: f for f in findValidatorFactories()}
+        self.assertRaises(ValueError, byName["mailbox"].makeValidator, "x")
+        self.assertRaises(ValueError, byName["any"].makeValidator, "x")
+        self.assertRaises(ValueError, byName["aliases"].makeValidator, None)
+
+
+class ThirdPartyPluginTests(SynchronousTestCase):
+    """
+    A third-party validator needs only a module in an C{smtpmx/plugins/}
+    directory on C{sys.path}.
+    """
+
+    def test_found(self):
+        """
+        A module in another C{smtpmx/plugins/} directory (with no
+        C{__init__.py}) on C{sys.path} is found next to the built-ins and
+        usable by name.
+
+        A fresh interpreter is used, so that this test's C{sys.path} and
+        plugin caches never leak into other tests.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        plugins = os.path.join(directory, "smtpmx", "plugins")
+        os.makedirs(plugins)
+        with open(os.path.join(plugins, "denybob.py"), "w") as f:
+            f.write(THIRD_PARTY)
+        script = textwrap.dedent("""\
+            from smtpmx.address import Address
+            from smtpmx.validators import findValidatorFactories, makeValidatorChain
+            print(sorted(f.name for f in findValidatorFactories()))
+            chain = makeValidatorChain(["denybob"])
+            result = []
+            chain.validate(None, Address("Bob", "example.org")).addBoth(result.append)
+            print(result[0][0], result[0][1].code)
+        """)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([ROOT, directory])
+        output = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True,
+            text=True, cwd=directory, timeout=60,
+        )
+        self.assertEqual(output.returncode, 0, output.stderr)
+        lines = output.stdout.splitlines()
+        self.assertEqual(lines[0], "['aliases', 'any', 'denybob', 'mailbox']")
+        self.assertEqual(lines[1], "denybob 550")
+        self.assertFalse(os.path.exists(os.path.join(directory, "smtpmx", "__init__.py")))

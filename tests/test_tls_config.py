@@ -1,0 +1,203 @@
+"""
+Tests for L{smtpmx.tls.serverTLSOptions}: a good certificate chain gives
+TLS options, and every broken one stops start-up with one clear line.
+"""
+
+import datetime
+import os
+import shutil
+import tempfile
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet.ssl import CertificateOptions
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmx.config import ConfigError
+from smtpmx.tls import serverTLSOptions
+
+NOW = datetime.datetime(2030, 6, 1, tzinfo=datetime.timezone.utc)
+DAY = datetime.timedelta(days=1)
+
+
+def makeKey():
+    """
+    A new private key (small and fast: P-256).
+    """
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def makeCertificate(subject, key, issuer=None, issuerKey=None, notBefore=NOW - DAY,
+                    notAfter=NOW + 30 * DAY, ca=False):
+    """
+    A certificate for C{subject}'s C{key}, signed by the issuer (itself
+    when none is given).
+    """
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuerName = issuer.subject if issuer is not None else name
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuerName)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(notBefore)
+        .not_valid_after(notAfter)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+        )
+    return builder.sign(issuerKey or key, hashes.SHA256())
+
+
+def pem(*objects) -> bytes:
+    """
+    PEM of certificates and keys, concatenated.
+    """
+    out = b""
+    for o in objects:
+        if isinstance(o, x509.Certificate):
+            out += o.public_bytes(serialization.Encoding.PEM)
+        else:
+            out += o.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+    return out
+
+
+class ServerTLSOptionsTests(SynchronousTestCase):
+    """
+    Reading the STARTTLS certificate and key.
+    """
+
+    def setUp(self):
+        """
+        A CA, an intermediate and a server certificate, in a temporary
+        directory.
+        """
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.caKey = makeKey()
+        self.ca = makeCertificate("Test CA", self.caKey, ca=True)
+        self.interKey = makeKey()
+        self.inter = makeCertificate("Test Intermediate", self.interKey,
+                                     self.ca, self.caKey, ca=True)
+        self.key = makeKey()
+        self.cert = makeCertificate("mx.example.org", self.key, self.inter, self.interKey)
+
+    def write(self, name, data: bytes) -> str:
+        """
+        Write a file in the temporary directory.
+        """
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def options(self, certPEM, keyPEM):
+        """
+        L{serverTLSOptions} of the given PEM data, as of L{NOW}.
+        """
+        return serverTLSOptions(
+            self.write("cert.pem", certPEM), self.write("key.pem", keyPEM), now=lambda: NOW
+        )
+
+    def test_good(self):
+        """
+        A good certificate and key give TLS options with TLS 1.2 as the
+        minimum, usable to make a server context.
+        """
+        options = self.options(pem(self.cert), pem(self.key))
+        self.assertIsInstance(options, CertificateOptions)
+        context = options.getContext()
+        self.assertIsInstance(context, SSL.Context)
+        self.assertEqual(options._options & SSL.OP_NO_TLSv1_1, SSL.OP_NO_TLSv1_1)
+
+    def test_chain(self):
+        """
+        Intermediate certificates after the server's are sent along.
+        """
+        options = self.options(pem(self.cert, self.inter), pem(self.key))
+        self.assertEqual(len(options.extraCertChain), 1)
+        self.assertEqual(
+            options.extraCertChain[0].to_cryptography().subject, self.inter.subject
+        )
+
+    def test_combinedFile(self):
+        """
+        The key may be in the same file as the certificate.
+        """
+        path = self.write("both.pem", pem(self.cert, self.key))
+        serverTLSOptions(path, path, now=lambda: NOW)
+
+    def test_mismatch(self):
+        """
+        A key that is not the certificate's is refused.
+        """
+        e = self.assertRaises(ConfigError, self.options, pem(self.cert), pem(makeKey()))
+        self.assertIn("does not match", str(e))
+
+    def test_expired(self):
+        """
+        An expired certificate is refused, with its date.
+        """
+        old = makeCertificate("mx.example.org", self.key, notBefore=NOW - 60 * DAY,
+                              notAfter=NOW - DAY)
+        e = self.assertRaises(ConfigError, self.options, pem(old), pem(self.key))
+        self.assertIn("expired", str(e))
+
+    def test_notYetValid(self):
+        """
+        A certificate that is not valid yet is refused.
+        """
+        future = makeCertificate("mx.example.org", self.key, notBefore=NOW + DAY,
+                                 notAfter=NOW + 60 * DAY)
+        e = self.assertRaises(ConfigError, self.options, pem(future), pem(self.key))
+        self.assertIn("not valid before", str(e))
+
+    def test_unreadable(self):
+        """
+        A missing file is refused, naming it.
+        """
+        missing = os.path.join(self.dir, "missing.pem")
+        key = self.write("key.pem", pem(self.key))
+        e = self.assertRaises(ConfigError, serverTLSOptions, missing, key)
+        self.assertIn(missing, str(e))
+        cert = self.write("cert.pem", pem(self.cert))
+        e = self.assertRaises(ConfigError, serverTLSOptions, cert, missing)
+        self.assertIn(missing, str(e))
+
+    def test_notPEM(self):
+        """
+        Files that hold no PEM certificate or key are refused.
+        """
+        e = self.assertRaises(ConfigError, self.options, b"garbage", pem(self.key))
+        self.assertIn("no PEM certificate", str(e))
+        e = self.assertRaises(ConfigError, self.options, pem(self.cert), b"garbage")
+        self.assertIn("no usable PEM private key", str(e))
+
+    def test_encryptedKey(self):
+        """
+        An encrypted key is refused: nobody is there to type a passphrase.
+        """
+        encrypted = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+        e = self.assertRaises(ConfigError, self.options, pem(self.cert), encrypted)
+        self.assertIn("encrypted", str(e))
+
+    def test_oneLine(self):
+        """
+        Every error is a single line.
+        """
+        e = self.assertRaises(ConfigError, self.options, pem(self.cert), pem(makeKey()))
+        self.assertNotIn("\n", str(e))
