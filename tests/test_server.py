@@ -618,3 +618,64 @@ class LimitTests(SynchronousTestCase):
         s = Server(maxConnections=1)
         _, transport = s.connect()
         self.assertEqual(transport.value()[:9], b"421 4.7.0")
+
+
+class StartTLSTests(SynchronousTestCase):
+    """
+    STARTTLS (RFC 3207) at the protocol level; the real handshake is in the
+    end-to-end tests.
+    """
+
+    def server(self) -> Server:
+        s = Server(tlsOptions=object())
+        s.tlsStarted = []
+        s.transport.startTLS = s.tlsStarted.append
+        s.output()
+        return s
+
+    def test_advertised(self):
+        """
+        EHLO lists STARTTLS when a certificate is configured.
+        """
+        s = self.server()
+        self.assertIn("250-STARTTLS", s.send("EHLO client.example\r\n"))
+
+    def test_pipelinedCommandsDiscarded(self):
+        """
+        Commands pipelined after STARTTLS in the clear get no reply and are
+        never run after the handshake.
+        """
+        s = self.server()
+        replies = s.codes("EHLO client.example\r\nSTARTTLS\r\nMAIL FROM:<a@b.example>\r\nNOOP\r\n")
+        self.assertEqual(replies, ["250 HELP", "220 2.0.0 Ready to start TLS"])
+        self.assertEqual(len(s.tlsStarted), 1)
+        self.assertEqual(s.codes("NOOP\r\n"), ["250 2.0.0 Ok"])
+
+    def test_sessionReset(self):
+        """
+        After STARTTLS the session is back to before EHLO: a MAIL given in
+        the clear is forgotten, and EHLO no longer offers STARTTLS.
+        """
+        s = self.server()
+        s.codes("EHLO client.example\r\nMAIL FROM:<a@b.example>\r\nSTARTTLS\r\n")
+        self.assertEqual(s.codes("RCPT TO:<alice@example.org>\r\n")[0][:9], "503 5.5.1")
+        self.assertEqual(s.codes("MAIL FROM:<a@b.example>\r\n")[0][:9], "503 5.5.1")
+        lines = s.send("EHLO client.example\r\n")
+        self.assertNotIn("250-STARTTLS", lines)
+        self.assertEqual(s.codes("STARTTLS\r\n")[0][:9], "503 5.5.1")
+
+    def test_receivedSaysESMTPS(self):
+        """
+        A message received after STARTTLS and EHLO is recorded as ESMTPS.
+        """
+        s = self.server()
+        s.codes("EHLO client.example\r\nSTARTTLS\r\n")
+        s.codes("EHLO client.example\r\n" + TRANSACTION + "x\r\n.\r\n")
+        self.assertIn(b" with ESMTPS id ", s.store.messages[0].envelope.received)
+
+    def test_argument(self):
+        """
+        STARTTLS takes no argument.
+        """
+        s = self.server()
+        self.assertEqual(s.codes("EHLO c\r\nSTARTTLS now\r\n")[-1][:9], "501 5.5.4")
