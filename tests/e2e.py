@@ -1,0 +1,491 @@
+"""
+A harness for end-to-end tests: the real C{twistd -n smtpmx} as a
+subprocess, in a fresh temporary directory, talked to over loopback.
+
+L{RunningServer} starts the server, waits (bounded) for its
+C{smtpmx listening on 127.0.0.1:PORT} log line, and stops it by PID in a
+cleanup.  L{runToExit} runs a server that is expected to refuse to start.
+The small SMTP helpers here (L{ReplyReader}, L{rawDialog}) speak the
+protocol over plain sockets, for the cases smtplib cannot express:
+pipelining in one write, smuggling attempts, bytes sent after STARTTLS.
+
+Nothing here ever binds or connects to anything but 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterable, Optional, Sequence
+
+# The checkout this file belongs to, so the tests work from any checkout.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# twistd itself.  C{python -m twisted} is C{twist}, not C{twistd}: it knows
+# neither C{-n} nor C{--pidfile}.
+TWISTD = [
+    sys.executable,
+    "-c",
+    "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+]
+
+LISTENING = re.compile(r"smtpmx listening on \[?([0-9A-Fa-f.:]+?)\]?:(\d+)")
+
+# How long a server may take to start, or to refuse to.
+START_TIMEOUT = 20.0
+
+
+def makeTemporaryDirectory(addCleanup, prefix: str = "smtpmx-e2e-") -> str:
+    """
+    A fresh directory, removed by a cleanup.
+
+    @param addCleanup: a test case's C{addCleanup} (or C{addClassCleanup}).
+    """
+    path = tempfile.mkdtemp(prefix=prefix)
+    addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+def environment(pythonPath: Sequence[str] = ()) -> dict:
+    """
+    The environment for a server subprocess: ours, with the checkout (and
+    C{pythonPath}, first) on C{PYTHONPATH} and unbuffered output.
+    """
+    env = dict(os.environ)
+    paths = list(pythonPath) + [ROOT]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ServerDidNotStart(Exception):
+    """
+    The server exited, or said nothing about listening, in time.
+    """
+
+
+class RunningServer:
+    """
+    One C{twistd -n smtpmx} subprocess.
+
+    @ivar dir: its working directory; C{./Maildir} and C{./queue} are there.
+    @ivar port: the port it listens on, read from its log.
+    @ivar process: the L{subprocess.Popen}.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        directory: Optional[str] = None,
+        listen: bool = True,
+        pythonPath: Sequence[str] = (),
+        maildirRoot: str = "Maildir",
+    ) -> None:
+        """
+        @param args: smtpmx options.
+        @param directory: the working directory; a new temporary one if
+            L{None} (removed by L{stop}'s caller through L{start}).
+        @param listen: add C{--listen tcp:0:interface=127.0.0.1} in front of
+            C{args}; with L{False} the server uses its own default.
+        @param pythonPath: directories put on C{PYTHONPATH} before the
+            checkout, for third-party plugins.
+        @param maildirRoot: where the Maildirs are, relative to C{dir}
+            unless absolute, for L{maildir}.
+        """
+        self.args = list(args)
+        if listen:
+            self.args[:0] = ["--listen", "tcp:0:interface=127.0.0.1"]
+        self.dir = directory
+        self.pythonPath = list(pythonPath)
+        self.maildirRoot = maildirRoot
+        self.process: Optional[subprocess.Popen] = None
+        self.port: Optional[int] = None
+        self.host = "127.0.0.1"
+        self._run = 0
+
+    @classmethod
+    def start(cls, addCleanup, args: Sequence[str] = (), **kw) -> "RunningServer":
+        """
+        Start a server in a new temporary directory; it is stopped and its
+        directory removed by cleanups.
+
+        @param addCleanup: a test's C{addCleanup}, a test class's
+            C{addClassCleanup}, or anything called the same way.
+        @param args: smtpmx options.
+        @param kw: see L{__init__}.
+        """
+        if kw.get("directory") is None:
+            kw["directory"] = makeTemporaryDirectory(addCleanup)
+        server = cls(args, **kw)
+        addCleanup(server.stop)
+        server.launch()
+        return server
+
+    # Life.
+
+    def _logPaths(self, run: Optional[int] = None) -> tuple[str, str]:
+        """
+        Where run number C{run} (default: the current one) writes its
+        stdout and stderr.
+        """
+        run = self._run if run is None else run
+        return (
+            os.path.join(self.dir, f"twistd-{run}.out"),
+            os.path.join(self.dir, f"twistd-{run}.err"),
+        )
+
+    def launch(self, timeout: float = START_TIMEOUT) -> None:
+        """
+        Run the server and wait until it says which port it listens on.
+
+        @raise ServerDidNotStart: it exited first, or took too long; the
+            message holds its output.
+        """
+        if self.dir is None:
+            self.dir = tempfile.mkdtemp(prefix="smtpmx-e2e-")
+        self._run += 1
+        out, err = self._logPaths()
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            self.process = subprocess.Popen(
+                TWISTD + ["-n", "--pidfile=", "smtpmx"] + self.args,
+                cwd=self.dir,
+                env=environment(self.pythonPath),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            match = LISTENING.search(self.output())
+            if match is not None:
+                self.host, self.port = match.group(1), int(match.group(2))
+                return
+            if self.process.poll() is not None:
+                raise ServerDidNotStart(
+                    f"smtpmx exited with status {self.process.returncode} before listening:\n"
+                    + self.log()
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerDidNotStart(f"smtpmx did not listen within {timeout} s:\n" + self.log())
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        """
+        Start the server again in the same directory, after L{stop} or
+        L{kill9}.
+        """
+        self.stop()
+        self.launch()
+
+    def stop(self, grace: float = 5.0) -> Optional[int]:
+        """
+        End the server by its PID: SIGTERM, then SIGKILL after C{grace}
+        seconds.  Idempotent.
+
+        @return: its exit status, or L{None} if it was never started.
+        """
+        p = self.process
+        if p is None:
+            return None
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return p.wait()
+
+    def kill9(self) -> None:
+        """
+        Kill the server with SIGKILL, the way a power cut would, and reap it.
+        """
+        p = self.process
+        if p is not None and p.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if p is not None:
+            p.wait()
+
+    @property
+    def pid(self) -> int:
+        """
+        The server's process ID.
+        """
+        return self.process.pid
+
+    # What it said.
+
+    def output(self) -> str:
+        """
+        What the current run wrote to stdout (twistd -n logs there).
+        """
+        return _read(self._logPaths()[0])
+
+    def errors(self) -> str:
+        """
+        What the current run wrote to stderr.
+        """
+        return _read(self._logPaths()[1])
+
+    def log(self) -> str:
+        """
+        Everything every run wrote, stdout and stderr.
+        """
+        texts = []
+        for run in range(1, self._run + 1):
+            out, err = self._logPaths(run)
+            texts.append(_read(out) + _read(err))
+        return "".join(texts)
+
+    # What it stored.
+
+    def maildir(self, domain: str, user: str) -> str:
+        """
+        The Maildir of C{user@domain}, as SPEC section 5 lays it out: the
+        domain and local part lower-cased.
+        """
+        return os.path.join(self.dir, self.maildirRoot, domain.lower(), user.lower())
+
+    def newMessages(self, domain: str, user: str) -> list[bytes]:
+        """
+        The contents of the files in C{new/} of C{user@domain}'s Maildir, in
+        name order (empty if there is no Maildir).
+        """
+        return [content for _, content in self.newFiles(domain, user)]
+
+    def newFiles(self, domain: str, user: str) -> list[tuple[str, bytes]]:
+        """
+        The names and contents of the files in C{new/} of C{user@domain}'s
+        Maildir, in name order.
+        """
+        new = os.path.join(self.maildir(domain, user), "new")
+        try:
+            names = sorted(os.listdir(new))
+        except FileNotFoundError:
+            return []
+        result = []
+        for name in names:
+            with open(os.path.join(new, name), "rb") as f:
+                result.append((name, f.read()))
+        return result
+
+    def tmpFiles(self, domain: str, user: str) -> list[str]:
+        """
+        The names in C{tmp/} of C{user@domain}'s Maildir.
+        """
+        try:
+            return sorted(os.listdir(os.path.join(self.maildir(domain, user), "tmp")))
+        except FileNotFoundError:
+            return []
+
+    def makeMaildir(self, domain: str, user: str) -> str:
+        """
+        Create C{user@domain}'s Maildir the way an operator would, so that
+        the C{mailbox} validator accepts it.
+        """
+        path = self.maildir(domain, user)
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+        return path
+
+    def waitForFiles(self, domain: str, user: str, count: int, timeout: float = 10.0) -> list[bytes]:
+        """
+        Wait until C{user@domain}'s C{new/} holds at least C{count} files,
+        for deliveries acknowledged to a client we do not control.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self.newMessages(domain, user)
+            if len(messages) >= count or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.05)
+
+    def tree(self) -> set[str]:
+        """
+        Every path under L{dir}, relative to it, apart from our own logs.
+        """
+        found = set()
+        for parent, dirs, files in os.walk(self.dir):
+            for name in dirs + files:
+                rel = os.path.relpath(os.path.join(parent, name), self.dir)
+                if not rel.startswith("twistd-"):
+                    found.add(rel)
+        return found
+
+    # Talking to it.
+
+    def connect(self, timeout: float = 10.0, sourceAddress: Optional[tuple] = None) -> socket.socket:
+        """
+        A plain TCP connection to the server.
+        """
+        return socket.create_connection(
+            (self.host, self.port), timeout=timeout, source_address=sourceAddress
+        )
+
+
+def _read(path: str) -> str:
+    """
+    The text of a log file, empty if it does not exist yet.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def runToExit(
+    args: Sequence[str],
+    directory: str,
+    timeout: float = START_TIMEOUT,
+    pythonPath: Sequence[str] = (),
+) -> tuple[Optional[int], str]:
+    """
+    Run C{twistd -n smtpmx args} and wait for it to exit by itself, for
+    start-ups that must fail (or commands like C{--list-validators}).
+
+    @return: the exit status (L{None} if it was still running after
+        C{timeout} seconds and had to be killed) and its output, stdout
+        then stderr.
+    """
+    try:
+        p = subprocess.run(
+            TWISTD + ["-n", "--pidfile=", "smtpmx"] + list(args),
+            cwd=directory,
+            env=environment(pythonPath),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"") + (e.stderr or b"")
+        return None, out.decode("utf-8", "replace")
+    return p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
+
+
+class ReplyReader:
+    """
+    Reads SMTP replies from a socket: each a list of lines, the last one
+    C{NNN text}.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        """
+        @param sock: a connected socket, plain or TLS.
+        """
+        self.sock = sock
+        self.buffer = b""
+
+    def line(self) -> bytes:
+        """
+        One CRLF-terminated line, without the CRLF.
+
+        @raise EOFError: the server closed the connection first.
+        """
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed; unread: {self.buffer!r}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def reply(self) -> list[str]:
+        """
+        One whole reply, every line.
+        """
+        lines = []
+        while True:
+            line = self.line().decode("utf-8", "replace")
+            lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                return lines
+
+    def replies(self, count: int) -> list[str]:
+        """
+        The last lines of the next C{count} replies.
+        """
+        return [self.reply()[-1] for _ in range(count)]
+
+    def nothingMore(self, wait: float) -> bytes:
+        """
+        Whatever else arrives within C{wait} seconds, with what is already
+        buffered: C{b""} when the server stays silent.
+        """
+        data, self.buffer = self.buffer, b""
+        old = self.sock.gettimeout()
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except (socket.timeout, TimeoutError):
+            pass
+        finally:
+            self.sock.settimeout(old)
+        return data
+
+
+def rawDialog(server: RunningServer, data: bytes, count: int, timeout: float = 15.0) -> list[str]:
+    """
+    Connect, read the greeting, send C{data} in one write and return the
+    last line of each of the next C{count} replies.
+    """
+    with server.connect(timeout) as sock:
+        reader = ReplyReader(sock)
+        greeting = reader.reply()[-1]
+        if not greeting.startswith("220"):
+            raise AssertionError(f"greeting: {greeting!r}")
+        sock.sendall(data)
+        return reader.replies(count)
+
+
+def codes(lines: Iterable[str]) -> list[str]:
+    """
+    The code and enhanced code of each reply line: C{"250 2.1.5"}, or just
+    C{"250"} for a reply without one.
+    """
+    result = []
+    for line in lines:
+        m = re.match(r"(\d{3})[ -](\d\.\d{1,3}\.\d{1,3})?", line)
+        result.append(" ".join(g for g in m.groups() if g) if m else line)
+    return result
+
+
+def headerBlock(message: bytes) -> bytes:
+    """
+    The header section of a stored (LF) message.
+    """
+    return message.split(b"\n\n", 1)[0]
+
+
+def portIsFree(port: int, host: str = "127.0.0.1") -> bool:
+    """
+    Whether nothing listens on C{host:port} now.
+    """
+    s = socket.socket()
+    try:
+        s.bind((host, port))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
