@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Optional
 
 from smtpmx.address import Address
@@ -74,7 +75,7 @@ def received(
     if tls is not None:
         lines.append(f"\t(using {_printable(tls)})")
     lines.append(f"\tby {hostname} (smtpmx) with {protocol} id {queueId}")
-    date = format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    date = _date(int(when))
     if recipient is not None:
         lines.append(f"\tfor <{_printable(str(recipient))}>; {date}")
     else:
@@ -83,8 +84,18 @@ def received(
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
+@lru_cache(maxsize=4)
+def _date(when: int) -> str:
+    """
+    The RFC 5322 date of a second, cached: many messages share one.
+    """
+    return format_datetime(datetime.fromtimestamp(when, timezone.utc))
+
+
 def _printable(text: str) -> str:
     """
     Client-given text made safe inside a header: one line, printable.
     """
+    if text.isprintable():
+        return text[:255]
     return "".join(c if c.isprintable() else "?" for c in text)[:255]

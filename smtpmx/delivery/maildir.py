@@ -9,6 +9,7 @@ functions that touch the disk block and belong in a thread.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Optional
 
 from smtpmx.address import UnsafeMailbox, checkSafeName
@@ -23,6 +24,7 @@ from smtpmx.spool import (
 )
 
 
+@lru_cache(maxsize=4096)
 def mailboxPath(root: str, mailbox: LocalMailbox) -> str:
     """
     The directory of a mailbox under C{root}.
@@ -35,6 +37,9 @@ def mailboxPath(root: str, mailbox: LocalMailbox) -> str:
     operator's own and are followed.
 
     @param root: the Maildir root.
+
+    The result is cached: the same few mailboxes receive most mail, and
+    the answer is a pure function of its arguments.
 
     @raise UnsafeMailbox: the mailbox would not be a directory under the
         root.  It is a L{ValueError}.
