@@ -40,6 +40,8 @@ MAX_COMMAND_LINE = 510
 MAX_BUFFERED_LINE = 16384
 # RFC 5321 4.5.3.1 does not bound errors; Postfix's smtpd_hard_error_limit.
 MAX_BAD_COMMANDS = 20
+# Seconds a closing connection may take to flush its last replies.
+CLOSE_GRACE = 30
 INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal server error, try again later")
 
 
@@ -80,6 +82,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._closing = False
         self._counted = False
         self._transportPaused = False
+        self._abortCall = None
 
     # Connection life.
 
@@ -98,6 +101,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             self._close()
             return
         self._counted = True
+        self.transport.registerProducer(self, True)
         self.log.info("connect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
         self.session = self.factory.newSession(self.clientHost)
         self.setTimeout(self.factory.config.commandTimeout)
@@ -105,6 +109,8 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.setTimeout(None)
+        if self._abortCall is not None and self._abortCall.active():
+            self._abortCall.cancel()
         self._abortMessage()
         if self._counted:
             self._counted = False
@@ -124,6 +130,13 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._closing = True
         self.setTimeout(None)
         self.transport.loseConnection()
+        # A client that reads nothing would keep a closing connection open
+        # forever, its replies unsent: cut it off after a grace period.
+        self._abortCall = self.callLater(CLOSE_GRACE, self._cutOff)
+
+    def _cutOff(self) -> None:
+        self.log.info("cut off [{client}]: it did not read its last replies", client=self.clientHost)
+        self.transport.abortConnection()
 
     def _sendReply(self, r: Reply) -> None:
         self.transport.write(r.format())
@@ -134,26 +147,51 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     # saves two epoll calls per command on the hot path.
 
     def _wait(self, why: str) -> None:
-        if not self._waiting:
-            self.paused = True
-            self.setTimeout(None)
         self._waiting.add(why)
-        if why == "disk":
+        self.paused = True
+        if self._waitingOnUs():
+            # The client is not idle while we work for it.
+            self.setTimeout(None)
+        if why in ("disk", "write"):
             self._pauseTransport()
 
     def _done(self, why: str) -> None:
         self._waiting.discard(why)
-        if self._waiting or self._closing or self.transport is None:
+        if self._closing or self.transport is None:
             return
-        self.setTimeout(
-            self.factory.config.dataTimeout if self._reader else self.factory.config.commandTimeout
-        )
+        if not self._waitingOnUs():
+            self.setTimeout(
+                self.factory.config.dataTimeout if self._reader else self.factory.config.commandTimeout
+            )
+        if self._waiting:
+            return
         self.paused = False
         if self._transportPaused:
             self._transportPaused = False
             self.transport.resumeProducing()
         # Act on whatever arrived while we waited.
         LineReceiver.dataReceived(self, b"")
+
+    def _waitingOnUs(self) -> bool:
+        """
+        Whether the server, not the client, holds the session up: the idle
+        timeout does not run then.  A client that does not read our
+        replies ("write") is still subject to it.
+        """
+        return bool(self._waiting - {"write"})
+
+    # The transport calls these when the client does not read our replies:
+    # then we stop reading its commands, so our buffer of replies to it
+    # stays bounded.
+
+    def pauseProducing(self) -> None:
+        self._wait("write")
+
+    def resumeProducing(self) -> None:
+        self._done("write")
+
+    def stopProducing(self) -> None:
+        self._close()
 
     def _pauseTransport(self) -> None:
         if not self._transportPaused:

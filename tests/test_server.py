@@ -679,3 +679,45 @@ class StartTLSTests(SynchronousTestCase):
         """
         s = self.server()
         self.assertEqual(s.codes("EHLO c\r\nSTARTTLS now\r\n")[-1][:9], "501 5.5.4")
+
+
+class BackpressureTests(SynchronousTestCase):
+    """
+    A client that does not read our replies cannot make us buffer without
+    bound, nor hold a connection forever.
+    """
+
+    def test_notReading(self):
+        """
+        When the transport's buffer of replies is full, commands are not
+        acted on until it drains; then they are answered in order.
+        """
+        s = Server().greeted()
+        s.protocol.pauseProducing()
+        self.assertEqual(s.codes("NOOP\r\nRSET\r\n"), [])
+        self.assertEqual(s.transport.producerState, "paused")
+        s.protocol.resumeProducing()
+        self.assertEqual(s.output(), ["250 2.0.0 Ok", "250 2.0.0 Ok"])
+
+    def test_timeoutWhileNotReading(self):
+        """
+        The idle timeout still runs for a client that does not read, and a
+        closing connection that cannot flush is cut off after a grace
+        period.
+        """
+        s = Server(commandTimeout=10).greeted()
+        s.protocol.pauseProducing()
+        s.clock.advance(11)
+        self.assertTrue(s.closed)
+        aborted = []
+        s.transport.abortConnection = lambda: aborted.append(True)
+        s.clock.advance(30)
+        self.assertEqual(aborted, [True])
+
+    def test_registeredAsProducer(self):
+        """
+        The protocol registers with its transport as a streaming producer.
+        """
+        s = Server()
+        self.assertIs(s.transport.producer, s.protocol)
+        self.assertTrue(s.transport.streaming)
