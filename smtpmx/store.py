@@ -85,7 +85,7 @@ class _Copy:
 
 class _MessageFiles:
     """
-    The files of one message, the blocking side of L{_MaildirMessage}.
+    The files of one message, the blocking side of L{StreamingMessage}.
     Every method runs in the thread runner, strictly one after another,
     and any method that fails has already removed every file.
     """
@@ -126,6 +126,14 @@ class _MessageFiles:
         Append the last body bytes, make every other copy, fsync them all,
         move them into C{new/} and fsync each C{new/} directory.
         """
+        self.prepare(data)
+        self.commit()
+
+    def prepare(self, data: bytes) -> None:
+        """
+        The first half of L{finish}: append the last body bytes, make every
+        other copy and fsync them all, leaving them in C{tmp/}.
+        """
         try:
             source = self._first()
             writeAll(source, data)
@@ -138,6 +146,16 @@ class _MessageFiles:
                 assert copy.fd is not None
                 os.fsync(copy.fd)
                 copy.close()
+        except BaseException as e:
+            self._discardAfter(e)
+            raise
+
+    def commit(self) -> None:
+        """
+        The second half of L{finish}: move every prepared copy into
+        C{new/} and fsync each C{new/} directory.
+        """
+        try:
             directories: dict[str, None] = {}
             for copy in self._copies:
                 renameIntoNew(copy.mailbox, copy.name)
@@ -191,11 +209,18 @@ class _MessageFiles:
 
 
 @implementer(IIncomingMessage)
-class _MaildirMessage:
+class StreamingMessage:
     """
-    One message on its way into the Maildirs; lives on the reactor thread
-    and sends every piece of I/O to the thread runner as a job, one job
-    after another.
+    One message on its way to disk; lives on the reactor thread and sends
+    every piece of I/O to the thread runner as a job, one job after
+    another.
+
+    The blocking side is a I{files} object, whose methods are the jobs:
+    C{write(data)}, C{finish(data)}, C{discard() -> list[BaseException]}
+    and, for the two-phase completion (L{prepare}, L{commit}),
+    C{prepare(data)} and C{commit()}.  Every method but C{discard} has
+    removed every file before it raises.  The Maildir store and the relay
+    queue (L{smtpmx.relay.queue}) both use it.
     """
 
     _log = Logger()
@@ -329,12 +354,118 @@ class _MaildirMessage:
         self._tail.addCallback(report)
         return result
 
+    def _report(self, doneState: str) -> Deferred[None]:
+        """
+        Report on the completion step just queued, once every job is done,
+        and move to C{doneState} if it succeeded.
+
+        @return: a L{Deferred} that fires with L{None}, or fails with the
+            first error met by any job.
+        """
+        result: Deferred[None] = Deferred()
+        before = self._state
+
+        def report(ignored: object) -> None:
+            """
+            Fire the result once the step is done.
+            """
+            failure = self._failure
+            if self._state == before:
+                self._state = doneState if failure is None else "failed"
+            if failure is None:
+                result.callback(None)
+            else:
+                result.errback(failure)
+
+        self._tail.addCallback(report)
+        return result
+
+    def prepare(self) -> Deferred[None]:
+        """
+        The first half of a two-phase L{finish}: write everything and fsync
+        it, without making the message visible yet.
+
+        @return: a L{Deferred} that fires with L{None} once the message can
+            be committed, or fails with nothing left behind.
+        """
+        if self._state != "open":
+            raise RuntimeError("prepare() called twice or after finish() or abort()")
+        self._state = "preparing"
+        self._flush(self._files.prepare)
+        return self._report("prepared")
+
+    def commit(self) -> Deferred[None]:
+        """
+        The second half of a two-phase L{finish}: make the prepared message
+        visible, durably.
+
+        @return: a L{Deferred} that fires with L{None} once the message is
+            stored, or fails with nothing left behind.
+        """
+        if self._state != "prepared":
+            raise RuntimeError("commit() without a successful prepare()")
+        self._state = "committing"
+        self._enqueue(self._files.commit)
+        return self._report("done")
+
+    def rollback(self) -> Deferred[None]:
+        """
+        Remove every file of the message, whatever its state: unlike
+        L{abort}, this also undoes a successful L{finish} or L{commit}, for
+        a caller whose larger transaction failed.  Waits for the jobs under
+        way.
+
+        @return: a L{Deferred} that fires with L{None} once the files are
+            gone; it never fails (what could not be removed is logged).
+        """
+        if self._state == "rolledBack":
+            return succeed(None)
+        self._state = "rolledBack"
+        self._buffer = []
+        self._pending -= self._buffered
+        self._buffered = 0
+        if self._failure is None:
+            self._failure = Failure(RuntimeError("message rolled back"))
+        self._checkBacklog()
+        if not self._started:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._tail.addCallback(self._discardFiles).addBoth(lambda ignored: done.callback(None))
+        return done
+
+    def _discardFiles(self, ignored: object) -> Deferred[None]:
+        """
+        Remove every file in the thread runner and log what could not be.
+        """
+
+        def discarded(problems: list[BaseException]) -> None:
+            """
+            Log what the clean-up could not remove.
+            """
+            for problem in problems:
+                self._log.warn(
+                    "Could not remove a file of an abandoned message: {problem!r}",
+                    problem=problem,
+                )
+
+        def failed(failure: Failure) -> None:
+            """
+            Log a clean-up that could not run at all.
+            """
+            self._log.failure("Could not clean up an abandoned message", failure)
+
+        return self._runBlocking(self._files.discard).addCallbacks(discarded, failed)
+
     def abort(self) -> None:
         """
         Give up: once the jobs under way are done, remove every file of the
         message.  Never raises.  After L{finish} it does nothing, as the
-        message may already be delivered.
+        message may already be delivered; after a successful L{prepare} it
+        is L{rollback}.
         """
+        if self._state == "prepared":
+            self.rollback()
+            return
         if self._state != "open":
             return
         self._state = "aborted"
@@ -410,7 +541,7 @@ class MaildirStore:
         self._chunkSize = chunkSize
         self._backlogLimit = backlogLimit
 
-    def receive(self, envelope: Envelope) -> _MaildirMessage:
+    def receive(self, envelope: Envelope) -> StreamingMessage:
         """
         Begin storing a message for every recipient of C{envelope}.
 
@@ -437,9 +568,13 @@ class MaildirStore:
             )
         if not copies:
             raise ValueError("a message needs at least one recipient")
-        return _MaildirMessage(
+        return StreamingMessage(
             _MessageFiles(copies, self._hostname),
             self._runBlocking,
             self._chunkSize,
             self._backlogLimit,
         )
+
+
+# The name this class had before the relay queue shared it.
+_MaildirMessage = StreamingMessage
