@@ -1,0 +1,859 @@
+"""
+The relay client: one SMTP transaction with one next hop (RFC 5321, with
+ESMTP PIPELINING, SIZE, 8BITMIME, SMTPUTF8 and STARTTLS).
+
+L{deliver} connects, greets, upgrades to TLS as C{--relay-tls} says, sends
+one copy of the message for every recipient that shares the next hop and
+reports what became of each recipient: delivered, a temporary failure (4xx,
+or anything that went wrong on the way) or a permanent one (5xx).  It never
+raises for anything the network or the next hop does: a refused
+connection, a timeout, a garbled reply or a failed TLS handshake become
+temporary failures in the L{TransactionResult}.
+
+The protocol is our own small L{LineReceiver} that turns lines into
+replies and hands each to whoever waits for it; the sequencing is plain
+coroutine code on top of it.  Every wait has a timeout (RFC 5321 section
+4.5.3.2), the message is read from disk through the thread runner and
+dot-stuffed across chunk boundaries (L{DotStuffer}), and writing it follows
+the transport's flow control, so memory stays bounded whatever its size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from smtpmx.relay.nexthop import NextHop
+from smtpmx.relay.stuffing import DotStuffer
+from smtpmx.reply import Reply
+
+_log = Logger()
+
+# Postfix's defaults, after RFC 5321 section 4.5.3.2, in seconds.
+DEFAULT_TIMEOUTS: Mapping[str, float] = {
+    "connect": 30.0,  # TCP connection
+    "greeting": 300.0,  # the 220 banner
+    "command": 300.0,  # the reply to EHLO, MAIL, RCPT, DATA, STARTTLS
+    "tlsHandshake": 300.0,  # the TLS handshake after STARTTLS
+    "dataBlock": 180.0,  # the transport taking the next block of the message
+    "finalDot": 600.0,  # the reply to the final "."
+    "quit": 30.0,  # the reply to QUIT; the outcome is known by then
+}
+
+# Bytes of the message read from disk at a time.
+CHUNK_SIZE = 64 * 1024
+
+# Limits on what the next hop may send us: one reply line (RFC 5321
+# section 4.5.3.1.5 says 512 octets; real servers send longer), lines in
+# one reply, and replies nobody asked for.
+MAX_LINE_LENGTH = 8192
+MAX_REPLY_LINES = 200
+MAX_UNEXPECTED_REPLIES = 100
+
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]|$)(.*)", re.DOTALL)
+_ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |$)")
+
+TLS_MODES = ("none", "may", "verify")
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """
+    What became of one recipient.
+
+    @ivar code: the reply code, the next hop's or one of ours (C{451}) for
+        a failure on our side of the connection.
+    @ivar enhanced: the enhanced status code (RFC 3463), C{"x.y.z"}, or
+        L{None} if the reply had none.
+    @ivar text: the reply text as sent after the code, enhanced code
+        included, the lines of a multi-line reply joined by spaces: what a
+        log line or a bounce quotes after the code.
+    @ivar permanent: L{None} if delivered, C{True} for a permanent failure
+        (5xx), C{False} for a temporary one.
+    """
+
+    code: int
+    enhanced: Optional[str]
+    text: str
+    permanent: Optional[bool]
+
+
+@dataclass
+class TransactionResult:
+    """
+    The outcome of one transaction with one next hop.
+
+    @ivar recipients: every recipient given to L{deliver}, as given, to its
+        L{RecipientResult}.
+    @ivar tls: the TLS protocol version and cipher (C{"TLSv1.3
+        TLS_AES_256_GCM_SHA384"}), or L{None} for a session in clear.
+    @ivar verified: whether the next hop's certificate was verified to
+        name it.
+    @ivar remoteMta: the next hop's name, for logs and bounces.
+    @ivar connected: whether an SMTP session fit for a transaction was
+        established.  C{False} (no connection, no greeting, EHLO/HELO
+        refused, TLS required but failed) means the next hop never saw the
+        message: try the next one.  Every recipient is then a temporary
+        failure.
+    @ivar error: for C{connected=False}, why.
+    """
+
+    recipients: dict[str, RecipientResult] = field(default_factory=dict)
+    tls: Optional[str] = None
+    verified: bool = False
+    remoteMta: str = ""
+    connected: bool = True
+    error: Optional[str] = None
+
+
+class SessionError(Exception):
+    """
+    The session with the next hop cannot go on: the connection failed,
+    closed or timed out, or the next hop said something we cannot read.
+    C{str()} says what happened.
+    """
+
+
+class _TLSFailed(SessionError):
+    """
+    The TLS handshake after STARTTLS failed or the certificate was
+    rejected.
+    """
+
+
+def parseEnhanced(code: int, text: str) -> tuple[Optional[str], str]:
+    """
+    Split an enhanced status code (RFC 2034 section 4) off the start of a
+    reply line; it is only taken as one when its class matches the reply
+    code's first digit.
+
+    @return: the enhanced code or L{None}, and the rest of the text.
+    """
+    match = _ENHANCED.match(text)
+    if match is None or match.group(1) != str(code)[0]:
+        return None, text
+    return ".".join(match.group(1, 2, 3)), text[match.end() :]
+
+
+def _outcome(reply: Reply) -> Optional[bool]:
+    """
+    The C{permanent} value for a reply: L{None} for 2xx, C{True} for 5xx,
+    C{False} for anything else.
+    """
+    if 200 <= reply.code < 300:
+        return None
+    return reply.code >= 500
+
+
+def _result(reply: Reply, permanent: Optional[bool] = ...) -> RecipientResult:
+    """
+    A recipient's result from a reply of the next hop.
+    """
+    if permanent is ...:
+        permanent = _outcome(reply)
+    text = " ".join(reply.text.split("\n"))
+    if reply.enhanced:
+        text = f"{reply.enhanced} {text}".rstrip()
+    return RecipientResult(reply.code, reply.enhanced, text, permanent)
+
+
+def _localFailure(reason: str, enhanced: str = "4.4.2", code: int = 451) -> RecipientResult:
+    """
+    A temporary failure for something that went wrong on our side of the
+    reply.
+    """
+    return RecipientResult(code, enhanced, f"{enhanced} {reason}", False)
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class ClientProtocol(LineReceiver):
+    """
+    The line layer of the relay client: it parses replies, gives each to
+    the oldest L{expect} waiting (or keeps it until one asks: replies to
+    pipelined commands come in order), and times out every wait.
+
+    Anything unreadable, a closed connection or a timeout fails every wait,
+    present and future, with L{SessionError}, and closes the connection.
+
+    It is also the producer of the message data: L{whenWritable} waits
+    while the transport asks us to pause.
+
+    @ivar tls: the TLS version and cipher once STARTTLS succeeded.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE_LENGTH
+
+    def __init__(self, reactor) -> None:
+        """
+        @param reactor: the clock for the timeouts.
+        """
+        self._reactor = reactor
+        self._lines: list[tuple[int, str]] = []
+        self._replies: deque[Reply] = deque()
+        self._waiters: deque[tuple[Deferred, Any]] = deque()
+        self._writable: Optional[tuple[Deferred, Any]] = None
+        self._handshake: Optional[tuple[Deferred, Any]] = None
+        self._error: Optional[SessionError] = None
+        self._paused = False
+        self._closed: Deferred = Deferred()
+        self._connected = False
+        self.tls: Optional[str] = None
+
+    # Connection events.
+
+    def connectionMade(self) -> None:
+        """
+        Note that the connection is up.
+        """
+        self._connected = True
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        """
+        Fail every wait with why the connection went.
+        """
+        self._connected = False
+        if self._handshake is not None:
+            self._fail(_TLSFailed(f"TLS handshake failed: {_describe(reason)}"))
+        else:
+            self._fail(SessionError(f"connection closed by the remote host ({_describe(reason)})"))
+        self._closed.callback(None)
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        Add one line to the reply being read; hand on a complete reply.
+        """
+        if self._error is not None:
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        match = _REPLY_LINE.fullmatch(line)
+        if match is None:
+            self._protocolError(f"garbled reply line {line[:80]!r}")
+            return
+        code = int(match.group(1))
+        text = match.group(3).decode("utf-8", "replace")
+        if self._lines and self._lines[0][0] != code:
+            self._protocolError(f"reply lines with different codes {self._lines[0][0]} and {code}")
+            return
+        self._lines.append((code, text))
+        if match.group(2) == b"-":
+            if len(self._lines) > MAX_REPLY_LINES:
+                self._protocolError("reply too long")
+            return
+        lines, self._lines = self._lines, []
+        enhanced, first = parseEnhanced(code, lines[0][1])
+        texts = [first]
+        for _, line in lines[1:]:
+            more, rest = parseEnhanced(code, line)
+            texts.append(rest if enhanced and more == enhanced else line)
+        reply = Reply(code, enhanced, "\n".join(texts))
+        if self._waiters:
+            waiter, timer = self._waiters.popleft()
+            timer.cancel()
+            waiter.callback(reply)
+        elif len(self._replies) >= MAX_UNEXPECTED_REPLIES:
+            self._protocolError("too many replies nobody asked for")
+        else:
+            self._replies.append(reply)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A reply line longer than any server sends: give up.
+        """
+        self._protocolError("reply line too long")
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done: note the version and cipher and let the
+        session go on.
+        """
+        tlsProtocol = getattr(self.transport, "protocol", None)
+        if getattr(tlsProtocol, "disconnecting", False):
+            # The certificate was rejected after the handshake proper; the
+            # connection is being aborted and connectionLost says why.
+            return
+        try:
+            connection = self.transport.getHandle()
+            self.tls = f"{connection.get_protocol_version_name()} {connection.get_cipher_name()}"
+        except Exception:
+            self.tls = "TLS"
+        if self._handshake is not None:
+            waiter, timer = self._handshake
+            self._handshake = None
+            timer.cancel()
+            waiter.callback(None)
+
+    # Producer of the message data.
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full: stop writing.
+        """
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The transport can take more.
+        """
+        self._paused = False
+        if self._writable is not None:
+            waiter, timer = self._writable
+            self._writable = None
+            timer.cancel()
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        """
+        The transport is going away; connectionLost will say so.
+        """
+
+    # The interface for the session.
+
+    def expect(self, timeout: float, what: str) -> Deferred[Reply]:
+        """
+        The next reply.
+
+        @param timeout: seconds to wait for it.
+        @param what: what it answers, for the reason of a timeout.
+        """
+        if self._error is not None:
+            return fail(self._error)
+        if self._replies:
+            return succeed(self._replies.popleft())
+        waiter: Deferred[Reply] = Deferred()
+        timer = self._reactor.callLater(timeout, self._timedOut, f"timeout waiting for reply to {what}")
+        self._waiters.append((waiter, timer))
+        return waiter
+
+    def send(self, *commands: str) -> None:
+        """
+        Send one or more commands in one write (pipelining, RFC 2920).
+        """
+        self.transport.write(b"".join(c.encode("utf-8") + b"\r\n" for c in commands))
+
+    def startTLS(self, contextFactory, timeout: float) -> Deferred[None]:
+        """
+        Start the TLS handshake; the result fires when it is done.
+        """
+        if self._error is not None:
+            return fail(self._error)
+        waiter: Deferred[None] = Deferred()
+        timer = self._reactor.callLater(timeout, self._timedOut, "TLS handshake timed out", _TLSFailed)
+        self._handshake = (waiter, timer)
+        self.transport.startTLS(contextFactory)
+        return waiter
+
+    def whenWritable(self, timeout: float) -> Deferred[None]:
+        """
+        Fires once the transport takes more data (at once unless paused).
+        """
+        if self._error is not None:
+            return fail(self._error)
+        if not self._paused:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        timer = self._reactor.callLater(timeout, self._timedOut, "timeout sending message content")
+        self._writable = (waiter, timer)
+        return waiter
+
+    def close(self, timeout: float = 5.0) -> Deferred[None]:
+        """
+        Close the connection; fires once it is closed (aborted if it does
+        not close in time).
+        """
+        if self._connected:
+            self.transport.loseConnection()
+            timer = self._reactor.callLater(timeout, self._abort)
+            self._closed.addBoth(lambda r: timer.cancel() if timer.active() else None)
+        d: Deferred[None] = Deferred()
+        self._closed.addBoth(lambda _: d.callback(None))
+        return d
+
+    # Failure.
+
+    def _abort(self) -> None:
+        """
+        Drop the connection at once.
+        """
+        if self._connected:
+            self.transport.abortConnection()
+
+    def _timedOut(self, reason: str, kind: type = SessionError) -> None:
+        """
+        A wait timed out: fail everything and drop the connection.
+        """
+        if kind is SessionError and self._handshake is not None:
+            kind = _TLSFailed
+        self._fail(kind(reason))
+        self._abort()
+
+    def _protocolError(self, reason: str) -> None:
+        """
+        The next hop said something we cannot read.
+        """
+        self._fail(SessionError(f"protocol error: {reason}"))
+        self._abort()
+
+    def _fail(self, error: SessionError) -> None:
+        """
+        Fail every wait, now and later, with C{error} (the first error
+        sticks).
+        """
+        if self._error is None:
+            self._error = error
+        pending = list(self._waiters)
+        self._waiters.clear()
+        for slot in ("_handshake", "_writable"):
+            if getattr(self, slot) is not None:
+                pending.append(getattr(self, slot))
+                setattr(self, slot, None)
+        for waiter, timer in pending:
+            if timer.active():
+                timer.cancel()
+            waiter.errback(self._error)
+
+
+def _describe(reason: Optional[Failure]) -> str:
+    """
+    A short text for why a connection closed.
+    """
+    if reason is None:
+        return "no reason"
+    value = reason.value
+    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
+        # OpenSSL's error queue: [(library, function, reason), ...].
+        text = "; ".join(str(entry[-1]) for entry in value.args[0] if entry) or "TLS error"
+    else:
+        text = str(value) or type(value).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _readCertificates(path: str) -> list[Certificate]:
+    """
+    Every certificate in a PEM file (blocking: run it in a thread).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + part for part in data.split(marker)[1:]]
+    certificates = [Certificate.loadPEM(block) for block in blocks]
+    if not certificates:
+        raise ValueError("no certificate in it")
+    return certificates
+
+
+def _readChunk(f, size: int) -> bytes:
+    """
+    The next C{size} bytes of an open file (blocking).
+    """
+    return f.read(size)
+
+
+def _close(f) -> None:
+    """
+    Close an open file (blocking).
+    """
+    f.close()
+
+
+def _isAscii(text: str) -> bool:
+    """
+    Whether C{text} is plain ASCII.
+    """
+    return text.isascii()
+
+
+class _Transaction:
+    """
+    One call of L{deliver}: its parameters and the results so far.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        hop: NextHop,
+        heloName: str,
+        sender: str,
+        recipients: list[str],
+        messageFile: str,
+        size: int,
+        runBlocking: Callable[..., Deferred],
+        tlsMode: str,
+        trustRoot: Optional[str],
+        timeouts: Mapping[str, float],
+    ) -> None:
+        """
+        The parameters of L{deliver}; duplicate recipients are sent once.
+        """
+        self.reactor = reactor
+        self.hop = hop
+        self.heloName = heloName
+        self.sender = sender
+        self.recipients = list(dict.fromkeys(recipients))
+        self.messageFile = messageFile
+        self.size = size
+        self.runBlocking = runBlocking
+        self.tlsMode = tlsMode
+        self.trustRoot = trustRoot
+        self.timeouts = timeouts
+        self.label = f"{hop.name}[{hop.host}]:{hop.port}"
+
+    def _unconnected(self, error: str, result: Optional[TransactionResult] = None) -> TransactionResult:
+        """
+        The result of a session that never got to MAIL: every recipient a
+        temporary failure, and C{connected=False} so the next hop is tried.
+        """
+        result = result or TransactionResult(remoteMta=self.hop.name)
+        result.connected = False
+        result.error = error
+        failure = _localFailure(error, "4.4.1")
+        result.recipients = {r: failure for r in self.recipients}
+        return result
+
+    async def run(self) -> TransactionResult:
+        """
+        The transaction, with one retry in clear when opportunistic TLS
+        fails its handshake (as Postfix does: a broken TLS stack at the next
+        hop must not stop mail that may go in clear).
+        """
+        if self.tlsMode not in TLS_MODES:
+            return self._unconnected(f"unknown TLS mode {self.tlsMode!r}")
+        context = None
+        if self.tlsMode == "verify":
+            try:
+                if self.trustRoot is None:
+                    root = platformTrust()
+                else:
+                    root = trustRootFromCertificates(
+                        await self.runBlocking(_readCertificates, self.trustRoot)
+                    )
+                context = optionsForClientTLS(
+                    self.hop.name,
+                    trustRoot=root,
+                    extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+                )
+            except Exception as e:
+                _log.failure("cannot set up TLS for {hop}", hop=self.label)
+                return self._unconnected(f"cannot load the CA certificates {self.trustRoot}: {e}")
+        elif self.tlsMode == "may":
+            context = CertificateOptions(verify=False, raiseMinimumTo=TLSVersion.TLSv1_2)
+        try:
+            return await self.session(context)
+        except _TLSFailed as e:
+            if self.tlsMode != "may":
+                return self._unconnected(str(e))
+            _log.info("{hop}: {why}; trying again without TLS", hop=self.label, why=str(e))
+        return await self.session(None)
+
+    async def session(self, context) -> TransactionResult:
+        """
+        One connection: greeting, EHLO, STARTTLS, the transaction, QUIT.
+
+        @param context: the TLS client options, or L{None} not to use TLS.
+        @raise _TLSFailed: opportunistic TLS failed (the caller retries in
+            clear).
+        """
+        t = self.timeouts
+        result = TransactionResult(remoteMta=self.hop.name)
+        protocol = ClientProtocol(self.reactor)
+        endpoint = HostnameEndpoint(self.reactor, self.hop.host, self.hop.port, timeout=t["connect"])
+        connecting = connectProtocol(endpoint, protocol)
+        timer = self.reactor.callLater(t["connect"] + 1, connecting.cancel)
+        try:
+            await connecting
+        except Exception as e:
+            return self._unconnected(f"connect to {self.label} failed: {str(e) or type(e).__name__}")
+        finally:
+            if timer.active():
+                timer.cancel()
+        try:
+            try:
+                extensions = await self.greet(protocol, context, result)
+            except _TLSFailed:
+                raise
+            except SessionError as e:
+                # Nothing was sent yet: the next hop may do better.
+                return self._unconnected(f"{self.label}: {e}", result)
+            except _Refused as e:
+                return self._unconnected(str(e), result)
+            await self.transact(protocol, extensions, result)
+            await self.quit(protocol)
+            return result
+        except _TLSFailed:
+            raise
+        except Exception:
+            # A bug of ours: no message was sent, so it is safe to retry.
+            _log.failure("relay session with {hop} failed", hop=self.label)
+            for r in self.recipients:
+                if r not in result.recipients:
+                    result.recipients[r] = _localFailure("internal error in the relay client", "4.3.0")
+            return result
+        finally:
+            await protocol.close()
+
+    async def greet(self, protocol: ClientProtocol, context, result: TransactionResult) -> dict[str, str]:
+        """
+        Greeting, EHLO (HELO if EHLO is refused), STARTTLS and EHLO again.
+
+        @return: the extensions offered, C{KEYWORD: parameters}.
+        @raise _Refused: the next hop turned us away.
+        """
+        t = self.timeouts
+        greeting = await protocol.expect(t["greeting"], "initial greeting")
+        if greeting.code != 220:
+            raise _Refused(f"{self.label} refused to talk to us: {_result(greeting).code} {_result(greeting).text}")
+        extensions = await self.hello(protocol)
+        if context is not None and "STARTTLS" in extensions:
+            protocol.send("STARTTLS")
+            reply = await protocol.expect(t["command"], "STARTTLS")
+            if reply.code == 220:
+                await protocol.startTLS(context, t["tlsHandshake"])
+                result.tls = protocol.tls
+                result.verified = self.tlsMode == "verify"
+                extensions = await self.hello(protocol)
+            elif self.tlsMode == "verify":
+                raise _Refused(f"{self.label} refused STARTTLS: {reply.code} {_result(reply).text}")
+            else:
+                _log.info("{hop} refused STARTTLS ({reply}); going on in clear", hop=self.label, reply=str(reply))
+        if self.tlsMode == "verify" and result.tls is None:
+            raise _Refused(f"TLS is required but {self.label} does not offer STARTTLS")
+        return extensions
+
+    async def hello(self, protocol: ClientProtocol) -> dict[str, str]:
+        """
+        EHLO, or HELO when EHLO gets a 5xx (RFC 5321 section 3.2).
+
+        @return: the extensions offered (none after HELO).
+        @raise _Refused: both were refused, or EHLO got a 4xx.
+        """
+        protocol.send(f"EHLO {self.heloName}")
+        reply = await protocol.expect(self.timeouts["command"], "EHLO")
+        if reply.code == 250:
+            extensions = {}
+            for line in reply.text.split("\n")[1:]:
+                keyword, _, params = line.strip().partition(" ")
+                if keyword:
+                    extensions[keyword.upper()] = params.strip()
+            return extensions
+        if 500 <= reply.code < 600:
+            protocol.send(f"HELO {self.heloName}")
+            reply = await protocol.expect(self.timeouts["command"], "HELO")
+            if reply.code == 250:
+                return {}
+        raise _Refused(f"{self.label} refused our greeting: {reply.code} {_result(reply).text}")
+
+    async def transact(self, protocol: ClientProtocol, extensions: dict[str, str], result: TransactionResult) -> None:
+        """
+        MAIL, RCPT, DATA and the message; fills C{result.recipients}, for
+        every recipient, whatever happens to the connection.
+        """
+        t = self.timeouts
+        results = result.recipients
+        stage = "MAIL FROM"
+        try:
+            parameters = []
+            if "SIZE" in extensions and self.size >= 0:
+                parameters.append(f"SIZE={self.size}")
+            if "8BITMIME" in extensions:
+                parameters.append("BODY=8BITMIME")
+            addresses = [self.sender, *self.recipients]
+            if not all(map(_isAscii, addresses)):
+                if "SMTPUTF8" not in extensions:
+                    # RFC 6531 section 3.2: nothing else can carry them.
+                    failure = RecipientResult(
+                        553, "5.6.7", f"5.6.7 {self.label} does not support SMTPUTF8 (RFC 6531)", True
+                    )
+                    for r in self.recipients:
+                        results[r] = failure
+                    return
+                parameters.append("SMTPUTF8")
+            mail = " ".join([f"MAIL FROM:<{self.sender}>", *parameters])
+            rcpts = [f"RCPT TO:<{r}>" for r in self.recipients]
+            pipelining = "PIPELINING" in extensions
+            if pipelining:
+                protocol.send(mail, *rcpts)
+            else:
+                protocol.send(mail)
+            reply = await protocol.expect(t["command"], "MAIL FROM")
+            if not 200 <= reply.code < 300:
+                for r in self.recipients:
+                    results[r] = _result(reply)
+                if pipelining:
+                    for r in self.recipients:
+                        await protocol.expect(t["command"], "RCPT TO")
+                return
+            accepted = []
+            for r, command in zip(self.recipients, rcpts):
+                stage = f"RCPT TO:<{r}>"
+                if not pipelining:
+                    protocol.send(command)
+                reply = await protocol.expect(t["command"], stage)
+                results[r] = _result(reply)
+                if 200 <= reply.code < 300:
+                    accepted.append(r)
+            if not accepted:
+                return
+            for r in accepted:
+                del results[r]
+
+            stage = "DATA"
+            protocol.send("DATA")
+            reply = await protocol.expect(t["command"], "DATA")
+            if reply.code != 354:
+                permanent = True if reply.code >= 500 else False
+                for r in accepted:
+                    results[r] = _result(reply, permanent)
+                return
+
+            stage = "sending message content"
+            await self.sendMessage(protocol)
+            stage = "end of data"
+            reply = await protocol.expect(t["finalDot"], "end of data")
+            for r in accepted:
+                results[r] = _result(reply)
+        except SessionError as e:
+            failure = _localFailure(f"lost connection with {self.label} while {stage}: {e}")
+            for r in self.recipients:
+                if r not in results:
+                    results[r] = failure
+
+    async def sendMessage(self, protocol: ClientProtocol) -> None:
+        """
+        Write the message file, dot-stuffed, then the end of data,
+        following the transport's flow control.
+
+        @raise SessionError: the connection failed, or the file cannot be
+            read (the connection is then dropped, so that no truncated copy
+            is ever delivered).
+        """
+        t = self.timeouts
+        stuffer = DotStuffer()
+        try:
+            f = await self.runBlocking(open, self.messageFile, "rb")
+        except OSError as e:
+            protocol._abort()
+            raise SessionError(f"cannot read the queued message: {e}") from None
+        transport = protocol.transport
+        transport.registerProducer(protocol, True)
+        try:
+            while True:
+                try:
+                    chunk = await self.runBlocking(_readChunk, f, CHUNK_SIZE)
+                except OSError as e:
+                    protocol._abort()
+                    raise SessionError(f"cannot read the queued message: {e}") from None
+                if protocol._error is not None:
+                    raise protocol._error
+                if not chunk:
+                    break
+                transport.write(stuffer.feed(chunk))
+                await protocol.whenWritable(t["dataBlock"])
+            transport.write(stuffer.end())
+        finally:
+            if protocol._connected:
+                transport.unregisterProducer()
+            try:
+                await self.runBlocking(_close, f)
+            except OSError:
+                pass
+
+    async def quit(self, protocol: ClientProtocol) -> None:
+        """
+        Say goodbye; what the next hop answers no longer matters.
+        """
+        try:
+            protocol.send("QUIT")
+            await protocol.expect(self.timeouts["quit"], "QUIT")
+        except SessionError:
+            pass
+
+
+class _Refused(Exception):
+    """
+    The next hop turned the session away before MAIL.
+    """
+
+
+def deliver(
+    reactor,
+    hop: NextHop,
+    heloName: str,
+    sender: str,
+    recipients: list[str],
+    messageFile: str,
+    size: int,
+    runBlocking: Callable[..., Deferred],
+    tlsMode: str = "may",
+    trustRoot: Optional[str] = None,
+    timeouts: Optional[Mapping[str, float]] = None,
+) -> Deferred[TransactionResult]:
+    """
+    Deliver one message to one next hop for some recipients, in one
+    transaction.
+
+    @param reactor: the reactor to connect with and time out on
+        (L{IReactorTCP}, L{IReactorTime}).
+    @param hop: where to connect, and the name a certificate must carry.
+    @param heloName: our name for EHLO/HELO.
+    @param sender: the reverse-path without brackets; C{""} is the null
+        path C{<>}.
+    @param recipients: the forward-paths without brackets, sent exactly as
+        given (case kept).
+    @param messageFile: the stored message (LF line endings).
+    @param size: its size, announced with C{SIZE=} when offered.
+    @param runBlocking: runs a blocking callable off the reactor thread and
+        returns a L{Deferred} of its result (C{deferToThread}-like).
+    @param tlsMode: C{"none"}: never STARTTLS; C{"may"}: STARTTLS when
+        offered, certificate not checked, in clear if the handshake fails;
+        C{"verify"}: STARTTLS required and the certificate must name
+        C{hop.name}, or every recipient is a temporary failure and nothing
+        is sent in clear.
+    @param trustRoot: a PEM file of CA certificates for C{"verify"}, or
+        L{None} for the system's.
+    @param timeouts: overrides of L{DEFAULT_TIMEOUTS}.
+
+    @return: a L{Deferred} that fires with a L{TransactionResult} holding
+        every recipient; it never fails.
+    """
+    merged = dict(DEFAULT_TIMEOUTS)
+    merged.update(timeouts or {})
+    transaction = _Transaction(
+        reactor, hop, heloName, sender, recipients, messageFile, size, runBlocking, tlsMode, trustRoot, merged
+    )
+
+    return Deferred.fromCoroutine(_safely(transaction))
+
+
+async def _safely(transaction: _Transaction) -> TransactionResult:
+    """
+    Run a transaction; a bug of ours becomes a temporary failure for every
+    recipient, never an exception for the caller.
+    """
+    try:
+        return await transaction.run()
+    except Exception:
+        _log.failure("relay transaction with {hop} failed", hop=transaction.label)
+        result = TransactionResult(remoteMta=transaction.hop.name)
+        failure = _localFailure("internal error in the relay client", "4.3.0")
+        result.recipients = {r: failure for r in transaction.recipients}
+        return result

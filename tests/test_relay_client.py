@@ -1,0 +1,533 @@
+"""
+Tests for L{smtpmx.relay.client}: the relay client against the recording
+sink of L{tests.sink}, over real loopback connections.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.threads import deferToThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from zope.interface import implementer
+
+from smtpmx.relay.client import (
+    ClientProtocol,
+    RecipientResult,
+    TransactionResult,
+    deliver,
+    parseEnhanced,
+)
+from smtpmx.relay.nexthop import NextHop
+from tests import certs
+from tests.sink import Sink
+
+MESSAGE = b"Subject: test\n\nHello.\n.leading dot\n..two\n.\nend\n"
+SHORT = {"connect": 2, "greeting": 2, "command": 2, "tlsHandshake": 2, "dataBlock": 2, "finalDot": 2, "quit": 2}
+
+
+def runBlocking(f, *args, **kwargs) -> Deferred:
+    """
+    Run C{f} in the reactor's thread pool, as the service does.
+    """
+    return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
+
+
+class _RelayTestMixin:
+    """
+    A temporary directory, a message file, and sinks stopped at the end.
+    """
+
+    def setUp(self) -> None:
+        """
+        Make the directory and the default message.
+        """
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.messageFile = self.writeMessage(MESSAGE)
+
+    def writeMessage(self, data: bytes, name: str = "message") -> str:
+        """
+        Store a message as the queue does.
+        """
+        path = os.path.join(self.directory, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def startSink(self, **kwargs) -> tuple[Sink, int]:
+        """
+        A listening sink, stopped at the end of the test.
+        """
+        sink = Sink(reactor, **kwargs)
+        port = sink.listen()
+        self.addCleanup(sink.stop)
+        return sink, port
+
+    def deliver(self, port: int, recipients=("rcpt@example.com",), *, name="localhost", sender="sender@example.org",
+                messageFile=None, tlsMode="none", trustRoot=None, timeouts=SHORT) -> Deferred:
+        """
+        Deliver the message to the sink on C{port}.
+        """
+        messageFile = messageFile or self.messageFile
+        return deliver(
+            reactor, NextHop("127.0.0.1", port, name), "relay.test", sender, list(recipients),
+            messageFile, os.path.getsize(messageFile), runBlocking, tlsMode, trustRoot, timeouts,
+        )
+
+
+class DeliverTests(_RelayTestMixin, TestCase):
+    """
+    Tests for L{deliver} in clear.
+    """
+
+    async def test_threeRecipientsOneTransaction(self) -> None:
+        """
+        Recipients sharing the next hop get one transaction with one copy of
+        the data, their forward-paths exactly as given, case kept.
+        """
+        sink, port = self.startSink()
+        recipients = ["Alice@Example.COM", "bob@example.com", "CAROL.x@example.com"]
+        result = await self.deliver(port, recipients)
+        self.assertIsInstance(result, TransactionResult)
+        self.assertTrue(result.connected)
+        self.assertEqual(list(result.recipients), recipients)
+        for r in recipients:
+            self.assertIsNone(result.recipients[r].permanent)
+            self.assertEqual(result.recipients[r].code, 250)
+        self.assertEqual(len(sink.transactions), 1)
+        transaction = sink.transactions[0]
+        self.assertEqual(transaction.recipients, recipients)
+        self.assertEqual(transaction.mailFrom, "sender@example.org")
+        self.assertEqual(transaction.heloName, "relay.test")
+        self.assertEqual(transaction.data, MESSAGE)
+        self.assertFalse(transaction.tls)
+        self.assertIsNone(result.tls)
+        self.assertEqual(result.remoteMta, "localhost")
+        self.assertEqual(sink.sessions[0].commands[-1][0], "QUIT")
+
+    async def test_nullSender(self) -> None:
+        """
+        The null reverse-path goes out as C{MAIL FROM:<>}.
+        """
+        sink, port = self.startSink()
+        await self.deliver(port, sender="")
+        self.assertTrue(sink.sessions[0].commands[1][0].startswith("MAIL FROM:<> "))
+
+    async def test_perRecipientReplies(self) -> None:
+        """
+        Each recipient gets its own outcome: a 4xx is temporary, a 5xx
+        permanent, and the others are still delivered.
+        """
+        sink, port = self.startSink(rcptReplies={
+            "busy@example.com": "450 4.2.0 busy, try later",
+            "gone@example.com": "550 5.1.1 no such user",
+        })
+        result = await self.deliver(port, ["ok@example.com", "busy@example.com", "gone@example.com"])
+        self.assertEqual(result.recipients["ok@example.com"].permanent, None)
+        self.assertEqual(
+            result.recipients["busy@example.com"], RecipientResult(450, "4.2.0", "4.2.0 busy, try later", False)
+        )
+        self.assertEqual(
+            result.recipients["gone@example.com"], RecipientResult(550, "5.1.1", "5.1.1 no such user", True)
+        )
+        self.assertEqual(sink.transactions[0].accepted, ["ok@example.com"])
+
+    async def test_noRecipientAcceptedNoData(self) -> None:
+        """
+        When no recipient is accepted, DATA is never sent.
+        """
+        sink, port = self.startSink(rcptReplies={"gone@example.com": "550 5.1.1 no such user"})
+        result = await self.deliver(port, ["gone@example.com"])
+        self.assertTrue(result.recipients["gone@example.com"].permanent)
+        self.assertNotIn("DATA", [c for c, _ in sink.sessions[0].commands])
+
+    async def test_mailRefused(self) -> None:
+        """
+        A 5xx to MAIL is a permanent failure for every recipient; a 4xx a
+        temporary one.
+        """
+        sink, port = self.startSink(replies={"MAIL": "553 5.7.1 sender rejected"})
+        result = await self.deliver(port, ["a@example.com", "b@example.com"])
+        self.assertEqual({r.permanent for r in result.recipients.values()}, {True})
+        self.assertEqual(result.recipients["a@example.com"].code, 553)
+        sink, port = self.startSink(replies={"MAIL": "451 4.3.0 try later"})
+        result = await self.deliver(port, ["a@example.com", "b@example.com"])
+        self.assertEqual({r.permanent for r in result.recipients.values()}, {False})
+
+    async def test_dataRefused(self) -> None:
+        """
+        A 5xx to DATA is a permanent failure for the accepted recipients;
+        one refused at RCPT keeps its own reply.
+        """
+        sink, port = self.startSink(
+            replies={"DATA": "554 5.7.0 no"}, rcptReplies={"busy@example.com": "450 4.2.0 busy"}
+        )
+        result = await self.deliver(port, ["a@example.com", "busy@example.com"])
+        self.assertEqual(result.recipients["a@example.com"].code, 554)
+        self.assertTrue(result.recipients["a@example.com"].permanent)
+        self.assertEqual(result.recipients["busy@example.com"].code, 450)
+
+    async def test_finalReply(self) -> None:
+        """
+        The reply to the end of data decides for every accepted recipient.
+        """
+        sink, port = self.startSink(finalReply="452 4.3.1 insufficient storage")
+        result = await self.deliver(port, ["a@example.com", "b@example.com"])
+        self.assertEqual(
+            set(result.recipients.values()), {RecipientResult(452, "4.3.1", "4.3.1 insufficient storage", False)}
+        )
+        self.assertEqual(sink.transactions[0].data, MESSAGE)
+
+    async def test_heloFallback(self) -> None:
+        """
+        A server that refuses EHLO with a 5xx gets HELO, and the message
+        without ESMTP parameters.
+        """
+        sink, port = self.startSink(replies={"EHLO": "502 5.5.2 what?"})
+        result = await self.deliver(port)
+        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        commands = [c for c, _ in sink.sessions[0].commands]
+        self.assertEqual(commands[:3], ["EHLO relay.test", "HELO relay.test", "MAIL FROM:<sender@example.org>"])
+        self.assertEqual(sink.transactions[0].mailParameters, [])
+
+    async def test_size(self) -> None:
+        """
+        C{SIZE=} is sent when the server offers SIZE, and only then.
+        """
+        sink, port = self.startSink()
+        await self.deliver(port)
+        self.assertIn(f"SIZE={len(MESSAGE)}", sink.transactions[0].mailParameters)
+        sink, port = self.startSink(size=False)
+        await self.deliver(port)
+        self.assertFalse([p for p in sink.transactions[0].mailParameters if p.startswith("SIZE")])
+
+    async def test_pipelining(self) -> None:
+        """
+        With PIPELINING, MAIL and every RCPT go out in one write.
+        """
+        sink, port = self.startSink()
+        await self.deliver(port, ["a@example.com", "b@example.com"])
+        batches = sink.sessions[0].batches
+        self.assertIn(
+            ["MAIL FROM:<sender@example.org> SIZE=%d BODY=8BITMIME" % len(MESSAGE),
+             "RCPT TO:<a@example.com>", "RCPT TO:<b@example.com>"],
+            batches,
+        )
+
+    async def test_noPipelining(self) -> None:
+        """
+        Without PIPELINING, each command waits for the reply to the one
+        before.
+        """
+        sink, port = self.startSink(pipelining=False)
+        result = await self.deliver(port, ["a@example.com", "b@example.com"])
+        self.assertEqual(len(result.recipients), 2)
+        for batch in sink.sessions[0].batches:
+            self.assertEqual(len(batch), 1, batch)
+        self.assertEqual(sink.transactions[0].recipients, ["a@example.com", "b@example.com"])
+
+    async def test_dotsAtChunkBoundaries(self) -> None:
+        """
+        A large message with C{.} lines just before, at and after every
+        64 KiB boundary arrives intact, byte for byte.
+        """
+        parts = []
+        size = 0
+        for boundary in range(65536, 6 * 65536, 65536):
+            for offset in (boundary - 2, boundary - 1, boundary, boundary + 1):
+                filler = b"y" * (offset - size - 1) + b"\n"
+                parts.append(filler)
+                parts.append(b".\n" if offset % 2 else b".dot\n")
+                size += len(filler) + len(parts[-1])
+        message = b"".join(parts) + b"x" * 3_000_000 + b"\n.\nlast line without newline"
+        sink, port = self.startSink()
+        result = await self.deliver(port, messageFile=self.writeMessage(message, "big"))
+        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertEqual(sink.transactions[0].data, message + b"\n")
+
+    async def test_connectionRefused(self) -> None:
+        """
+        A next hop that refuses connections is a temporary failure, with
+        C{connected=False} so that the next one is tried.
+        """
+        sink, port = self.startSink()
+        await sink.stopListening()
+        result = await self.deliver(port, ["a@example.com"])
+        self.assertFalse(result.connected)
+        self.assertIn("connect", result.error)
+        self.assertEqual(result.recipients["a@example.com"].permanent, False)
+
+    async def test_greetingRefused(self) -> None:
+        """
+        A 554 greeting turns the session away: temporary, next hop.
+        """
+        sink, port = self.startSink(greeting="554 5.3.2 go away")
+        result = await self.deliver(port)
+        self.assertFalse(result.connected)
+        self.assertIn("554", result.error)
+        self.assertFalse(result.recipients["rcpt@example.com"].permanent)
+
+    async def test_silentServer(self) -> None:
+        """
+        A server that never greets is a temporary failure within the
+        greeting timeout.
+        """
+        sink, port = self.startSink(hang=["GREETING"])
+        started = reactor.seconds()
+        result = await self.deliver(port, timeouts={**SHORT, "greeting": 0.5})
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertFalse(result.connected)
+        self.assertIn("timeout", result.error)
+
+    async def test_rcptTimeout(self) -> None:
+        """
+        A RCPT that is never answered is a temporary failure for every
+        recipient of the transaction.
+        """
+        sink, port = self.startSink(hang=["RCPT"])
+        result = await self.deliver(port, ["a@example.com", "b@example.com"], timeouts={**SHORT, "command": 0.5})
+        self.assertTrue(result.connected)
+        for r in result.recipients.values():
+            self.assertEqual(r.permanent, False)
+            self.assertIn("timeout", r.text)
+
+    async def test_finalDotTimeout(self) -> None:
+        """
+        An end of data that is never answered is a temporary failure
+        within the final-dot timeout.
+        """
+        sink, port = self.startSink(hang=["."])
+        started = reactor.seconds()
+        result = await self.deliver(port, timeouts={**SHORT, "finalDot": 0.5})
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+        self.assertIn("end of data", result.recipients["rcpt@example.com"].text)
+
+    async def test_garbledReply(self) -> None:
+        """
+        A reply that is not SMTP is a temporary failure, not an exception.
+        """
+        sink, port = self.startSink(replies={"RCPT": "hello there\x00"})
+        result = await self.deliver(port, ["a@example.com"])
+        self.assertEqual(result.recipients["a@example.com"].permanent, False)
+        self.assertIn("garbled", result.recipients["a@example.com"].text)
+
+    async def test_garbledGreeting(self) -> None:
+        """
+        A garbled greeting means the next hop is tried.
+        """
+        sink, port = self.startSink(greeting="SSH-2.0-OpenSSH_9.0")
+        result = await self.deliver(port)
+        self.assertFalse(result.connected)
+
+    async def test_unreadableMessage(self) -> None:
+        """
+        A message file that cannot be read is a temporary failure, and no
+        truncated copy is delivered.
+        """
+        sink, port = self.startSink()
+        result = await self.deliver(port, messageFile=self.writeMessage(b"x", "gone"), timeouts=SHORT)
+        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        os.remove(os.path.join(self.directory, "gone"))
+        result = await deliver(
+            reactor, NextHop("127.0.0.1", port, "localhost"), "relay.test", "", ["a@example.com"],
+            os.path.join(self.directory, "gone"), 1, runBlocking, "none", None, SHORT,
+        )
+        self.assertEqual(result.recipients["a@example.com"].permanent, False)
+        self.assertEqual(len(sink.transactions), 1)
+
+
+class TLSTests(_RelayTestMixin, TestCase):
+    """
+    The STARTTLS matrix: C{none}, C{may} and C{verify} against a good
+    certificate, one from an unknown CA, one for another name and an
+    expired one.
+    """
+
+    def setUp(self) -> None:
+        """
+        A CA and the certificates.
+        """
+        super().setUp()
+        self.authority = certs.makeAuthority(self.directory)
+        self.good = certs.makeServerCertificate(self.authority, self.directory)
+        stranger = os.path.join(self.directory, "stranger")
+        os.mkdir(stranger)
+        self.unknownCA = certs.makeServerCertificate(certs.makeAuthority(stranger), stranger)
+        self.wrongName = certs.makeServerCertificate(
+            self.authority, self.directory, prefix="wrong", names=("other.example",), addresses=()
+        )
+        self.expired = certs.makeExpiredCertificate(self.authority, self.directory)
+
+    async def deliverTLS(self, certificate, tlsMode: str) -> tuple[Sink, TransactionResult]:
+        """
+        Deliver to a sink offering STARTTLS with C{certificate}.
+        """
+        sink, port = self.startSink(certificate=certificate)
+        result = await self.deliver(port, tlsMode=tlsMode, trustRoot=self.authority.path)
+        return sink, result
+
+    async def test_verifyGood(self) -> None:
+        """
+        C{verify} with a certificate for the next hop's name from a trusted
+        CA delivers over TLS, verified.
+        """
+        sink, result = await self.deliverTLS(self.good, "verify")
+        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertTrue(result.verified)
+        self.assertTrue(result.tls.startswith("TLSv1."), result.tls)
+        self.assertTrue(sink.transactions[0].tls)
+        self.assertEqual(sink.transactions[0].data, MESSAGE)
+        commands = [c for c, tls in sink.sessions[0].commands if not tls]
+        self.assertEqual(commands, ["EHLO relay.test", "STARTTLS"])
+
+    async def test_verifyBad(self) -> None:
+        """
+        C{verify} defers delivery (temporary, next hop) for a certificate
+        from an unknown CA, for another name, or expired, and never sends
+        the envelope or the data in clear.
+        """
+        for certificate in (self.unknownCA, self.wrongName, self.expired):
+            sink, result = await self.deliverTLS(certificate, "verify")
+            self.assertFalse(result.connected, certificate)
+            self.assertIn("TLS handshake failed", result.error)
+            self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+            self.assertEqual(sink.transactions, [])
+            commands = [c for session in sink.sessions for c, tls in session.commands]
+            self.assertFalse([c for c in commands if c.startswith(("MAIL", "RCPT", "DATA"))], (certificate, commands))
+
+    async def test_verifyWithoutStartTLS(self) -> None:
+        """
+        C{verify} against a server that does not offer STARTTLS defers, and
+        sends nothing in clear.
+        """
+        sink, port = self.startSink()
+        result = await self.deliver(port, tlsMode="verify", trustRoot=self.authority.path)
+        self.assertFalse(result.connected)
+        self.assertIn("STARTTLS", result.error)
+        self.assertEqual(sink.transactions, [])
+
+    async def test_mayDeliversWhatever(self) -> None:
+        """
+        C{may} delivers over TLS, unverified, whatever the certificate.
+        """
+        for certificate in (self.good, self.unknownCA, self.wrongName, self.expired):
+            sink, result = await self.deliverTLS(certificate, "may")
+            self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+            self.assertFalse(result.verified)
+            self.assertIsNotNone(result.tls)
+            self.assertTrue(sink.transactions[0].tls)
+
+    async def test_mayInClear(self) -> None:
+        """
+        C{may} against a server without STARTTLS delivers in clear.
+        """
+        sink, port = self.startSink()
+        result = await self.deliver(port, tlsMode="may")
+        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIsNone(result.tls)
+
+    async def test_none(self) -> None:
+        """
+        C{none} never starts TLS, even when offered.
+        """
+        sink, result = await self.deliverTLS(self.good, "none")
+        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIsNone(result.tls)
+        self.assertNotIn("STARTTLS", [c for c, _ in sink.sessions[0].commands])
+        self.assertFalse(sink.transactions[0].tls)
+
+    async def test_mayFallsBackWhenHandshakeFails(self) -> None:
+        """
+        C{may}: when the TLS handshake fails, the message goes in clear on
+        a new connection.
+        """
+        sink, port = self.startSink(certificate=self.good)
+        sink.tlsOptions = _BrokenOptions()
+        result = await self.deliver(port, tlsMode="may")
+        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIsNone(result.tls)
+        self.assertEqual(len(sink.sessions), 2)
+
+
+@implementer(IOpenSSLContextFactory)
+class _BrokenOptions:
+    """
+    Server TLS options whose context can do no handshake at all.
+    """
+
+    def getContext(self):
+        """
+        A context with no certificate: every handshake fails.
+        """
+        from OpenSSL import SSL
+
+        return SSL.Context(SSL.TLS_METHOD)
+
+
+class ParsingTests(SynchronousTestCase):
+    """
+    Tests for reply parsing.
+    """
+
+    def test_enhanced(self) -> None:
+        """
+        An enhanced code is split off only when its class matches the reply.
+        """
+        self.assertEqual(parseEnhanced(550, "5.1.1 no such user"), ("5.1.1", "no such user"))
+        self.assertEqual(parseEnhanced(550, "4.1.1 odd"), (None, "4.1.1 odd"))
+        self.assertEqual(parseEnhanced(250, "2.0.0"), ("2.0.0", ""))
+        self.assertEqual(parseEnhanced(250, "2.0.0.1 no"), (None, "2.0.0.1 no"))
+
+    def test_multiline(self) -> None:
+        """
+        A multi-line reply is one reply, its lines kept.
+        """
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        protocol = ClientProtocol(Clock())
+        protocol.makeConnection(StringTransport())
+        replies = []
+        protocol.expect(1, "EHLO").addCallback(replies.append)
+        protocol.dataReceived(b"250-sink.test\r\n250-PIPELINING\r\n250 SIZE 10\r\n")
+        self.assertEqual(replies[0].code, 250)
+        self.assertEqual(replies[0].text.split("\n"), ["sink.test", "PIPELINING", "SIZE 10"])
+
+    def test_garbage(self) -> None:
+        """
+        A garbled line fails the wait and closes the connection.
+        """
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        transport = StringTransport()
+        protocol = ClientProtocol(Clock())
+        protocol.makeConnection(transport)
+        d = protocol.expect(1, "EHLO")
+        protocol.dataReceived(b"250-ok\r\n251 mixed\r\n")
+        self.failureResultOf(d)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+
+    def test_timeout(self) -> None:
+        """
+        A reply that does not come in time fails the wait.
+        """
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        clock = Clock()
+        protocol = ClientProtocol(clock)
+        protocol.makeConnection(StringTransport())
+        d = protocol.expect(5, "MAIL FROM")
+        clock.advance(4)
+        self.assertNoResult(d)
+        clock.advance(2)
+        self.assertIn("timeout", str(self.failureResultOf(d).value))
