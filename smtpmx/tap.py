@@ -394,6 +394,23 @@ def threadRunner(reactor) -> Callable[..., Deferred]:
     return runBlocking
 
 
+class _LazyResolver:
+    """
+    A resolver made on first use: Twisted's reads C{resolv.conf} and
+    schedules re-reads as soon as it is made, which a server that never
+    relays has no need of.
+    """
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self._make = make
+        self._resolver = None
+
+    def __getattr__(self, name: str):
+        if self._resolver is None:
+            self._resolver = self._make()
+        return getattr(self._resolver, name)
+
+
 def buildService(
     config: Config, validators: ValidatorChain, tlsOptions, reactor
 ) -> SMTPMXService:
@@ -402,15 +419,42 @@ def buildService(
 
     @param reactor: the reactor to listen, time and run threads with.
     """
+    from smtpmx.relay.client import deliver
+    from smtpmx.relay.nexthop import makeResolver
+    from smtpmx.relay.queue import Queue, QueueStore
+    from smtpmx.relay.service import RelayService
+    from smtpmx.routing import RoutingStore
     from smtpmx.server import SMTPServerFactory
     from smtpmx.store import MaildirStore
 
     runBlocking = threadRunner(reactor)
-    store = MaildirStore(config.maildirRoot, runBlocking)
+    queue = Queue(config.queueDir)
+    queueStore = QueueStore(queue, runBlocking, reactor)
+    store = RoutingStore(MaildirStore(config.maildirRoot, runBlocking), queueStore)
     factory = SMTPServerFactory(
-        config, validators, store, reactor, runBlocking, tlsOptions=tlsOptions
+        config,
+        validators,
+        store,
+        reactor,
+        runBlocking,
+        tlsOptions=tlsOptions,
+        relayAvailable=True,
     )
+    relay = RelayService(
+        config,
+        queue,
+        runBlocking,
+        reactor,
+        _LazyResolver(lambda: makeResolver(config.dnsServer, reactor)),
+        deliver,
+        factory.newQueueId,
+        reactor,
+    )
+    queueStore.onQueued = relay.queued
     service = SMTPMXService(config)
+    # First, so that the queue is recovered before any connection is taken.
+    relay.setName("relay")
+    relay.setServiceParent(service)
     for description in config.listen:
         listening = ListeningService(reactor, description, factory)
         listening.setName(f"listen {description}")

@@ -11,11 +11,12 @@ import tempfile
 
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock as MemoryReactor
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from smtpmx.relay.service import RelayService
 from smtpmx.tap import ListenFailed, ListeningService, Options, buildService, makeService
 from smtpmx.validation import ValidatorChain
 
@@ -218,13 +219,15 @@ class ServiceTests(TempDirMixin, SynchronousTestCase):
 
     def test_oneServicePerEndpoint(self):
         """
-        There is one listening service per C{--listen} endpoint.
+        There is one listening service per C{--listen} endpoint, after the
+        relay service (which recovers the queue before any connection).
         """
         service = self.build("--listen", "tcp:2525:interface=127.0.0.1",
                              "--listen", "tcp6:2526:interface=\\:\\:")
         self.assertIsInstance(service, MultiService)
         IServiceCollection(service)
-        children = list(service)
+        relay, *children = list(service)
+        self.assertIsInstance(relay, RelayService)
         self.assertEqual(len(children), 2)
         self.assertTrue(all(isinstance(c, ListeningService) for c in children))
         self.assertEqual([c.description for c in children],
@@ -274,5 +277,5 @@ class ServiceTests(TempDirMixin, SynchronousTestCase):
         directory = self.makeDir()
         options = parse("--maildir-root", directory, "--queue-dir", directory)
         service = makeService(options)
-        self.assertEqual(len(list(service)), 1)
+        self.assertEqual(len(list(service)), 2)
         self.assertFalse(service.running)

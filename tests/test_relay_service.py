@@ -1,0 +1,249 @@
+"""
+Tests for the relay service: grouping by next hop, retries, bounces and
+removal from the queue, with a real queue on disk, a Clock and a fake
+SMTP transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import os
+import shutil
+import tempfile
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmx.config import Config
+from smtpmx.relay.client import RecipientResult, TransactionResult
+from smtpmx.relay.queue import BOUNCED, DELIVERED, PENDING, Queue, QueuedMessage, QueuedRecipient
+from smtpmx.relay.service import RelayService
+
+
+class FakeDeliver:
+    """
+    Records each transaction; answers with the reply given per recipient
+    (default 250), or as unreachable for hosts in C{down}.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self.replies: dict[str, tuple[int, str]] = {}
+        self.down: set[str] = set()
+        self.hold = False
+        self.held: list[Deferred] = []
+
+    def __call__(self, reactor, hop, heloName, sender, recipients, messageFile, size, runBlocking, tlsMode, trustRoot):
+        with open(messageFile, "rb") as f:
+            data = f.read()
+        self.calls.append(dict(hop=(hop.host, hop.port), sender=sender, recipients=list(recipients), data=data))
+        if hop.host in self.down:
+            return succeed(TransactionResult(connected=False, error="connection refused", remoteMta=hop.name))
+        result = TransactionResult(remoteMta=hop.name)
+        for r in recipients:
+            code, text = self.replies.get(r.lower(), (250, "2.0.0 Ok"))
+            permanent = None if code < 400 else code >= 500
+            result.recipients[r] = RecipientResult(code, text.split(" ")[0] if "." in text.split(" ")[0] else None, text, permanent)
+        if self.hold:
+            d = Deferred()
+            self.held.append((d, result))
+            return d
+        return succeed(result)
+
+
+class RelayServiceTests(SynchronousTestCase):
+    """
+    L{RelayService} drives the queue.
+    """
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.config = dataclasses.replace(
+            Config(),
+            hostname="mx.example.org",
+            domains=("example.org",),
+            maildirRoot=os.path.join(self.dir, "Maildir"),
+            queueDir=os.path.join(self.dir, "queue"),
+            routes=(("remote.example", "127.0.0.3", 2525), ("other.example", "127.0.0.4", 2525), ("*", "127.0.0.9", 25)),
+            retrySchedule=(60, 300),
+            maxQueueAge=3600,
+        )
+        self.queue = Queue(self.config.queueDir)
+        self.deliver = FakeDeliver()
+        ids = iter(f"B{n:04d}" for n in range(1000))
+        self.service = RelayService(
+            self.config,
+            self.queue,
+            lambda f, *a, **kw: maybeDeferred(f, *a, **kw),
+            self.clock,
+            None,
+            self.deliver,
+            lambda: next(ids),
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    def enqueue(self, sender: str, *recipients: str, messageId: str = "M1") -> QueuedMessage:
+        """
+        Put a message in the queue as the server would, and tell the
+        service.
+        """
+        message = QueuedMessage(
+            id=messageId,
+            created=self.clock.seconds(),
+            sender=sender,
+            size=0,
+            clientHost="127.0.0.1",
+            heloName="client.example",
+            recipients=[QueuedRecipient(r, nextAttempt=self.clock.seconds()) for r in recipients],
+        )
+        self.queue.add(message, b"Received: from x\nSubject: hello\nMessage-ID: <m1@client.example>\n\nbody\n")
+        self.service.queued(message)
+        return message
+
+    def test_oneTransactionPerNextHop(self):
+        """
+        Recipients sharing a next hop go in one transaction, as given;
+        another domain gets its own; delivered messages leave the queue.
+        """
+        self.enqueue("a@client.example", "Alice@Remote.Example", "bob@remote.example", "carol@other.example")
+        hops = sorted((c["hop"], c["recipients"]) for c in self.deliver.calls)
+        self.assertEqual(
+            hops,
+            [(("127.0.0.3", 2525), ["Alice@Remote.Example", "bob@remote.example"]), (("127.0.0.4", 2525), ["carol@other.example"])],
+        )
+        self.assertEqual(self.queue.ids(), [])
+
+    def test_retryOnTemporaryFailure(self):
+        """
+        A 4xx is retried on the schedule, then delivered.
+        """
+        self.deliver.replies["bob@remote.example"] = (451, "4.3.0 busy")
+        self.enqueue("a@client.example", "bob@remote.example")
+        [message] = self.queue.list()
+        [r] = message.recipients
+        self.assertEqual((r.state, r.attempts, r.lastReply), (PENDING, 1, "451 4.3.0 busy"))
+        self.assertEqual(r.nextAttempt, self.clock.seconds() + 60)
+        del self.deliver.replies["bob@remote.example"]
+        self.clock.advance(30)
+        self.assertEqual(len(self.deliver.calls), 1)
+        self.clock.advance(31)
+        self.assertEqual(len(self.deliver.calls), 2)
+        self.assertEqual(self.queue.ids(), [])
+
+    def test_unreachable(self):
+        """
+        When no next hop can be reached, the recipients stay pending with
+        the reason and are retried later.
+        """
+        self.deliver.down.add("127.0.0.3")
+        self.enqueue("a@client.example", "bob@remote.example")
+        [message] = self.queue.list()
+        self.assertEqual(message.recipients[0].state, PENDING)
+        self.assertIn("connection refused", message.recipients[0].lastReply)
+
+    def test_bounceToRemoteSender(self):
+        """
+        A 5xx bounces only the failed recipient; the bounce is queued to
+        the sender from <>, a multipart/report naming that recipient.
+        """
+        self.deliver.replies["bad@remote.example"] = (550, "5.1.1 no such user")
+        self.enqueue("sender@client.example", "good@remote.example", "bad@remote.example")
+        bounceCall = self.deliver.calls[-1]
+        self.assertEqual((bounceCall["sender"], bounceCall["recipients"]), ("", ["sender@client.example"]))
+        report = email.message_from_bytes(bounceCall["data"].replace(b"\n", b"\r\n"), policy=email.policy.default)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        text = bounceCall["data"].decode()
+        self.assertIn("Final-Recipient: rfc822; bad@remote.example", text)
+        self.assertNotIn("Final-Recipient: rfc822; good@remote.example", text)
+        self.assertIn("550 5.1.1 no such user", text)
+        self.assertEqual(self.queue.ids(), [])
+
+    def test_bounceToLocalSender(self):
+        """
+        A bounce for a local sender is filed into its Maildir.
+        """
+        self.deliver.replies["bad@remote.example"] = (550, "5.1.1 no such user")
+        self.enqueue("Someone@example.org", "bad@remote.example")
+        new = os.path.join(self.config.maildirRoot, "example.org", "someone", "new")
+        [name] = os.listdir(new)
+        with open(os.path.join(new, name), "rb") as f:
+            data = f.read()
+        self.assertTrue(data.startswith(b"Return-Path: <>\nDelivered-To: Someone@example.org\n"))
+        self.assertIn(b"report-type=delivery-status", data)
+
+    def test_noBounceForNullSender(self):
+        """
+        A message from <> that fails is dropped, never bounced.
+        """
+        self.deliver.replies["bad@remote.example"] = (550, "5.1.1 no such user")
+        self.enqueue("", "bad@remote.example")
+        self.assertEqual(len(self.deliver.calls), 1)
+        self.assertEqual(self.queue.ids(), [])
+
+    def test_expiry(self):
+        """
+        Past the maximum queue age the remaining recipients bounce.
+        """
+        self.deliver.down.add("127.0.0.3")
+        self.enqueue("sender@client.example", "bob@remote.example")
+        self.deliver.down.clear()
+        self.deliver.replies["bob@remote.example"] = (451, "4.3.0 busy")
+        self.clock.advance(3601)
+        self.clock.advance(1)
+        bounces = [c for c in self.deliver.calls if c["sender"] == ""]
+        self.assertEqual(len(bounces), 1)
+        self.assertIn(b"Action: failed", bounces[0]["data"])
+        self.assertEqual(self.queue.ids(), [])
+
+    def test_restartKeepsSchedule(self):
+        """
+        A new service on the same queue keeps each recipient's schedule.
+        """
+        self.deliver.replies["bob@remote.example"] = (451, "4.3.0 busy")
+        self.enqueue("a@client.example", "bob@remote.example")
+        self.service.stopService()
+        calls = len(self.deliver.calls)
+        service = RelayService(self.config, Queue(self.config.queueDir), lambda f, *a: maybeDeferred(f, *a), self.clock, None, self.deliver, lambda: "X")
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.clock.advance(1)
+        self.assertEqual(len(self.deliver.calls), calls)
+        self.clock.advance(60)
+        self.assertEqual(len(self.deliver.calls), calls + 1)
+
+    def test_flush(self):
+        """
+        A flush request makes every deferred message due at once.
+        """
+        self.deliver.replies["bob@remote.example"] = (451, "4.3.0 busy")
+        self.enqueue("a@client.example", "bob@remote.example")
+        del self.deliver.replies["bob@remote.example"]
+
+        def flushNow(message):
+            for r in message.pending():
+                r.nextAttempt = 0
+
+        self.queue.update("M1", flushNow)
+        self.queue.requestFlush()
+        self.clock.advance(1)
+        self.assertEqual(len(self.deliver.calls), 2)
+        self.assertEqual(self.queue.ids(), [])
+
+    def test_deletedWhileDeferred(self):
+        """
+        A message deleted by the operator is not brought back.
+        """
+        self.deliver.hold = True
+        self.enqueue("a@client.example", "bob@remote.example")
+        self.queue.remove("M1")
+        d, result = self.deliver.held.pop()
+        d.callback(result)
+        self.assertEqual(self.queue.ids(), [])
+        self.assertNotIn("M1", self.service.messages)
