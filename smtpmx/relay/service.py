@@ -259,7 +259,9 @@ class RelayService(Service):
                 self.config.caCerts,
             )
 
-        d = self._global.run(semaphore.run, transact)
+        # The per-destination slot first: waiting for a busy destination
+        # must not hold one of the global slots.
+        d = semaphore.run(self._global.run, transact)
 
         def done(result) -> Optional[Deferred]:
             delay = self.clock.seconds() - started
