@@ -27,7 +27,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.ssl import (
     Certificate,
@@ -577,7 +578,7 @@ class _Transaction:
         result = TransactionResult(remoteMta=self.hop.name)
         protocol = ClientProtocol(self.reactor)
         endpoint = HostnameEndpoint(self.reactor, self.hop.host, self.hop.port, timeout=t["connect"])
-        connecting = connectProtocol(endpoint, protocol)
+        connecting = endpoint.connect(_OneConnection(protocol))
         timer = self.reactor.callLater(t["connect"] + 1, connecting.cancel)
         try:
             await connecting
@@ -792,6 +793,21 @@ class _Refused(Exception):
     """
     The next hop turned the session away before MAIL.
     """
+
+
+class _OneConnection(Factory):
+    """
+    Hands out one protocol instance, quietly: one log line per relay
+    attempt is enough, without "Starting factory" around it.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr):
+        return self._protocol
 
 
 def deliver(
