@@ -478,30 +478,7 @@ class StreamingMessage:
         self._checkBacklog()
         if not self._started:
             return
-
-        def discarded(problems: list[BaseException]) -> None:
-            """
-            Log what the clean-up could not remove.
-            """
-            for problem in problems:
-                self._log.warn(
-                    "Could not remove a file of an aborted message: {problem!r}",
-                    problem=problem,
-                )
-
-        def failed(failure: Failure) -> None:
-            """
-            Log a clean-up that could not run at all.
-            """
-            self._log.failure("Could not clean up an aborted message", failure)
-
-        def run(ignored: object) -> Deferred[list[BaseException]]:
-            """
-            Remove the files, in a thread.
-            """
-            return self._runBlocking(self._files.discard)
-
-        self._tail.addCallback(run).addCallbacks(discarded, failed)
+        self._tail.addCallback(self._discardFiles)
 
 
 @implementer(IMessageStore)
