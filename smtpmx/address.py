@@ -79,6 +79,13 @@ class Address:
         """
         return str(self).isascii()
 
+    def hasControlCharacters(self) -> bool:
+        """
+        Whether the address holds a control character (NUL, DEL, ...): such
+        an address may name no mailbox here and is never sent on.
+        """
+        return any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(self))
+
     def isPostmaster(self) -> bool:
         """
         Whether the local part is C{postmaster}, in any case (RFC 5321

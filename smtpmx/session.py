@@ -262,6 +262,8 @@ class Session:
                 return self._error(reply.syntaxError(f"bad value for {key}"))
             else:
                 return self._error(reply.UNSUPPORTED_PARAMETER)
+        if path is not None and path.hasControlCharacters():
+            return self._error(reply.syntaxError("MAIL FROM:<address>: control character in the address"))
         if path is not None and not path.isASCII() and not smtputf8:
             return self._error(reply.NEED_SMTPUTF8)
         if size is not None and size > self.config.maxMessageSize:
@@ -294,11 +296,13 @@ class Session:
         mailbox = self.access.postmaster(address)
         if mailbox is not None:
             return self._verdict(t, address, reply.RECIPIENT_OK, "postmaster", [mailbox])
-        if not self.access.isLocal(address.domain) and not self.access.mayRelay(
-            self.clientHost, address.domain
-        ):
-            # Refused before any plugin is asked: no verdict could change it.
-            return self._verdict(t, address, reply.RELAY_DENIED, "access", [])
+        if not self.access.isLocal(address.domain):
+            if not self.access.mayRelay(self.clientHost, address.domain):
+                # Refused before any plugin is asked: no verdict could change it.
+                return self._verdict(t, address, reply.RELAY_DENIED, "access", [])
+            if address.hasControlCharacters():
+                # Never sent on; a local one is refused as an unsafe mailbox.
+                return self._error(reply.syntaxError("RCPT TO:<address>: control character in the address"))
 
         def decided(result):
             name, verdict = result

@@ -721,3 +721,26 @@ class BackpressureTests(SynchronousTestCase):
         s = Server()
         self.assertIs(s.transport.producer, s.protocol)
         self.assertTrue(s.transport.streaming)
+
+
+class ControlCharacterTests(SynchronousTestCase):
+    """
+    Control characters in addresses never reach a file or the next hop.
+    """
+
+    def test_sender(self):
+        """
+        A reverse-path with a NUL is a syntax error.
+        """
+        s = Server().greeted()
+        self.assertEqual(s.codes("MAIL FROM:<a\x00b@c.example>\r\n")[0][:9], "501 5.5.4")
+
+    def test_remoteRecipient(self):
+        """
+        A remote forward-path with a control character is a syntax error,
+        never relayed; a local one is an unsafe mailbox name.
+        """
+        s = Server({"a\x01b@example.org": Accept()}).greeted()
+        s.codes("MAIL FROM:<a@c.example>\r\n")
+        self.assertEqual(s.codes("RCPT TO:<a\x01b@remote.example>\r\n")[0][:9], "501 5.5.4")
+        self.assertEqual(s.codes("RCPT TO:<a\x01b@example.org>\r\n")[0][:9], "550 5.1.3")
