@@ -102,6 +102,10 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             return
         self._counted = True
         self.transport.registerProducer(self, True)
+        # Replies are whole writes: never hold one back for an ACK.
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
         self.log.info("connect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
         self.session = self.factory.newSession(self.clientHost)
         self.setTimeout(self.factory.config.commandTimeout)

@@ -224,9 +224,14 @@ class ClientProtocol(LineReceiver):
 
     def connectionMade(self) -> None:
         """
-        Note that the connection is up.
+        Note that the connection is up.  Nagle's algorithm is off: every
+        write is a whole command or the end of a data block, and waiting
+        for an ACK would stall each transaction by a delayed-ACK period.
         """
         self._connected = True
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
 
     def connectionLost(self, reason: Failure = None) -> None:
         """

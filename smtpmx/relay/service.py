@@ -35,8 +35,8 @@ from smtpmx.relay.retry import isExpired, nextAttemptDelay
 # How often the queue is looked at for due messages and flush requests.
 POLL_INTERVAL = 1.0
 # Simultaneous transactions in all, and to one next hop.
-GLOBAL_CONNECTIONS = 20
-PER_DESTINATION_CONNECTIONS = 3
+GLOBAL_CONNECTIONS = 50
+PER_DESTINATION_CONNECTIONS = 10
 # Bytes of a message read to quote its headers in a bounce.
 HEADER_READ_LIMIT = 64 * 1024
 

@@ -1,0 +1,297 @@
+"""
+A benchmark of the relay: start the real C{twistd -n smtpmx} with
+C{--route remote.example=} a next hop on loopback, send it N messages for
+remote recipients from C clients (processes) at once, and measure the
+time from the first message sent until the queue is empty, that is until
+every message has been handed to the next hop and removed.
+
+The next hop is Postfix's C{smtp-sink -c} when installed (its counters
+give the sessions and messages it saw), else (or with C{--sink ours}) the
+recording sink of C{tests/smtpsink.py}, which counts connections itself.
+
+Prints the messages/second accepted, the messages/second relayed (end to
+end, first message sent to queue empty), the relay drain time after the
+last message was accepted, and how many connections the next hop saw.
+
+Usage: C{python bench/relay_bench.py [--messages 1000] [--clients 10]
+[--recipients 1] [--sink smtp-sink|ours]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.e2e import RunningServer  # noqa: E402
+from tests.smtpsink import RunningSink  # noqa: E402
+
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SINK_HOST = "127.0.0.6"
+
+
+def makeMessage(n: int, size: int) -> bytes:
+    """
+    A message of about C{size} bytes, CRLF line endings.
+    """
+    head = (
+        f"From: bench@client.example\r\nTo: bench@remote.example\r\n"
+        f"Subject: relay bench {n}\r\nMessage-ID: <relay-bench-{n}@client.example>\r\n\r\n"
+    ).encode()
+    line = b"The quick brown fox jumps over the lazy dog, again and again. 0123456789\r\n"
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+def sendMany(args: tuple) -> int:
+    """
+    One client: C{count} messages over one connection.  Runs in a worker
+    process.
+
+    @return: how many were accepted.
+    """
+    port, clientNumber, count, recipients, size, start = args
+    while time.time() < start:
+        time.sleep(0.001)
+    accepted = 0
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="bench.example", timeout=120) as c:
+        for i in range(count):
+            n = clientNumber * count + i
+            to = [f"user{n}-{r}@remote.example" for r in range(recipients)]
+            refused = c.sendmail("bench@client.example", to, makeMessage(n, size))
+            if not refused:
+                accepted += 1
+    return accepted
+
+
+def freePort(host: str) -> int:
+    """
+    A TCP port free on C{host} just now.
+    """
+    s = socket.socket()
+    try:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+class SmtpSinkProcess:
+    """
+    Postfix's C{smtp-sink -c} on C{host:port}, stopped by PID.
+    """
+
+    def __init__(self, directory: str, host: str, port: int = 0) -> None:
+        """
+        Start it (on C{port}, or a free one) and wait until it accepts
+        connections.
+        """
+        self.host = host
+        self.port = port or freePort(host)
+        self.outputPath = os.path.join(directory, "smtp-sink.out")
+        arguments = [SMTP_SINK, "-c"]
+        if os.geteuid() == 0:
+            arguments += ["-u", "root"]
+        arguments += [f"{host}:{self.port}", "100"]
+        with open(self.outputPath, "wb") as out:
+            self.process = subprocess.Popen(
+                arguments, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=directory,
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((host, self.port), timeout=1).close()
+                # The probe is one session; counted out below.
+                self.probes = 1
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("smtp-sink did not start")
+                time.sleep(0.05)
+
+    def counters(self) -> tuple[int, int]:
+        """
+        Sessions (less our probe) and messages, from its last counters.
+        """
+        with open(self.outputPath, "rb") as f:
+            text = f.read().decode("ascii", "replace")
+        found = re.findall(r"sess=(\d+) quit=\d+ mesg=(\d+)", text)
+        if not found:
+            return 0, 0
+        sessions, messages = found[-1]
+        return int(sessions) - self.probes, int(messages)
+
+    def stop(self) -> None:
+        """
+        SIGTERM, then SIGKILL.
+        """
+        p = self.process
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGTERM)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def queueLength(server: RunningServer) -> int:
+    """
+    How many messages are in the server's queue.
+    """
+    try:
+        return len(os.listdir(os.path.join(server.dir, "queue", "env")))
+    except FileNotFoundError:
+        return 0
+
+
+def main() -> None:
+    """
+    Run the benchmark and print the results.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--recipients", type=int, default=1, help="remote recipients per message")
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--sink", choices=["smtp-sink", "ours"], default="smtp-sink")
+    parser.add_argument("--timeout", type=float, default=600, help="give up draining after this")
+    parser.add_argument(
+        "--queued", action="store_true",
+        help="fill the queue while the next hop is down, then start it, flush and time the drain",
+    )
+    options = parser.parse_args()
+    if options.queued:
+        return queued(options)
+    useSmtpSink = options.sink == "smtp-sink" and os.path.exists(SMTP_SINK)
+
+    cleanups = []
+    directory = tempfile.mkdtemp(prefix="smtpmx-relay-bench-")
+    cleanups.append(lambda: shutil.rmtree(directory, True))
+    try:
+        if useSmtpSink:
+            sink = SmtpSinkProcess(directory, SINK_HOST)
+            cleanups.append(sink.stop)
+        else:
+            sink = RunningSink.start(lambda f, *a: cleanups.append(lambda: f(*a)), directory, SINK_HOST)
+        server = RunningServer.start(
+            lambda f, *a: cleanups.append(lambda: f(*a)),
+            [
+                "--validator", "any",
+                "--hostname", "mx.bench.example",
+                "--route", f"remote.example={SINK_HOST}:{sink.port}",
+                "--retry-schedule", "1",
+                "--max-recipients", str(max(100, options.recipients)),
+                "--max-connections-per-ip", str(max(20, options.clients + 5)),
+            ],
+        )
+        perClient = options.messages // options.clients
+        total = perClient * options.clients
+        start = time.time() + 0.5
+        with multiprocessing.Pool(options.clients) as pool:
+            jobs = [(server.port, i, perClient, options.recipients, options.size, start) for i in range(options.clients)]
+            accepted = sum(pool.map(sendMany, jobs))
+        acceptedAt = time.time()
+        deadline = time.monotonic() + options.timeout
+        while queueLength(server) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        drainedAt = time.time()
+        left = queueLength(server)
+        time.sleep(0.3)
+        if useSmtpSink:
+            connections, delivered = sink.counters()
+            nextHop = "Postfix smtp-sink"
+        else:
+            connections, delivered = sink.connections(), len(sink.transactions())
+            nextHop = "tests/smtpsink.py"
+        tracebacks = server.log().count("Traceback")
+        print(f"next hop:                  {nextHop} on {SINK_HOST}:{sink.port}")
+        print(f"messages sent:             {total} ({options.clients} clients x {perClient},"
+              f" {options.recipients} recipient(s) each, ~{options.size} bytes)")
+        print(f"accepted (250):            {accepted}")
+        print(f"accept rate:               {accepted / (acceptedAt - start):.0f} msg/s"
+              f" ({acceptedAt - start:.2f} s)")
+        print(f"relayed, end to end:       {accepted / (drainedAt - start):.0f} msg/s"
+              f" (first sent to queue empty: {drainedAt - start:.2f} s)")
+        print(f"drain after last accepted: {drainedAt - acceptedAt:.2f} s")
+        print(f"left in queue:             {left}")
+        print(f"next hop saw:              {delivered} messages over {connections} connections")
+        print(f"tracebacks in server log:  {tracebacks}")
+    finally:
+        for cleanup in reversed(cleanups):
+            try:
+                cleanup()
+            except Exception as e:  # keep cleaning up
+                print(f"cleanup failed: {e}", file=sys.stderr)
+
+
+def queued(options) -> None:
+    """
+    Relay from a full queue: accept every message while Postfix's
+    C{smtp-sink} is down, then start it, C{smtpmx-queue flush}, and time
+    until the queue is empty.
+    """
+    cleanups = []
+    directory = tempfile.mkdtemp(prefix="smtpmx-relay-bench-")
+    cleanups.append(lambda: shutil.rmtree(directory, True))
+    try:
+        port = freePort(SINK_HOST)
+        server = RunningServer.start(
+            lambda f, *a: cleanups.append(lambda: f(*a)),
+            [
+                "--validator", "any",
+                "--hostname", "mx.bench.example",
+                "--route", f"remote.example={SINK_HOST}:{port}",
+                "--retry-schedule", "3600",
+                "--max-connections-per-ip", str(max(20, options.clients + 5)),
+            ],
+        )
+        perClient = options.messages // options.clients
+        start = time.time() + 0.5
+        with multiprocessing.Pool(options.clients) as pool:
+            jobs = [(server.port, i, perClient, options.recipients, options.size, start) for i in range(options.clients)]
+            accepted = sum(pool.map(sendMany, jobs))
+        time.sleep(1)
+        waiting = queueLength(server)
+        sink = SmtpSinkProcess(directory, SINK_HOST, port)
+        cleanups.append(sink.stop)
+        flushedAt = time.time()
+        subprocess.run(
+            [sys.executable, "-c", "from smtpmx.queuecli import main; raise SystemExit(main())",
+             "--queue-dir", os.path.join(server.dir, "queue"), "flush"],
+            check=True, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + options.timeout
+        while queueLength(server) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        drained = time.time() - flushedAt
+        time.sleep(0.3)
+        connections, delivered = sink.counters()
+        print(f"accepted into the queue:   {accepted} (queue held {waiting} while the next hop was down)")
+        print(f"drained after flush:       {drained:.2f} s, {waiting / drained:.0f} msg/s")
+        print(f"left in queue:             {queueLength(server)}")
+        print(f"smtp-sink saw:             {delivered} messages over {connections} connections")
+        print(f"tracebacks in server log:  {server.log().count('Traceback')}")
+    finally:
+        for cleanup in reversed(cleanups):
+            try:
+                cleanup()
+            except Exception as e:  # keep cleaning up
+                print(f"cleanup failed: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
