@@ -247,3 +247,15 @@ class RelayServiceTests(SynchronousTestCase):
         d.callback(result)
         self.assertEqual(self.queue.ids(), [])
         self.assertNotIn("M1", self.service.messages)
+
+    def test_domainsSharingANextHop(self):
+        """
+        Recipients of two domains routed to the same next hop share one
+        transaction: one copy of the data.
+        """
+        self.config = dataclasses.replace(
+            self.config, routes=(("a.example", "127.0.0.3", 2525), ("b.example", "127.0.0.3", 2525))
+        )
+        self.service.config = self.config
+        self.enqueue("s@client.example", "x@a.example", "Y@B.example")
+        self.assertEqual([c["recipients"] for c in self.deliver.calls], [["x@a.example", "Y@B.example"]])

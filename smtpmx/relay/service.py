@@ -200,19 +200,33 @@ class RelayService(Service):
         byDomain: dict[str, list[QueuedRecipient]] = defaultdict(list)
         for r in due:
             byDomain[r.address.rpartition("@")[2].lower()].append(r)
-        attempts = [self._attemptDomain(message, domain, rs) for domain, rs in byDomain.items()]
-        d = gatherResults(attempts, consumeErrors=True) if attempts else succeed(None)
+        lookups = [self._resolve(message, domain, rs) for domain, rs in byDomain.items()]
+        d = gatherResults(lookups, consumeErrors=True) if lookups else succeed([])
+        d.addCallback(lambda resolved: self._attemptHops(message, resolved))
         d.addCallback(lambda _: self._settle(message))
         return d
 
-    def _attemptDomain(self, message: QueuedMessage, domain: str, recipients: list[QueuedRecipient]) -> Deferred:
+    def _attemptHops(self, message: QueuedMessage, resolved: list) -> Deferred:
         """
-        Resolve the next hops of one domain and try them in order.
+        One transaction per next hop: recipients of different domains whose
+        next hops are the same share it (SPEC section 6).
+        """
+        groups: dict[tuple, tuple[list[NextHop], list[QueuedRecipient]]] = {}
+        for item in resolved:
+            if item is None:
+                continue
+            hops, recipients = item
+            key = tuple((h.host, h.port, h.name) for h in hops)
+            groups.setdefault(key, (hops, []))[1].extend(recipients)
+        attempts = [self._tryHops(message, rs, hops, 0, None) for hops, rs in groups.values()]
+        return gatherResults(attempts, consumeErrors=True) if attempts else succeed(None)
+
+    def _resolve(self, message: QueuedMessage, domain: str, recipients: list[QueuedRecipient]) -> Deferred:
+        """
+        The next hops of one domain, with its recipients; L{None} after
+        recording a failure to find them for every recipient.
         """
         d = resolveNextHops(domain, self.config.routes, self.resolver, self.config.relayPort)
-
-        def resolved(hops: list[NextHop]) -> Deferred:
-            return self._tryHops(message, recipients, hops, 0, None)
 
         def unresolved(failure):
             now = self.clock.seconds()
@@ -226,8 +240,9 @@ class RelayService(Service):
             self.log.info("{id}: to={to} relay=none, {reply}", id=message.id, to=_paths(recipients), reply=outcome.reply)
             for r in recipients:
                 self._record(message, r, outcome, now)
+            return None
 
-        d.addCallbacks(resolved, unresolved)
+        d.addCallbacks(lambda hops: (hops, recipients), unresolved)
         return d
 
     def _tryHops(self, message, recipients, hops, index, lastError) -> Deferred:
