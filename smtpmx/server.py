@@ -57,6 +57,9 @@ class QueueIds:
         self._pid = os.getpid() & 0xFFFF
 
     def __call__(self) -> str:
+        """
+        A new queue ID.
+        """
         millis = int(self._clock.seconds() * 1000) & 0xFFFFFFFFFF
         return f"{millis:010X}{self._pid:04X}{next(self._counter) & 0xFFFF:04X}"
 
@@ -87,6 +90,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     # Connection life.
 
     def connectionMade(self) -> None:
+        """
+        Admit the connection (or refuse it past a limit) and greet.
+        """
         peer = self.transport.getPeer()
         self.clientHost = getattr(peer, "host", "unknown")
         self.clientPort = getattr(peer, "port", 0)
@@ -112,6 +118,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._sendReply(Reply(220, None, f"{self.factory.config.hostname} ESMTP smtpmx"))
 
     def connectionLost(self, reason: Failure = None) -> None:
+        """
+        Throw away a message still being received and free the connection slot.
+        """
         self.setTimeout(None)
         if self._abortCall is not None and self._abortCall.active():
             self._abortCall.cancel()
@@ -131,6 +140,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._close()
 
     def _close(self) -> None:
+        """
+        Close once the replies written so far are sent.
+        """
         self._closing = True
         self.setTimeout(None)
         self.transport.loseConnection()
@@ -139,10 +151,16 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._abortCall = self.callLater(CLOSE_GRACE, self._cutOff)
 
     def _cutOff(self) -> None:
+        """
+        Drop a closing connection whose client reads nothing.
+        """
         self.log.info("cut off [{client}]: it did not read its last replies", client=self.clientHost)
         self.transport.abortConnection()
 
     def _sendReply(self, r: Reply) -> None:
+        """
+        Write one reply.
+        """
         self.transport.write(r.format())
 
     # Flow control: no input is acted on while an answer of ours is pending.
@@ -151,6 +169,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     # saves two epoll calls per command on the hot path.
 
     def _wait(self, why: str) -> None:
+        """
+        Stop acting on input until L{_done} is called with the same reason.
+        """
         self._waiting.add(why)
         self.paused = True
         if self._waitingOnUs():
@@ -160,6 +181,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             self._pauseTransport()
 
     def _done(self, why: str) -> None:
+        """
+        One reason to wait is over; when none is left, act on buffered input.
+        """
         self._waiting.discard(why)
         if self._closing or self.transport is None:
             return
@@ -189,15 +213,27 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     # stays bounded.
 
     def pauseProducing(self) -> None:
+        """
+        The transport cannot take more replies: stop reading commands.
+        """
         self._wait("write")
 
     def resumeProducing(self) -> None:
+        """
+        The transport took our replies: read commands again.
+        """
         self._done("write")
 
     def stopProducing(self) -> None:
+        """
+        The transport is going away.
+        """
         self._close()
 
     def _pauseTransport(self) -> None:
+        """
+        Stop reading from the socket.
+        """
         if not self._transportPaused:
             self._transportPaused = True
             self.transport.pauseProducing()
@@ -205,6 +241,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     # Command mode.
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the client: lines in command mode, chunks in DATA.
+        """
         if self._closing:
             return
         self.resetTimeout()
@@ -214,6 +253,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             self._pauseTransport()
 
     def lineReceived(self, line: bytes) -> None:
+        """
+        One command line: hand it to the session and answer.
+        """
         if self._closing:
             return
         if line.endswith(b"\r"):
@@ -321,6 +363,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     # The DATA phase.
 
     def _startData(self) -> None:
+        """
+        Begin the DATA phase: a new envelope, a message in the store, raw mode.
+        """
         self._describeTLS()
         self._envelope = self.session.envelope()
         self._reader = DataReader()
@@ -335,6 +380,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self.setRawMode()
 
     def rawDataReceived(self, data: bytes) -> None:
+        """
+        A chunk of the message: unstuffed, size-checked and streamed to the store.
+        """
         reader = self._reader
         body, leftover = reader.feed(data)
         if body and not self._tooBig:
@@ -399,6 +447,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             d.addCallbacks(stored, failed).addCallback(answer)
 
     def _abortMessage(self) -> None:
+        """
+        Give up on the message being received, if any.
+        """
         message, self._message = self._message, None
         if message is not None:
             try:
@@ -466,6 +517,9 @@ class SMTPServerFactory(Factory):
         self.perHost: Counter[str] = Counter()
 
     def buildProtocol(self, addr) -> SMTPServerProtocol:
+        """
+        A protocol for a new connection.
+        """
         p = self.protocol(self)
         return p
 

@@ -133,10 +133,16 @@ class Session:
         return handler(argument.strip(" "))
 
     def _error(self, r: Reply, action: str = CONTINUE) -> Outcome:
+        """
+        Answer with an error reply that counts towards the bad-command limit.
+        """
         self.badCommands += 1
         return Outcome(r, action)
 
     def _answer(self, r: Reply, action: str = CONTINUE) -> Outcome:
+        """
+        Answer with C{r}, counting it if it is a client error.
+        """
         if r.code in _ERROR_CODES:
             self.badCommands += 1
         return Outcome(r, action)

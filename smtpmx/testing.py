@@ -35,13 +35,22 @@ class MemoryMessage:
 
     @property
     def body(self) -> bytes:
+        """
+        Everything written so far.
+        """
         return b"".join(self.chunks)
 
     def write(self, data: bytes) -> Optional[Deferred]:
+        """
+        Keep the bytes.
+        """
         self.chunks.append(data)
         return None
 
     def finish(self) -> Deferred:
+        """
+        Succeed, fail with L{MemoryStore.failWith}, or wait if L{MemoryStore.hold}.
+        """
         if self.store.failWith is not None:
             self.aborted = True
             return fail(self.store.failWith)
@@ -54,6 +63,9 @@ class MemoryMessage:
         return succeed(None)
 
     def abort(self) -> None:
+        """
+        Note the abort.
+        """
         self.aborted = True
 
 
@@ -74,6 +86,9 @@ class MemoryStore:
         self.held: list[tuple[Deferred, MemoryMessage]] = []
 
     def receive(self, envelope: Envelope) -> MemoryMessage:
+        """
+        A new L{MemoryMessage}.
+        """
         message = MemoryMessage(self, envelope)
         self.started.append(message)
         return message
@@ -100,4 +115,7 @@ class FakeSession:
     reversePath: Optional[Address] = None
 
     def runBlocking(self, f, *args, **kwargs) -> Deferred:
+        """
+        Run C{f} at once, in this thread.
+        """
         return maybeDeferred(f, *args, **kwargs)

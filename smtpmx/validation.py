@@ -88,6 +88,9 @@ class ValidatorChain:
         return self._ask(session, recipient, 0)
 
     def _ask(self, session, recipient: Address, index: int) -> Deferred:
+        """
+        Ask validator C{index}, and the next ones while none has an opinion.
+        """
         if index >= len(self.validators):
             return _succeed((None, None))
         name, validator = self.validators[index]
@@ -119,6 +122,9 @@ class ValidatorChain:
 
 
 def _succeed(result) -> Deferred:
+    """
+    A Deferred that has already fired with C{result}.
+    """
     d: Deferred = Deferred()
     d.callback(result)
     return d

@@ -116,6 +116,9 @@ class RelayService(Service):
         self._loop.start(POLL_INTERVAL, now=False)
 
     def stopService(self) -> None:
+        """
+        Stop polling; attempts under way finish on their own.
+        """
         Service.stopService(self)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
@@ -182,6 +185,9 @@ class RelayService(Service):
     # One attempt of one message.
 
     def _attempt(self, message: QueuedMessage) -> Deferred:
+        """
+        Attempt C{message} unless an attempt of it is already under way.
+        """
         if message.id in self.inFlight:
             return succeed(None)
         self.inFlight.add(message.id)
@@ -191,6 +197,9 @@ class RelayService(Service):
         return d
 
     def _attemptMessage(self, message: QueuedMessage) -> Deferred:
+        """
+        Attempt every due recipient of C{message}, bounce what expired, then settle its state.
+        """
         now = self.clock.seconds()
         due = [r for r in message.pending() if r.nextAttempt <= now]
         if isExpired(message.created, now, self.config.maxQueueAge):
@@ -388,6 +397,9 @@ class RelayService(Service):
         return d
 
     def _sendBounce(self, message: QueuedMessage, bounceId: str, data: bytes) -> Deferred:
+        """
+        File the bounce in the sender's Maildir when it is local, else queue it for relay.
+        """
         try:
             sender = parseAddress(message.sender)
         except AddressError:
@@ -429,10 +441,16 @@ def _readHead(path: str) -> bytes:
 
 
 def _paths(recipients) -> str:
+    """
+    Recipients as paths, for a log line.
+    """
     return ",".join(f"<{r.address}>" for r in recipients)
 
 
 def _status(result) -> str:
+    """
+    The enhanced status of a recipient result, or one made from its code.
+    """
     enhanced = getattr(result, "enhanced", None)
     if enhanced:
         return enhanced
