@@ -90,6 +90,7 @@ class InstallTests(SynchronousTestCase):
         where = self.twistd(sitePackages, "--where").stdout.split()
         self.assertTrue(where[0].startswith(prefix + os.sep), where)
         self.assertTrue(any(w.startswith(prefix + os.sep) for w in where[1:]), where)
+        self.assertTrue(os.path.exists(os.path.join(prefix, "bin", "smtpmx-queue")))
         result = self.twistd(sitePackages, "--help")
         self.assertIn("smtpmx", result.stdout)
         result = self.twistd(sitePackages, "smtpmx", "--list-validators")
