@@ -49,15 +49,15 @@ class DataReader:
             self._carry = b""
             self.done = True
         else:
-            # Keep back what could be the start of the terminator, and
-            # never split a CRLF or a CRLF "." from what follows it.
+            # Keep back what could be the start of the terminator (four
+            # bytes), and never split a CRLF, nor a CRLF from a "." after
+            # it: the carry stays at most six bytes, whatever the input.
             cut = max(len(buf) - 4, 0)
-            while cut > 0 and buf[cut - 1] == 0x0D:
-                cut -= 1
-            if cut >= 2 and buf[cut - 2 : cut] == b"\r\n":
-                cut -= 2
-                while cut > 0 and buf[cut - 1] == 0x0D:
+            if cut > 0:
+                if buf[cut - 1] == 0x0D and buf[cut] == 0x0A:
                     cut -= 1
+                elif cut >= 2 and buf[cut] == 0x2E and buf[cut - 2 : cut] == b"\r\n":
+                    cut -= 2
             region = buf[:cut]
             self._carry = buf[cut:]
             leftover = None

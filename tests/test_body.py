@@ -137,3 +137,25 @@ class HeaderScannerTests(SynchronousTestCase):
         scanner = HeaderScanner(limit=10)
         scanner.feed(b"x" * 100)
         self.assertTrue(scanner.done)
+
+
+class HostileInputTests(SynchronousTestCase):
+    """
+    No input makes the reader hold more than a few bytes back.
+    """
+
+    def test_carriageReturnFlood(self):
+        """
+        A flood of bare CRs comes out as line endings as it arrives: the
+        bytes held back stay bounded, so the size limit and memory bound
+        apply to it like to any text.
+        """
+        reader = DataReader()
+        total = 0
+        for _ in range(64):
+            body, leftover = reader.feed(b"\r" * 65536)
+            self.assertIsNone(leftover)
+            total += len(body)
+            self.assertLessEqual(len(reader._carry), 6)
+        self.assertGreater(total, 64 * 65536 - 8)
+        self.assertEqual(reader.size, total)
