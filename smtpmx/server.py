@@ -141,8 +141,11 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 
     def _close(self) -> None:
         """
-        Close once the replies written so far are sent.
+        Close once the replies written so far are sent.  Only the first
+        call counts (the transport calls L{stopProducing} as it closes).
         """
+        if self._closing:
+            return
         self._closing = True
         self.setTimeout(None)
         self.transport.loseConnection()
@@ -558,4 +561,5 @@ class SMTPServerFactory(Factory):
             self.newQueueId,
             tlsAvailable=self.tlsOptions is not None,
             relayAvailable=self.relayAvailable,
+            clock=self.clock,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -28,6 +29,10 @@ CONTINUE = "continue"
 READ_DATA = "data"
 START_TLS = "starttls"
 CLOSE = "close"
+
+# Seconds a recipient's validators may take, at most (the command timeout
+# if that is shorter).
+VALIDATOR_TIMEOUT = 60
 
 # Replies that count as a client's error towards the bad-command limit.
 _ERROR_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
@@ -93,6 +98,7 @@ class Session:
         newQueueId: Callable[[], str],
         tlsAvailable: bool = False,
         relayAvailable: bool = False,
+        clock=None,
     ) -> None:
         self.config = config
         self.validators = validators
@@ -103,6 +109,7 @@ class Session:
         self._newQueueId = newQueueId
         self.tlsAvailable = tlsAvailable
         self.relayAvailable = relayAvailable
+        self._clock = clock
         self.heloName: Optional[str] = None
         self.esmtp = False
         self.tls: Optional[str] = None
@@ -316,10 +323,22 @@ class Session:
             return self._verdict(t, address, r, name, destinations)
 
         def failed(failure):
-            failure.trap(ValidatorError)
+            if failure.check(defer.TimeoutError):
+                self.log.warn(
+                    "validators gave no verdict on {rcpt} within {timeout} s",
+                    rcpt=address.path,
+                    timeout=timeout,
+                )
+            else:
+                failure.trap(ValidatorError)
             return self._verdict(t, address, reply.VALIDATOR_FAILED, None, [])
 
         d = self.validators.validate(self, address)
+        # A validator whose backend hangs must not hold the session (and
+        # its connection slot) for ever: it is a temporary failure.
+        timeout = min(VALIDATOR_TIMEOUT, self.config.commandTimeout)
+        if self._clock is not None:
+            d.addTimeout(timeout, self._clock)
         d.addCallbacks(decided, failed)
         return d
 

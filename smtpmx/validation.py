@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from smtpmx.address import Address, parseAddress
@@ -99,13 +99,20 @@ class ValidatorChain:
             if verdict is None:
                 return self._ask(session, recipient, index + 1)
             if not isinstance(verdict, (Accept, Reject)):
+                self.log.error(
+                    "validator {name!r} returned {verdict!r} for {recipient}, not a verdict",
+                    name=name,
+                    verdict=verdict,
+                    recipient=str(recipient),
+                )
                 raise ValidatorError(
                     f"validator {name!r} returned {verdict!r}, not a verdict"
                 )
             return (name, verdict)
 
         def broke(failure):
-            if failure.check(ValidatorError):
+            if failure.check(ValidatorError, CancelledError):
+                # Cancelled: the caller gave up waiting, and says so.
                 return failure
             self.log.failure(
                 "validator {name!r} failed on {recipient}",

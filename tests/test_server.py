@@ -744,3 +744,41 @@ class ControlCharacterTests(SynchronousTestCase):
         s.codes("MAIL FROM:<a@c.example>\r\n")
         self.assertEqual(s.codes("RCPT TO:<a\x01b@remote.example>\r\n")[0][:9], "501 5.5.4")
         self.assertEqual(s.codes("RCPT TO:<a\x01b@example.org>\r\n")[0][:9], "550 5.1.3")
+
+
+class CloseTests(SynchronousTestCase):
+    """
+    Closing a connection schedules exactly one cut-off, cancelled once
+    the connection is gone.
+    """
+
+    def test_quitThenLost(self):
+        """
+        After QUIT and the transport's own stopProducing, the connection's
+        loss leaves no timer behind.
+        """
+        s = Server().greeted()
+        s.codes("QUIT\r\n")
+        s.protocol.stopProducing()
+        s.protocol.connectionLost(None)
+        self.assertEqual(s.clock.getDelayedCalls(), [])
+
+
+class ValidatorTimeoutTests(SynchronousTestCase):
+    """
+    A validator that never answers cannot hold a session for ever.
+    """
+
+    def test_hungValidator(self):
+        """
+        A verdict that does not come within the validator timeout (or the
+        command timeout, if shorter) is a temporary failure, 451 4.3.0, and
+        the session goes on.
+        """
+        s = Server({"alice@example.org": lambda: Deferred()}, commandTimeout=30).greeted()
+        s.codes("MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(s.codes("RCPT TO:<alice@example.org>\r\nNOOP\r\n"), [])
+        s.clock.advance(29)
+        self.assertEqual(s.output(), [])
+        s.clock.advance(2)
+        self.assertEqual(s.output(), ["451 4.3.0 Error: temporary failure checking the recipient, try again later", "250 2.0.0 Ok"])
