@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.config import Config
+from smtpmx.delivery.maildir import deliverBytes
 from smtpmx.relay.client import RecipientResult, TransactionResult
 from smtpmx.relay.queue import BOUNCED, DELIVERED, PENDING, Queue, QueuedMessage, QueuedRecipient
 from smtpmx.relay.service import RelayService
@@ -259,3 +260,25 @@ class RelayServiceTests(SynchronousTestCase):
         self.service.config = self.config
         self.enqueue("s@client.example", "x@a.example", "Y@B.example")
         self.assertEqual([c["recipients"] for c in self.deliver.calls], [["x@a.example", "Y@B.example"]])
+
+    def test_bounceFailureKeepsMessage(self):
+        """
+        A bounce that cannot be filed (full disk) is not lost: the
+        recipient stays queued and is bounced on a later attempt.
+        """
+        from smtpmx.relay import service as serviceModule
+
+        def diskFull(path, data):
+            raise OSError(28, "No space left on device")
+
+        self.patch(serviceModule, "deliverBytes", diskFull)
+        self.deliver.replies["bad@remote.example"] = (550, "5.1.1 no such user")
+        self.enqueue("someone@example.org", "bad@remote.example")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        [message] = self.queue.list()
+        self.assertEqual(message.recipients[0].state, PENDING)
+        self.patch(serviceModule, "deliverBytes", deliverBytes)
+        self.clock.advance(61)
+        self.assertEqual(self.queue.ids(), [])
+        new = os.path.join(self.config.maildirRoot, "example.org", "someone", "new")
+        self.assertEqual(len(os.listdir(new)), 1)

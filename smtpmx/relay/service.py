@@ -349,10 +349,20 @@ class RelayService(Service):
             if (message.id, r.address) in self._bounced
         }
         newlyBounced = [r for r in message.recipients if r.address in statuses]
-        finished = not message.pending()
         d = succeed(None)
         if newlyBounced:
             d.addCallback(lambda _: self._bounce(message, newlyBounced, statuses))
+
+            def bounceFailed(failure):
+                # Never lose a bounce: the recipients stay pending, to be
+                # tried (and, failing again, bounced) later.
+                self.log.failure("{id}: cannot bounce; the recipients stay queued", failure, id=message.id)
+                now = self.clock.seconds()
+                for r in newlyBounced:
+                    r.state = PENDING
+                    r.nextAttempt = now + nextAttemptDelay(max(r.attempts, 1), self.config.retrySchedule)
+
+            d.addErrback(bounceFailed)
         d.addCallback(lambda _: self.runBlocking(self.queue.save, message))
 
         def saved(stillQueued: bool):
@@ -360,7 +370,7 @@ class RelayService(Service):
                 # Deleted by the operator meanwhile.
                 self.messages.pop(message.id, None)
                 return None
-            if finished:
+            if not message.pending():
                 self.messages.pop(message.id, None)
                 self.log.info("{id}: removed from the relay queue", id=message.id)
                 return self.runBlocking(self.queue.remove, message.id)
@@ -374,6 +384,9 @@ class RelayService(Service):
         """
         Tell the sender about recipients that failed for good; never for a
         message with the null reverse-path.
+
+        @return: a L{Deferred} that fails if the bounce could not be made,
+            filed or queued.
         """
         if not message.sender:
             self.log.info("{id}: not bouncing a message from <>", id=message.id)
@@ -393,7 +406,6 @@ class RelayService(Service):
             return self._sendBounce(message, bounceId, data)
 
         d.addCallback(made)
-        d.addErrback(lambda f: self.log.failure("{id}: cannot make a bounce", f, id=message.id))
         return d
 
     def _sendBounce(self, message: QueuedMessage, bounceId: str, data: bytes) -> Deferred:
