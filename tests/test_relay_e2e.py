@@ -247,7 +247,7 @@ class RelayTestCase(SynchronousTestCase):
         Start the class's processes; each registers its stop with
         C{addCleanup}.  Subclasses set at least C{cls.server}.
         """
-        raise NotImplementedError()
+        raise TypeError(f"{cls.__name__} does not say which processes it needs")
 
     @classmethod
     def setUpClass(cls) -> None:
