@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
 import time
 from typing import Iterable, Optional
 
-from tests.e2e import environment, makeTemporaryDirectory
+from tests.e2e import environment, makeTemporaryDirectory, stopProcess
 
 TWISTD = [
     sys.executable,
@@ -197,16 +196,5 @@ class RunningDNS:
         """
         End the server by its PID: SIGTERM, then SIGKILL.  Idempotent.
         """
-        p = self.process
-        if p is None:
-            return
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-        p.wait()
+        if self.process is not None:
+            stopProcess(self.process, grace)

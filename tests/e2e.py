@@ -73,6 +73,25 @@ class ServerDidNotStart(Exception):
     """
 
 
+def stopProcess(p: subprocess.Popen, grace: float = 5.0) -> int:
+    """
+    End a process started by a test, by its PID: SIGTERM, then SIGKILL
+    after C{grace} seconds.  Idempotent.
+
+    @return: its exit status.
+    """
+    if p.poll() is None:
+        try:
+            os.kill(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+    return p.wait()
+
+
 class RunningServer:
     """
     One C{twistd -n smtpmx} subprocess.
@@ -195,19 +214,9 @@ class RunningServer:
 
         @return: its exit status, or L{None} if it was never started.
         """
-        p = self.process
-        if p is None:
+        if self.process is None:
             return None
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        return p.wait()
+        return stopProcess(self.process, grace)
 
     def kill9(self) -> None:
         """

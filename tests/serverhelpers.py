@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
@@ -17,7 +17,7 @@ from smtpmx.config import Config
 from smtpmx.interfaces import IRecipientValidator
 from smtpmx.server import SMTPServerFactory
 from smtpmx.testing import MemoryStore
-from smtpmx.validation import Accept, Reject, ValidatorChain
+from smtpmx.validation import Accept, ValidatorChain
 
 
 @implementer(IRecipientValidator)

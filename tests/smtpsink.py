@@ -404,21 +404,12 @@ class RunningSink:
         """
         SIGTERM by PID, then SIGKILL; idempotent.
         """
-        import subprocess
+        from tests.e2e import stopProcess
 
         p = self.process
         if p is None:
             return
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-        p.wait()
+        stopProcess(p, grace)
         if p.stdout is not None:
             p.stdout.close()
 

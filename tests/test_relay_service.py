@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes
 from smtpmx.relay.client import RecipientResult, TransactionResult
-from smtpmx.relay.queue import BOUNCED, DELIVERED, PENDING, Queue, QueuedMessage, QueuedRecipient
+from smtpmx.relay.queue import PENDING, Queue, QueuedMessage, QueuedRecipient
 from smtpmx.relay.service import RelayService
 
 

@@ -5,7 +5,7 @@ limit and ordering rule of SPEC section 4.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.envelope import LocalMailbox

@@ -11,9 +11,8 @@ moment loses nothing and delivers nothing twice that was recorded as done.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from twisted.application.service import Service
