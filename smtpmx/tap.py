@@ -10,6 +10,7 @@ the work with the reactor passed in, for tests.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Optional
 
@@ -208,14 +209,21 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-class ListenFailed(SystemExit, Exception):
+class StartupFailed(SystemExit, Exception):
     """
-    An endpoint could not be listened on.
+    The server cannot start: a port cannot be listened on, or a directory
+    it must write cannot be.
 
     It is a L{SystemExit}, so that C{twistd -n} ends with its one-line
     message and status 1 rather than a traceback, and an L{Exception}, so
     that a daemonizing twistd reports it to the parent process and removes
     its PID file.
+    """
+
+
+class ListenFailed(StartupFailed):
+    """
+    An endpoint could not be listened on.
     """
 
 
@@ -375,10 +383,33 @@ class SMTPMXService(MultiService):
 
     def startService(self) -> None:
         """
-        Log the configuration if not done yet, then start.
+        Log the configuration if not done yet, check that the Maildir root
+        and the queue can be written (as the user twistd now runs as), then
+        start.
+
+        @raise StartupFailed: one of them cannot be.
         """
         self._announce()
+        checkWritable("--maildir-root", self.config.maildirRoot)
+        checkWritable("--queue-dir", self.config.queueDir)
         super().startService()
+
+
+def checkWritable(option: str, path: str) -> None:
+    """
+    Make sure directory C{path} exists and can be written, at start-up
+    (blocking is fine: nothing else runs yet).
+
+    @raise StartupFailed: with one line naming the option and the problem.
+    """
+    try:
+        os.makedirs(path, 0o700, exist_ok=True)
+        if not os.path.isdir(path):
+            raise NotADirectoryError(20, "Not a directory", path)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", path)
+    except OSError as e:
+        raise StartupFailed(f"{option} {path}: {e.strerror or e}") from None
 
 
 def threadRunner(reactor) -> Callable[..., Deferred]:

@@ -716,6 +716,18 @@ class StartupErrorTests(SynchronousTestCase):
         """
         self.assertRefused(["--listen", "bogus:1234"], "bogus")
 
+    def test_unwritableMaildirRoot(self):
+        """
+        A Maildir root that cannot be a directory stops start-up, naming the
+        option, rather than failing every delivery later.
+        """
+        path = os.path.join(self.dir, "plain-file")
+        open(path, "w").close()
+        self.assertRefused(
+            ["--listen", "tcp:0:interface=127.0.0.1", "--maildir-root", os.path.join(path, "Maildir")],
+            "--maildir-root",
+        )
+
     def test_missingConfig(self):
         """
         A --config file that does not exist stops start-up, naming it.

@@ -17,7 +17,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.relay.service import RelayService
-from smtpmx.tap import ListenFailed, ListeningService, Options, buildService, makeService
+from smtpmx.tap import ListenFailed, ListeningService, Options, StartupFailed, buildService, makeService
 from smtpmx.validation import ValidatorChain
 
 
@@ -279,3 +279,50 @@ class ServiceTests(TempDirMixin, SynchronousTestCase):
         service = makeService(options)
         self.assertEqual(len(list(service)), 2)
         self.assertFalse(service.running)
+
+
+class StorageCheckTests(TempDirMixin, SynchronousTestCase):
+    """
+    A Maildir root or queue directory that cannot be written stops
+    start-up with one line, not a traceback or a server that fails later.
+    """
+
+    def start(self, *argv):
+        options = parse(*argv)
+        service = buildService(options.config, options.validators, options.tlsOptions, MemoryReactor())
+        return service
+
+    def test_maildirRootUnderAFile(self):
+        """
+        A Maildir root below a plain file is refused, naming the option.
+        """
+        directory = self.makeDir()
+        path = os.path.join(directory, "file")
+        open(path, "w").close()
+        service = self.start("--maildir-root", os.path.join(path, "Maildir"), "--queue-dir", os.path.join(directory, "q"))
+        e = self.assertRaises(StartupFailed, service.startService)
+        self.assertIsInstance(e, SystemExit)
+        self.assertEqual(str(e), f"--maildir-root {path}/Maildir: Not a directory")
+
+    def test_queueDirIsAFile(self):
+        """
+        A queue directory that is a file is refused, naming the option.
+        """
+        directory = self.makeDir()
+        path = os.path.join(directory, "queue")
+        open(path, "w").close()
+        service = self.start("--maildir-root", os.path.join(directory, "M"), "--queue-dir", path)
+        e = self.assertRaises(StartupFailed, service.startService)
+        self.assertIn("--queue-dir", str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_created(self):
+        """
+        Missing directories are created at start-up.
+        """
+        directory = self.makeDir()
+        service = self.start("--maildir-root", os.path.join(directory, "a", "Maildir"), "--queue-dir", os.path.join(directory, "b", "queue"))
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertTrue(os.path.isdir(os.path.join(directory, "a", "Maildir")))
+        self.assertTrue(os.path.isdir(os.path.join(directory, "b", "queue", "env")))
