@@ -150,6 +150,9 @@ class SinkProtocol(LineReceiver):
         verb = verb.upper()
         if verb in self.sink.hang:
             return
+        if verb in self.sink.drop:
+            self.transport.abortConnection()
+            return
         handler = getattr(self, "do_" + verb, None)
         if verb in self.sink.replies:
             self.reply(self.sink.replies[verb])
@@ -256,6 +259,7 @@ class Sink(Factory):
     @ivar sessions: every connection, in order.
     @ivar hang: verbs never answered (C{"GREETING"} for the banner, C{"."}
         for the end of data).
+    @ivar drop: verbs answered by dropping the connection.
     """
 
     def __init__(
@@ -271,6 +275,7 @@ class Sink(Factory):
         size: bool = True,
         certificate: Optional[tuple[str, str]] = None,
         hang: Sequence[str] = (),
+        drop: Sequence[str] = (),
     ) -> None:
         """
         @param replies: fixed replies by verb (C{{"EHLO": "502 5.5.1 no"}}),
@@ -289,6 +294,7 @@ class Sink(Factory):
         self.pipelining = pipelining
         self.size = size
         self.hang = {h.upper() for h in hang}
+        self.drop = {d.upper() for d in drop}
         self.tlsOptions = None
         if certificate is not None:
             with open(certificate[0], "rb") as f:
@@ -316,6 +322,20 @@ class Sink(Factory):
         """
         self._port = self.reactor.listenTCP(0, self, interface=self.interface)
         return self._port.getHost().port
+
+    def openConnections(self) -> int:
+        """
+        How many connections are open now.
+        """
+        return len(self._connections)
+
+    def dropConnections(self) -> None:
+        """
+        Drop every open connection, as a server timing out idle clients
+        does.
+        """
+        for connection in list(self._connections):
+            connection.transport.loseConnection()
 
     def stopListening(self) -> Deferred:
         """

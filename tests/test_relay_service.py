@@ -37,10 +37,12 @@ class FakeDeliver:
         self.hold = False
         self.held: list[Deferred] = []
 
-    def __call__(self, reactor, hop, heloName, sender, recipients, messageFile, size, runBlocking, tlsMode, trustRoot):
+    def __call__(self, reactor, hop, heloName, sender, recipients, messageFile, size, runBlocking, tlsMode, trustRoot,
+                 *, pool=None):
         with open(messageFile, "rb") as f:
             data = f.read()
-        self.calls.append(dict(hop=(hop.host, hop.port), sender=sender, recipients=list(recipients), data=data))
+        self.calls.append(dict(hop=(hop.host, hop.port), sender=sender, recipients=list(recipients), data=data,
+                               pool=pool))
         if hop.host in self.down:
             return succeed(TransactionResult(connected=False, error="connection refused", remoteMta=hop.name))
         result = TransactionResult(remoteMta=hop.name)
@@ -282,3 +284,34 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertEqual(self.queue.ids(), [])
         new = os.path.join(self.config.maildirRoot, "example.org", "someone", "new")
         self.assertEqual(len(os.listdir(new)), 1)
+
+    def test_connectionCacheGivenAndClosed(self):
+        """
+        Every transaction gets the service's connection cache; stopping
+        the service closes the idle connections in it (so the process
+        exits at once), and a restart gets a fresh cache.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from smtpmx.relay.client import ClientProtocol, _PooledSession
+
+        self.enqueue("a@client.example", "x@remote.example")
+        pool = self.service.pool
+        self.assertIs(self.deliver.calls[0]["pool"], pool)
+        protocol = ClientProtocol(self.clock)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        pool.release(_PooledSession(("h",), protocol, {}, None, False, 30.0), True)
+        self.assertEqual(pool.idleCount(), 1)
+
+        d = self.service.stopService()
+        self.assertEqual(transport.value(), b"QUIT\r\n")
+        protocol.dataReceived(b"221 2.0.0 Bye\r\n")
+        protocol.connectionLost(None)
+        self.successResultOf(d)
+        self.assertTrue(pool.closed)
+        self.assertEqual(pool.idleCount(), 0)
+
+        self.service.startService()
+        self.assertIsNot(self.service.pool, pool)
+        self.assertFalse(self.service.pool.closed)

@@ -16,6 +16,14 @@ coroutine code on top of it.  Every wait has a timeout (RFC 5321 section
 4.5.3.2), the message is read from disk through the thread runner and
 dot-stuffed across chunk boundaries (L{DotStuffer}), and writing it follows
 the transport's flow control, so memory stays bounded whatever its size.
+
+Given a L{SessionPool}, L{deliver} keeps a session open after a transaction
+that ran to the reply to its data, instead of QUIT, and the next
+transaction for the same next hop takes it over after an RSET (Postfix's
+connection cache): a queue of messages for one destination then costs a
+few connections instead of one each.  A cached session that turns out to be
+dead or refuses RSET is dropped and a fresh connection opened in its place,
+so the caller never sees the difference.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
@@ -75,6 +83,16 @@ _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |$)")
 
 TLS_MODES = ("none", "may", "verify")
 
+# The connection cache (L{SessionPool}): how long an idle session is kept,
+# in seconds (Postfix's smtp_connection_cache_time_limit is 2 s, its
+# reuse time limit 300 s), how many transactions one connection carries at
+# most (smtp_connection_reuse_count_limit), how many idle sessions are kept
+# per next hop, and how long stopping waits for the reply to QUIT.
+IDLE_TIMEOUT = 5.0
+MAX_TRANSACTIONS_PER_CONNECTION = 100
+MAX_IDLE_PER_DESTINATION = 10
+CLOSE_QUIT_TIMEOUT = 5.0
+
 
 @dataclass(frozen=True)
 class RecipientResult:
@@ -116,6 +134,8 @@ class TransactionResult:
         message: try the next one.  Every recipient is then a temporary
         failure.
     @ivar error: for C{connected=False}, why.
+    @ivar connectionUse: which transaction of its connection this was: 1
+        on a fresh connection, more on one taken from a L{SessionPool}.
     """
 
     recipients: dict[str, RecipientResult] = field(default_factory=dict)
@@ -124,6 +144,7 @@ class TransactionResult:
     remoteMta: str = ""
     connected: bool = True
     error: Optional[str] = None
+    connectionUse: int = 1
 
 
 class SessionError(Exception):
@@ -507,6 +528,7 @@ class _Transaction:
         tlsMode: str,
         trustRoot: Optional[str],
         timeouts: Mapping[str, float],
+        pool: Optional[SessionPool] = None,
     ) -> None:
         """
         The parameters of L{deliver}; duplicate recipients are sent once.
@@ -522,6 +544,15 @@ class _Transaction:
         self.tlsMode = tlsMode
         self.trustRoot = trustRoot
         self.timeouts = timeouts
+        self.pool = pool
+        # Whether DATA went out in the last transact() (past it, a lost
+        # connection may have delivered the message), and whether the
+        # connection failed in it.
+        self._dataSent = False
+        self._lost = False
+        # Sessions are shared only between transactions that would have
+        # set them up the same way.
+        self.key = (hop.host, hop.port, hop.name, tlsMode, heloName, trustRoot)
         self.label = f"{hop.name}[{hop.host}]:{hop.port}"
 
     def _unconnected(self, error: str, result: Optional[TransactionResult] = None) -> TransactionResult:
@@ -544,6 +575,10 @@ class _Transaction:
         """
         if self.tlsMode not in TLS_MODES:
             return self._unconnected(f"unknown TLS mode {self.tlsMode!r}")
+        if self.pool is not None:
+            result = await self.reuse()
+            if result is not None:
+                return result
         context = None
         if self.tlsMode == "verify":
             try:
@@ -571,9 +606,53 @@ class _Transaction:
             _log.info("{hop}: {why}; trying again without TLS", hop=self.label, why=str(e))
         return await self.session(None)
 
+    async def reuse(self) -> Optional[TransactionResult]:
+        """
+        The transaction on a session from the pool, after an RSET.
+
+        A cached session that is dead, does not answer RSET with 250, or
+        is lost before the message was sent (so nothing can have been
+        delivered) is dropped and the next one tried.
+
+        @return: the result, or L{None} when no cached session would do:
+            the caller opens a fresh connection.
+        """
+        while True:
+            cached = self.pool.take(self.key)
+            if cached is None:
+                return None
+            protocol = cached.protocol
+            try:
+                protocol.send("RSET")
+                reply = await protocol.expect(self.timeouts["command"], "RSET")
+            except SessionError as e:
+                _log.debug("{hop}: cached session lost ({why}); not reused", hop=self.label, why=str(e))
+                self.pool.discard(cached)
+                continue
+            if reply.code != 250:
+                _log.debug("{hop}: RSET refused ({reply}); cached session not reused", hop=self.label, reply=str(reply))
+                self.pool.discard(cached)
+                continue
+            result = TransactionResult(
+                remoteMta=self.hop.name, tls=cached.tls, verified=cached.verified,
+                connectionUse=cached.transactions + 1,
+            )
+            try:
+                finished = await self.transact(protocol, cached.extensions, result)
+            except Exception:
+                self.pool.discard(cached)
+                raise
+            if self._lost and not self._dataSent:
+                _log.debug("{hop}: cached session lost before DATA; trying afresh", hop=self.label)
+                self.pool.discard(cached)
+                continue
+            self.pool.release(cached, finished and _reusable(result))
+            return result
+
     async def session(self, context) -> TransactionResult:
         """
-        One connection: greeting, EHLO, STARTTLS, the transaction, QUIT.
+        One connection: greeting, EHLO, STARTTLS, the transaction, and QUIT
+        (or, with a pool, the session given to it).
 
         @param context: the TLS client options, or L{None} not to use TLS.
         @raise _TLSFailed: opportunistic TLS failed (the caller retries in
@@ -582,6 +661,7 @@ class _Transaction:
         t = self.timeouts
         result = TransactionResult(remoteMta=self.hop.name)
         protocol = ClientProtocol(self.reactor)
+        pooled = False
         endpoint = HostnameEndpoint(self.reactor, self.hop.host, self.hop.port, timeout=t["connect"])
         connecting = endpoint.connect(_OneConnection(protocol))
         timer = self.reactor.callLater(t["connect"] + 1, connecting.cancel)
@@ -602,8 +682,16 @@ class _Transaction:
                 return self._unconnected(f"{self.label}: {e}", result)
             except _Refused as e:
                 return self._unconnected(str(e), result)
-            await self.transact(protocol, extensions, result)
-            await self.quit(protocol)
+            finished = await self.transact(protocol, extensions, result)
+            if self.pool is None:
+                await self.quit(protocol)
+                return result
+            cached = _PooledSession(
+                self.key, protocol, extensions, result.tls, result.verified, self.timeouts["quit"]
+            )
+            protocol._closed.addBoth(lambda ignored: self.pool._lost(cached))
+            pooled = True
+            self.pool.release(cached, finished and _reusable(result))
             return result
         except _TLSFailed:
             raise
@@ -615,7 +703,8 @@ class _Transaction:
                     result.recipients[r] = _localFailure("internal error in the relay client", "4.3.0")
             return result
         finally:
-            await protocol.close()
+            if not pooled:
+                await protocol.close()
 
     async def greet(self, protocol: ClientProtocol, context, result: TransactionResult) -> dict[str, str]:
         """
@@ -668,14 +757,20 @@ class _Transaction:
                 return {}
         raise _Refused(f"{self.label} refused our greeting: {reply.code} {_result(reply).text}")
 
-    async def transact(self, protocol: ClientProtocol, extensions: dict[str, str], result: TransactionResult) -> None:
+    async def transact(self, protocol: ClientProtocol, extensions: dict[str, str], result: TransactionResult) -> bool:
         """
         MAIL, RCPT, DATA and the message; fills C{result.recipients}, for
         every recipient, whatever happens to the connection.
+
+        @return: whether the transaction ran to the reply to the end of
+            data, leaving the session fit for another one (the connection
+            cache keeps only those).
         """
         t = self.timeouts
         results = result.recipients
         stage = "MAIL FROM"
+        self._dataSent = False
+        self._lost = False
         try:
             parameters = []
             if "SIZE" in extensions and self.size >= 0:
@@ -691,7 +786,7 @@ class _Transaction:
                     )
                     for r in self.recipients:
                         results[r] = failure
-                    return
+                    return False
                 parameters.append("SMTPUTF8")
             mail = " ".join([f"MAIL FROM:<{self.sender}>", *parameters])
             rcpts = [f"RCPT TO:<{r}>" for r in self.recipients]
@@ -707,7 +802,7 @@ class _Transaction:
                 if pipelining:
                     for r in self.recipients:
                         await protocol.expect(t["command"], "RCPT TO")
-                return
+                return False
             accepted = []
             for r, command in zip(self.recipients, rcpts):
                 stage = f"RCPT TO:<{r}>"
@@ -718,18 +813,19 @@ class _Transaction:
                 if 200 <= reply.code < 300:
                     accepted.append(r)
             if not accepted:
-                return
+                return False
             for r in accepted:
                 del results[r]
 
             stage = "DATA"
+            self._dataSent = True
             protocol.send("DATA")
             reply = await protocol.expect(t["command"], "DATA")
             if reply.code != 354:
                 permanent = True if reply.code >= 500 else False
                 for r in accepted:
                     results[r] = _result(reply, permanent)
-                return
+                return False
 
             stage = "sending message content"
             await self.sendMessage(protocol)
@@ -737,11 +833,14 @@ class _Transaction:
             reply = await protocol.expect(t["finalDot"], "end of data")
             for r in accepted:
                 results[r] = _result(reply)
+            return True
         except SessionError as e:
             failure = _localFailure(f"lost connection with {self.label} while {stage}: {e}")
             for r in self.recipients:
                 if r not in results:
                     results[r] = failure
+            self._lost = True
+            return False
 
     async def sendMessage(self, protocol: ClientProtocol) -> None:
         """
@@ -794,6 +893,15 @@ class _Transaction:
             pass
 
 
+def _reusable(result: TransactionResult) -> bool:
+    """
+    Whether a session may carry another transaction after this one: not
+    after a C{421}, with which the next hop says it is closing the
+    connection (RFC 5321 section 3.8).
+    """
+    return all(r.code != 421 for r in result.recipients.values())
+
+
 class _Refused(Exception):
     """
     The next hop turned the session away before MAIL.
@@ -815,6 +923,211 @@ class _OneConnection(Factory):
         return self._protocol
 
 
+class _PooledSession:
+    """
+    An SMTP session fit for transactions: the connection after the
+    greeting, EHLO and STARTTLS, with what they established.
+
+    @ivar key: the L{SessionPool} key it belongs under.
+    @ivar extensions: the extensions the next hop offered (after STARTTLS).
+    @ivar tls: the TLS version and cipher, or L{None} in clear.
+    @ivar verified: whether the certificate was verified.
+    @ivar quitTimeout: seconds to wait for the reply to QUIT.
+    @ivar transactions: transactions finished on it so far.
+    @ivar timer: the idle timer while it waits in the pool.
+    """
+
+    def __init__(self, key: tuple, protocol: ClientProtocol, extensions: dict[str, str],
+                 tls: Optional[str], verified: bool, quitTimeout: float) -> None:
+        self.key = key
+        self.protocol = protocol
+        self.extensions = extensions
+        self.tls = tls
+        self.verified = verified
+        self.quitTimeout = quitTimeout
+        self.transactions = 0
+        self.timer = None
+
+    def usable(self) -> bool:
+        """
+        Whether the connection is up and quiet: no error, not closing, and
+        nothing said by the next hop that nobody asked for (a C{421} while
+        idle, say).
+        """
+        protocol = self.protocol
+        return (
+            protocol._error is None
+            and protocol._connected
+            and not getattr(protocol.transport, "disconnecting", False)
+            and not protocol._replies
+            and not protocol._lines
+        )
+
+
+class SessionPool:
+    """
+    The connection cache of the relay client: idle SMTP sessions, by next
+    hop, that L{deliver} takes over for the next transaction instead of
+    opening a connection.
+
+    A session is kept only after a transaction that ran to the reply to
+    its data (and no C{421}), for C{idleTimeout} seconds and C{maxTransactions}
+    transactions at most; then, on any error, and when the pool is closed,
+    it is sent QUIT and closed.
+
+    @ivar closed: whether L{close} was called; sessions given back after
+        that are closed at once.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        idleTimeout: float = IDLE_TIMEOUT,
+        maxTransactions: int = MAX_TRANSACTIONS_PER_CONNECTION,
+        maxIdle: int = MAX_IDLE_PER_DESTINATION,
+    ) -> None:
+        """
+        @param reactor: the clock for the idle timers (L{IReactorTime}).
+        @param idleTimeout: seconds an idle session is kept.
+        @param maxTransactions: transactions one connection carries at most.
+        @param maxIdle: idle sessions kept for one next hop at most.
+        """
+        self._reactor = reactor
+        self.idleTimeout = idleTimeout
+        self.maxTransactions = maxTransactions
+        self.maxIdle = maxIdle
+        self.closed = False
+        self._idle: dict[tuple, list[_PooledSession]] = {}
+        self._closing: set[Deferred] = set()
+
+    def idleCount(self, key: Optional[tuple] = None) -> int:
+        """
+        How many sessions wait in the pool, for C{key} or in all.
+        """
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(map(len, self._idle.values()))
+
+    def take(self, key: tuple) -> Optional[_PooledSession]:
+        """
+        The most recently used idle session for C{key} that is still up,
+        out of the pool, or L{None}.  Dead ones met on the way are closed.
+        """
+        idle = self._idle.get(key)
+        while idle:
+            session = idle.pop()
+            self._stopTimer(session)
+            if session.usable():
+                if not idle:
+                    del self._idle[key]
+                return session
+            self.discard(session)
+        self._idle.pop(key, None)
+        return None
+
+    def release(self, session: _PooledSession, reusable: bool) -> None:
+        """
+        Give back a session after a transaction: kept idle if C{reusable}
+        and within the limits, else sent QUIT and closed.
+        """
+        session.transactions += 1
+        idle = self._idle.get(session.key, [])
+        if (
+            self.closed
+            or not reusable
+            or not session.usable()
+            or session.transactions >= self.maxTransactions
+            or len(idle) >= self.maxIdle
+        ):
+            self.discard(session)
+            return
+        session.timer = self._reactor.callLater(self.idleTimeout, self._expired, session)
+        self._idle[session.key] = idle
+        idle.append(session)
+
+    def discard(self, session: _PooledSession, quitTimeout: Optional[float] = None) -> Deferred[None]:
+        """
+        QUIT (if the connection is still fit for it) and close a session
+        that is not in the pool; L{close} waits for it.
+
+        @return: a L{Deferred} that fires once the connection is closed.
+        """
+        self._stopTimer(session)
+        timeout = session.quitTimeout if quitTimeout is None else min(quitTimeout, session.quitTimeout)
+        d = Deferred.fromCoroutine(_quitAndClose(session.protocol, timeout))
+        self._closing.add(d)
+
+        def closed(result):
+            self._closing.discard(d)
+            return result
+
+        d.addBoth(closed)
+        return d
+
+    def close(self) -> Deferred[None]:
+        """
+        Close every idle session (QUIT, then close) and keep none from now
+        on.
+
+        @return: a L{Deferred} that fires once every connection the pool
+            was closing is closed.
+        """
+        self.closed = True
+        idle, self._idle = self._idle, {}
+        for sessions in idle.values():
+            for session in sessions:
+                self.discard(session, CLOSE_QUIT_TIMEOUT)
+        if not self._closing:
+            return succeed(None)
+        return DeferredList(list(self._closing)).addCallback(lambda _: None)
+
+    def _lost(self, session: _PooledSession) -> None:
+        """
+        A connection closed: if it was idle, forget it.
+        """
+        idle = self._idle.get(session.key)
+        if idle and session in idle:
+            idle.remove(session)
+            self._stopTimer(session)
+            if not idle:
+                del self._idle[session.key]
+
+    def _expired(self, session: _PooledSession) -> None:
+        """
+        A session was idle too long: out of the pool, QUIT and close.
+        """
+        session.timer = None
+        idle = self._idle.get(session.key)
+        if idle and session in idle:
+            idle.remove(session)
+            if not idle:
+                del self._idle[session.key]
+        self.discard(session)
+
+    @staticmethod
+    def _stopTimer(session: _PooledSession) -> None:
+        """
+        Cancel a session's idle timer, if running.
+        """
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
+        session.timer = None
+
+
+async def _quitAndClose(protocol: ClientProtocol, timeout: float) -> None:
+    """
+    Say QUIT on a connection still up and in step (no reply pending that
+    nobody asked for), wait for the reply, and close it.
+    """
+    if protocol._error is None and protocol._connected and not protocol._replies and not protocol._lines:
+        protocol.send("QUIT")
+        try:
+            await protocol.expect(timeout, "QUIT")
+        except SessionError:
+            pass
+    await protocol.close()
+
+
 def deliver(
     reactor,
     hop: NextHop,
@@ -827,6 +1140,8 @@ def deliver(
     tlsMode: str = "may",
     trustRoot: Optional[str] = None,
     timeouts: Optional[Mapping[str, float]] = None,
+    *,
+    pool: Optional[SessionPool] = None,
 ) -> Deferred[TransactionResult]:
     """
     Deliver one message to one next hop for some recipients, in one
@@ -852,6 +1167,10 @@ def deliver(
     @param trustRoot: a PEM file of CA certificates for C{"verify"}, or
         L{None} for the system's.
     @param timeouts: overrides of L{DEFAULT_TIMEOUTS}.
+    @param pool: the connection cache: a session is taken from it (after
+        RSET) when one for this next hop waits there, and given to it
+        after the transaction instead of QUIT.  Without it every call has
+        a connection of its own.
 
     @return: a L{Deferred} that fires with a L{TransactionResult} holding
         every recipient; it never fails.
@@ -859,7 +1178,8 @@ def deliver(
     merged = dict(DEFAULT_TIMEOUTS)
     merged.update(timeouts or {})
     transaction = _Transaction(
-        reactor, hop, heloName, sender, recipients, messageFile, size, runBlocking, tlsMode, trustRoot, merged
+        reactor, hop, heloName, sender, recipients, messageFile, size, runBlocking, tlsMode, trustRoot, merged,
+        pool,
     )
 
     return Deferred.fromCoroutine(_safely(transaction))

@@ -3,6 +3,10 @@ The relay service: it takes messages from the durable queue to their next
 hops, one transaction per (message, next hop) carrying every recipient
 that shares it, retries on the schedule, and bounces what fails for good.
 
+Connections are reused: the service owns a L{SessionPool} (the connection
+cache) that C{deliver} takes idle sessions from and gives them back to;
+stopping the service closes them.
+
 All I/O goes through injected pieces: the queue's blocking methods run in
 the thread runner, DNS through the resolver, SMTP through C{deliver}.  The
 state of each recipient is saved after every attempt, so a crash at any
@@ -27,6 +31,7 @@ from smtpmx.bounce import BounceFailure, headersOf, makeBounce
 from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes, mailboxPath
 from smtpmx.envelope import LocalMailbox
+from smtpmx.relay.client import SessionPool
 from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, resolveNextHops
 from smtpmx.relay.queue import BOUNCED, DELIVERED, PENDING, Queue, QueuedMessage, QueuedRecipient
 from smtpmx.relay.retry import isExpired, nextAttemptDelay
@@ -57,6 +62,7 @@ class RelayService(Service):
     Drives delivery of the relay queue.
 
     @ivar inFlight: IDs of the messages being attempted now.
+    @ivar pool: the connection cache given to C{deliver}.
     """
 
     log = Logger()
@@ -80,6 +86,7 @@ class RelayService(Service):
         self.deliver = deliver
         self.newQueueId = newQueueId
         self.reactor = reactor if reactor is not None else clock
+        self.pool = SessionPool(self.reactor)
         self.access = Access(config.domains, config.relayDomains, config.relayNetworks, config.recipientDelimiter)
         self.messages: dict[str, QueuedMessage] = {}
         self.inFlight: set[str] = set()
@@ -107,6 +114,8 @@ class RelayService(Service):
         the queue belongs to the user the server runs as.
         """
         Service.startService(self)
+        if self.pool.closed:
+            self.pool = SessionPool(self.reactor)
         for message in self.queue.recover():
             self.messages[message.id] = message
         self.log.info("relay queue: {n} message(s) waiting", n=len(self.messages))
@@ -114,13 +123,19 @@ class RelayService(Service):
         self._loop.clock = self.clock
         self._loop.start(POLL_INTERVAL, now=False)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred:
         """
-        Stop polling; attempts under way finish on their own.
+        Stop polling and close the idle cached connections; attempts under
+        way finish on their own (their connections are then closed, not
+        cached).
+
+        @return: a L{Deferred} that fires once the idle connections are
+            closed.
         """
         Service.stopService(self)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        return self.pool.close()
 
     def queued(self, message: QueuedMessage) -> None:
         """
@@ -280,6 +295,7 @@ class RelayService(Service):
                 self.runBlocking,
                 self.config.relayTls,
                 self.config.caCerts,
+                pool=self.pool,
             )
 
         # The per-destination slot first: waiting for a busy destination
