@@ -354,8 +354,7 @@ class RelayService(Service):
     def _settle(self, message: QueuedMessage) -> Deferred:
         """
         Queue or file the bounce for recipients that failed for good, then
-        save the state, then, when no recipient is pending any more, take
-        the message out of the queue.  The bounce comes first: a crash in
+        record the outcome (L{_store}).  The bounce comes first: a crash in
         between may send it twice, but never loses it.
         """
         statuses = {
@@ -378,20 +377,31 @@ class RelayService(Service):
                     r.nextAttempt = now + nextAttemptDelay(max(r.attempts, 1), self.config.retrySchedule)
 
             d.addErrback(bounceFailed)
-        d.addCallback(lambda _: self.runBlocking(self.queue.save, message))
+        d.addCallback(lambda _: self._store(message))
+        return d
 
-        def saved(stillQueued: bool):
+    def _store(self, message: QueuedMessage) -> Deferred:
+        """
+        Record the outcome on disk: a message with a recipient still pending
+        has its state saved; one that is done is removed at once (saving
+        its final state first would be an fsync for nothing: a crash before
+        the removal only means the last attempt is made again).
+        """
+        if not message.pending():
+            self.messages.pop(message.id, None)
+
+            def removed(wasQueued: bool) -> None:
+                if wasQueued:
+                    self.log.info("{id}: removed from the relay queue", id=message.id)
+
+            return self.runBlocking(self.queue.remove, message.id).addCallback(removed)
+
+        def saved(stillQueued: bool) -> None:
             if not stillQueued:
                 # Deleted by the operator meanwhile.
                 self.messages.pop(message.id, None)
-                return None
-            if not message.pending():
-                self.messages.pop(message.id, None)
-                self.log.info("{id}: removed from the relay queue", id=message.id)
-                return self.runBlocking(self.queue.remove, message.id)
 
-        d.addCallback(saved)
-        return d
+        return self.runBlocking(self.queue.save, message).addCallback(saved)
 
     # Bounces.
 
