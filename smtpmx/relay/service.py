@@ -320,9 +320,10 @@ class RelayService(Service):
                     outcome = _Outcome(rr.permanent, f"{rr.code} {rr.text}".strip(), _status(rr), hop.name)
                 self._record(message, r, outcome, now)
                 self.log.info(
-                    "{id}: to=<{to}> relay={host}[{addr}]:{port} delay={delay:.1f} tls={tls} verified={verified} "
-                    "status={status} ({reply})",
+                    "{id}: to=<{to}> relay={host}[{addr}]:{port} conn_use={use} delay={delay:.1f} tls={tls} "
+                    "verified={verified} status={status} ({reply})",
                     id=message.id, to=r.address, host=hop.name, addr=hop.host, port=hop.port,
+                    use=getattr(result, "connectionUse", 1),
                     delay=delay, tls=getattr(result, "tls", None) or "none",
                     verified=getattr(result, "verified", False),
                     status={None: "sent", True: "bounced", False: "deferred"}[outcome.permanent],
