@@ -26,6 +26,7 @@ from typing import Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import certs
+from tests.denybob import writeDenyBob
 from tests.e2e import (
     ReplyReader,
     RunningServer,
@@ -854,34 +855,6 @@ class DurabilityTests(SynchronousTestCase):
         self.assertTrue(any(b"after-restart" in m for m in server.newMessages("localhost", "t0")))
 
 
-DENYBOB = '''\
-from twisted.plugin import IPlugin
-from zope.interface import implementer
-from smtpmx.interfaces import IRecipientValidator, IRecipientValidatorFactory
-from smtpmx.validation import Accept, Reject
-
-
-@implementer(IRecipientValidator)
-class DenyBob:
-    def validateRecipient(self, session, recipient):
-        if recipient.localpart.lower() == "bob":
-            return Reject(550, "5.7.1", "bob is on holiday")
-        return None
-
-
-@implementer(IPlugin, IRecipientValidatorFactory)
-class DenyBobFactory:
-    name = "denybob"
-    description = "Rejects bob."
-
-    def makeValidator(self, argument):
-        return DenyBob()
-
-
-denybob = DenyBobFactory()
-'''
-
-
 class ThirdPartyValidatorTests(SynchronousTestCase):
     """
     A validator plugin dropped into an C{smtpmx/plugins/} directory on
@@ -894,10 +867,7 @@ class ThirdPartyValidatorTests(SynchronousTestCase):
         C{__init__.py}.
         """
         self.pluginRoot = makeTemporaryDirectory(self.addCleanup, "smtpmx-plugin-")
-        plugins = os.path.join(self.pluginRoot, "smtpmx", "plugins")
-        os.makedirs(plugins)
-        with open(os.path.join(plugins, "denybob.py"), "w") as f:
-            f.write(DENYBOB)
+        writeDenyBob(self.pluginRoot)
 
     def test_denyBob(self):
         """

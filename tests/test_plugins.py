@@ -18,32 +18,9 @@ from zope.interface.verify import verifyObject
 import smtpmx.plugins
 from smtpmx.interfaces import IRecipientValidator, IRecipientValidatorFactory
 from smtpmx.validators import findValidatorFactories
+from tests.denybob import writeDenyBob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-THIRD_PARTY = '''\
-from twisted.plugin import IPlugin
-from zope.interface import implementer
-from smtpmx.interfaces import IRecipientValidator, IRecipientValidatorFactory
-from smtpmx.validation import Reject
-
-@implementer(IRecipientValidator)
-class DenyBob:
-    def validateRecipient(self, session, recipient):
-        if recipient.localpart.lower() == "bob":
-            return Reject(550, "5.7.1", "bob is on holiday")
-        return None
-
-@implementer(IPlugin, IRecipientValidatorFactory)
-class DenyBobFactory:
-    name = "denybob"
-    description = "Rejects bob."
-    def makeValidator(self, argument):
-        return DenyBob()
-
-denybob = DenyBobFactory()
-'''
-
 
 class BuiltinPluginTests(SynchronousTestCase):
     """
@@ -97,10 +74,7 @@ class ThirdPartyPluginTests(SynchronousTestCase):
         """
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory, True)
-        plugins = os.path.join(directory, "smtpmx", "plugins")
-        os.makedirs(plugins)
-        with open(os.path.join(plugins, "denybob.py"), "w") as f:
-            f.write(THIRD_PARTY)
+        writeDenyBob(directory)
         script = textwrap.dedent("""\
             from smtpmx.address import Address
             from smtpmx.validators import findValidatorFactories, makeValidatorChain
