@@ -22,23 +22,21 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import re
 import shutil
-import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.e2e import RunningServer  # noqa: E402
+from tests.e2e import RunningServer, freePort  # noqa: E402
+from tests.postfix import SMTP_SINK, startSmtpSink  # noqa: E402
 from tests.smtpsink import RunningSink  # noqa: E402
 
-SMTP_SINK = "/usr/sbin/smtp-sink"
 SINK_HOST = "127.0.0.6"
 
 
@@ -75,79 +73,6 @@ def sendMany(args: tuple) -> int:
     return accepted
 
 
-def freePort(host: str) -> int:
-    """
-    A TCP port free on C{host} just now.
-    """
-    s = socket.socket()
-    try:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
-class SmtpSinkProcess:
-    """
-    Postfix's C{smtp-sink -c} on C{host:port}, stopped by PID.
-    """
-
-    def __init__(self, directory: str, host: str, port: int = 0) -> None:
-        """
-        Start it (on C{port}, or a free one) and wait until it accepts
-        connections.
-        """
-        self.host = host
-        self.port = port or freePort(host)
-        self.outputPath = os.path.join(directory, "smtp-sink.out")
-        arguments = [SMTP_SINK, "-c"]
-        if os.geteuid() == 0:
-            arguments += ["-u", "root"]
-        arguments += [f"{host}:{self.port}", "100"]
-        with open(self.outputPath, "wb") as out:
-            self.process = subprocess.Popen(
-                arguments, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=directory,
-            )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((host, self.port), timeout=1).close()
-                # The probe is one session; counted out below.
-                self.probes = 1
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("smtp-sink did not start")
-                time.sleep(0.05)
-
-    def counters(self) -> tuple[int, int]:
-        """
-        Sessions (less our probe) and messages, from its last counters.
-        """
-        with open(self.outputPath, "rb") as f:
-            text = f.read().decode("ascii", "replace")
-        found = re.findall(r"sess=(\d+) quit=\d+ mesg=(\d+)", text)
-        if not found:
-            return 0, 0
-        sessions, messages = found[-1]
-        return int(sessions) - self.probes, int(messages)
-
-    def stop(self) -> None:
-        """
-        SIGTERM, then SIGKILL.
-        """
-        p = self.process
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGTERM)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-
-
 def queueLength(server: RunningServer) -> int:
     """
     How many messages are in the server's queue.
@@ -178,17 +103,16 @@ def main() -> None:
         return queued(options)
     useSmtpSink = options.sink == "smtp-sink" and os.path.exists(SMTP_SINK)
 
-    cleanups = []
-    directory = tempfile.mkdtemp(prefix="smtpmx-relay-bench-")
-    cleanups.append(lambda: shutil.rmtree(directory, True))
-    try:
+    with ExitStack() as stack:
+        addCleanup = stack.callback
+        directory = tempfile.mkdtemp(prefix="smtpmx-relay-bench-")
+        addCleanup(shutil.rmtree, directory, True)
         if useSmtpSink:
-            sink = SmtpSinkProcess(directory, SINK_HOST)
-            cleanups.append(sink.stop)
+            sink = startSmtpSink(addCleanup, directory, SINK_HOST, freePort(SINK_HOST))
         else:
-            sink = RunningSink.start(lambda f, *a: cleanups.append(lambda: f(*a)), directory, SINK_HOST)
+            sink = RunningSink.start(addCleanup, directory, SINK_HOST)
         server = RunningServer.start(
-            lambda f, *a: cleanups.append(lambda: f(*a)),
+            addCleanup,
             [
                 "--validator", "any",
                 "--hostname", "mx.bench.example",
@@ -231,12 +155,6 @@ def main() -> None:
         print(f"left in queue:             {left}")
         print(f"next hop saw:              {delivered} messages over {connections} connections")
         print(f"tracebacks in server log:  {tracebacks}")
-    finally:
-        for cleanup in reversed(cleanups):
-            try:
-                cleanup()
-            except Exception as e:  # keep cleaning up
-                print(f"cleanup failed: {e}", file=sys.stderr)
 
 
 def queued(options) -> None:
@@ -245,13 +163,13 @@ def queued(options) -> None:
     C{smtp-sink} is down, then start it, C{smtpmx-queue flush}, and time
     until the queue is empty.
     """
-    cleanups = []
-    directory = tempfile.mkdtemp(prefix="smtpmx-relay-bench-")
-    cleanups.append(lambda: shutil.rmtree(directory, True))
-    try:
+    with ExitStack() as stack:
+        addCleanup = stack.callback
+        directory = tempfile.mkdtemp(prefix="smtpmx-relay-bench-")
+        addCleanup(shutil.rmtree, directory, True)
         port = freePort(SINK_HOST)
         server = RunningServer.start(
-            lambda f, *a: cleanups.append(lambda: f(*a)),
+            addCleanup,
             [
                 "--validator", "any",
                 "--hostname", "mx.bench.example",
@@ -267,8 +185,7 @@ def queued(options) -> None:
             accepted = sum(pool.map(sendMany, jobs))
         time.sleep(1)
         waiting = queueLength(server)
-        sink = SmtpSinkProcess(directory, SINK_HOST, port)
-        cleanups.append(sink.stop)
+        sink = startSmtpSink(addCleanup, directory, SINK_HOST, port)
         flushedAt = time.time()
         subprocess.run(
             [sys.executable, "-c", "from smtpmx.queuecli import main; raise SystemExit(main())",
@@ -288,12 +205,6 @@ def queued(options) -> None:
         print(f"left in queue:             {queueLength(server)}")
         print(f"smtp-sink saw:             {delivered} messages over {connections} connections")
         print(f"tracebacks in server log:  {server.log().count('Traceback')}")
-    finally:
-        for cleanup in reversed(cleanups):
-            try:
-                cleanup()
-            except Exception as e:  # keep cleaning up
-                print(f"cleanup failed: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Iterable, Optional
 
-from tests.e2e import environment, makeTemporaryDirectory, stopProcess
+from tests.e2e import environment, freePort, makeTemporaryDirectory, stopProcess
 
 TWISTD = [
     sys.executable,
@@ -60,29 +60,6 @@ def zoneSource(origin: str, records: Iterable[tuple]) -> str:
         lines.append(f"    {kind}({args}, ttl=1),")
     lines.append("]")
     return "\n".join(lines) + "\n"
-
-
-def freePort(host: str = "127.0.0.1") -> int:
-    """
-    A port free for both UDP and TCP on C{host} just now: the DNS server
-    listens on both.
-    """
-    for _ in range(50):
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            tcp = socket.socket()
-            try:
-                tcp.bind((host, port))
-            except OSError:
-                continue
-            finally:
-                tcp.close()
-            return port
-        finally:
-            udp.close()
-    raise OSError("no free port for the DNS server")
 
 
 def query(host: str, port: int, name: str, kind: str = "MX", timeout: float = 1.0) -> Optional[list]:

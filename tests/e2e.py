@@ -73,6 +73,29 @@ class ServerDidNotStart(Exception):
     """
 
 
+def freePort(host: str = "127.0.0.1") -> int:
+    """
+    A port free for both UDP and TCP on C{host} just now: for a sink or a
+    DNS server to listen on, or for a next hop that is down.
+    """
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            tcp = socket.socket()
+            try:
+                tcp.bind((host, port))
+            except OSError:
+                continue
+            finally:
+                tcp.close()
+            return port
+        finally:
+            udp.close()
+    raise OSError("no free port for the DNS server")
+
+
 def stopProcess(p: subprocess.Popen, grace: float = 5.0) -> int:
     """
     End a process started by a test, by its PID: SIGTERM, then SIGKILL

@@ -20,9 +20,7 @@ import email
 import email.policy
 import os
 import re
-import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -32,14 +30,14 @@ from typing import Callable, Optional, Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.dnszone import RunningDNS, zoneSource
-from tests.e2e import RunningServer, environment, makeTemporaryDirectory
+from tests.e2e import RunningServer, environment, freePort, makeTemporaryDirectory
+from tests.postfix import SMTP_SINK, startSmtpSink
 from tests.smtpsink import RunningSink
 
 # Every blocking client operation, and every wait for the relay, is
 # bounded by this.
 TIMEOUT = 15.0
 
-SMTP_SINK = "/usr/sbin/smtp-sink"
 
 HOSTNAME = "mx.smtpmx.test"
 
@@ -187,19 +185,6 @@ def deliveryStatus(report: email.message.Message) -> tuple[email.message.Message
             groups = part.get_payload()
             return groups[0], list(groups[1:])
     raise AssertionError("no message/delivery-status part in:\n" + report.as_string())
-
-
-def freePort(host: str) -> int:
-    """
-    A TCP port nothing listens on at C{host} just now (a next hop that is
-    down).
-    """
-    s = socket.socket()
-    try:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 def queueCommand(server: RunningServer, *arguments: str) -> subprocess.CompletedProcess:
@@ -794,70 +779,3 @@ class PostfixSinkTests(SynchronousTestCase):
         # Its counters (-c) end with the message it took.
         counted = waitUntil(lambda: re.findall(r"mesg=(\d+)", sink.output()), 5)
         self.assertTrue(counted and int(counted[-1]) >= 1, sink.output())
-
-
-class SmtpSink:
-    """
-    Postfix's C{smtp-sink} as a subprocess, stopped by PID.
-    """
-
-    def __init__(self, process: subprocess.Popen, outputPath: str) -> None:
-        """
-        @param process: the running C{smtp-sink}.
-        @param outputPath: where its output goes.
-        """
-        self.process = process
-        self.outputPath = outputPath
-
-    def stop(self) -> None:
-        """
-        SIGTERM, then SIGKILL; idempotent.
-        """
-        p = self.process
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGTERM)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-
-    def output(self) -> str:
-        """
-        What it printed (with C{-c}: its counters).
-        """
-        with open(self.outputPath, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-
-def startSmtpSink(addCleanup, directory: str, host: str, port: int, extra: Sequence[str] = ()) -> SmtpSink:
-    """
-    Start C{smtp-sink -c [-u root] HOST:PORT 10} and wait (bounded) until
-    it accepts connections.
-    """
-    outputPath = os.path.join(directory, "smtp-sink.out")
-    arguments = [SMTP_SINK, "-c"]
-    if os.geteuid() == 0:
-        arguments += ["-u", "root"]
-    arguments += [*extra, f"{host}:{port}", "10"]
-    with open(outputPath, "wb") as out:
-        process = subprocess.Popen(
-            arguments, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=directory,
-        )
-    sink = SmtpSink(process, outputPath)
-    addCleanup(sink.stop)
-
-    def accepting() -> bool:
-        """
-        Whether it takes a connection now.
-        """
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    if not waitUntil(accepting, 10):
-        raise RuntimeError("smtp-sink did not start: " + sink.output())
-    return sink
