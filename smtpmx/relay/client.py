@@ -295,9 +295,7 @@ class ClientProtocol(LineReceiver):
             texts.append(rest if enhanced and more == enhanced else line)
         reply = Reply(code, enhanced, "\n".join(texts))
         if self._waiters:
-            waiter, timer = self._waiters.popleft()
-            timer.cancel()
-            waiter.callback(reply)
+            _release(self._waiters.popleft(), reply)
         elif len(self._replies) >= MAX_UNEXPECTED_REPLIES:
             self._protocolError("too many replies nobody asked for")
         else:
@@ -325,10 +323,8 @@ class ClientProtocol(LineReceiver):
         except Exception:
             self.tls = "TLS"
         if self._handshake is not None:
-            waiter, timer = self._handshake
-            self._handshake = None
-            timer.cancel()
-            waiter.callback(None)
+            wait, self._handshake = self._handshake, None
+            _release(wait)
 
     # Producer of the message data.
 
@@ -344,10 +340,8 @@ class ClientProtocol(LineReceiver):
         """
         self._paused = False
         if self._writable is not None:
-            waiter, timer = self._writable
-            self._writable = None
-            timer.cancel()
-            waiter.callback(None)
+            wait, self._writable = self._writable, None
+            _release(wait)
 
     def stopProducing(self) -> None:
         """
@@ -367,10 +361,9 @@ class ClientProtocol(LineReceiver):
             return fail(self._error)
         if self._replies:
             return succeed(self._replies.popleft())
-        waiter: Deferred[Reply] = Deferred()
-        timer = self._reactor.callLater(timeout, self._timedOut, f"timeout waiting for reply to {what}")
-        self._waiters.append((waiter, timer))
-        return waiter
+        wait = self._newWait(timeout, f"timeout waiting for reply to {what}")
+        self._waiters.append(wait)
+        return wait[0]
 
     def send(self, *commands: str) -> None:
         """
@@ -384,11 +377,9 @@ class ClientProtocol(LineReceiver):
         """
         if self._error is not None:
             return fail(self._error)
-        waiter: Deferred[None] = Deferred()
-        timer = self._reactor.callLater(timeout, self._timedOut, "TLS handshake timed out", _TLSFailed)
-        self._handshake = (waiter, timer)
+        self._handshake = self._newWait(timeout, "TLS handshake timed out", _TLSFailed)
         self.transport.startTLS(contextFactory)
-        return waiter
+        return self._handshake[0]
 
     def whenWritable(self, timeout: float) -> Deferred[None]:
         """
@@ -398,10 +389,8 @@ class ClientProtocol(LineReceiver):
             return fail(self._error)
         if not self._paused:
             return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        timer = self._reactor.callLater(timeout, self._timedOut, "timeout sending message content")
-        self._writable = (waiter, timer)
-        return waiter
+        self._writable = self._newWait(timeout, "timeout sending message content")
+        return self._writable[0]
 
     def close(self, timeout: float = 5.0) -> Deferred[None]:
         """
@@ -415,6 +404,15 @@ class ClientProtocol(LineReceiver):
         d: Deferred[None] = Deferred()
         self._closed.addBoth(lambda _: d.callback(None))
         return d
+
+    # Waits: a Deferred and the timer that fails the session if it is
+    # not fired in time.
+
+    def _newWait(self, timeout: float, reason: str, kind: type = None) -> tuple[Deferred, Any]:
+        """
+        A new wait that times out after C{timeout} seconds with C{reason}.
+        """
+        return Deferred(), self._reactor.callLater(timeout, self._timedOut, reason, kind or SessionError)
 
     # Failure.
 
@@ -458,6 +456,15 @@ class ClientProtocol(LineReceiver):
             if timer.active():
                 timer.cancel()
             waiter.errback(self._error)
+
+
+def _release(wait: tuple[Deferred, Any], result: Any = None) -> None:
+    """
+    End a wait of L{ClientProtocol}: stop its timer and fire it.
+    """
+    waiter, timer = wait
+    timer.cancel()
+    waiter.callback(result)
 
 
 def _describe(reason: Optional[Failure]) -> str:
