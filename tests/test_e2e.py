@@ -324,6 +324,53 @@ class AnyValidatorTests(ServerTestCase):
         self.assertEqual(self.server.tree() - before, set())
         self.assertFalse(os.path.exists(os.path.join(os.path.dirname(self.server.dir), escape)))
 
+    def test_storageFailureIsAllOrNothing(self):
+        """
+        When one recipient's Maildir cannot be written (its tmp/ is a plain
+        file), the message gets 451 4.3.0 and the copy already written for
+        the other recipient is removed: nothing is filed for anyone.
+        """
+        token = unique("")
+        good, broken = f"good{token}", f"broken{token}"
+        mailbox = self.server.maildir("example.org", broken)
+        os.makedirs(mailbox)
+        for sub in ("new", "cur"):
+            os.makedirs(os.path.join(mailbox, sub))
+        open(os.path.join(mailbox, "tmp"), "w").close()
+        with client(self.server) as c:
+            with self.assertRaises(smtplib.SMTPDataError) as caught:
+                c.sendmail("sender@remote.example", [f"{good}@example.org", f"{broken}@example.org"], message(token))
+        self.assertEqual(caught.exception.smtp_code, 451)
+        self.assertTrue(caught.exception.smtp_error.startswith(b"4.3.0"))
+        goodBox = self.server.maildir("example.org", good)
+        for sub in ("new", "tmp"):
+            path = os.path.join(goodBox, sub)
+            self.assertEqual(os.listdir(path) if os.path.isdir(path) else [], [], sub)
+        self.assertEqual(os.listdir(os.path.join(mailbox, "new")), [])
+        # The failure is logged with its cause, as a failure, not a crash.
+        self.assertIn("cannot store message", self.server.log())
+        type(self).logSeen = len(self.server.log())
+
+    def test_logLines(self):
+        """
+        The log has a line at connect, one per transaction (queue ID,
+        client, sender, each recipient with its verdict, size, result) and
+        one at disconnect, as SPEC section 7 asks.
+        """
+        token = unique("")
+        with client(self.server) as c:
+            c.sendmail("logger@remote.example", [f"log{token}@example.org"], message(token))
+        log = self.server.log()
+        [line] = [l for l in log.splitlines() if f"<log{token}@example.org>" in l and "result=" in l]
+        queueId = re.search(r"\] ([0-9A-F]+): client=", line).group(1)
+        self.assertIn("client=[127.0.0.1]", line)
+        self.assertIn("from=<logger@remote.example>", line)
+        self.assertIn(f"<log{token}@example.org> 250 2.1.5 by any", line)
+        self.assertRegex(line, r"size=\d+")
+        self.assertIn(f"result=250 2.0.0 Ok: queued as {queueId}", line)
+        self.assertIn("connect from [127.0.0.1]:", log)
+        self.assertIn("disconnect from [127.0.0.1]:", log)
+
     def test_pipelinedTwoRecipients(self):
         """
         EHLO, MAIL, two RCPTs, DATA, the message and QUIT in one write get

@@ -300,6 +300,8 @@ class RouteTests(RelayTestCase):
                 "--relay-network", "127.0.0.1/32",
                 "--route", f"remote.example=127.0.0.3:{cls.sink.port}",
                 "--route", f"retry.example=127.0.0.5:{cls.retrySink.port}",
+                "--route", f"backup.example=127.0.0.3:{cls.sink.port}",
+                "--relay-domain", "backup.example",
                 "--retry-schedule", "1",
             ],
         )
@@ -380,6 +382,23 @@ class RouteTests(RelayTestCase):
         self.assertEqual(report.get_content_type(), "multipart/report")
         _, perRecipient = deliveryStatus(report)
         self.assertEqual([g["Status"].strip() for g in perRecipient], ["5.1.1"])
+        self.assertLeavesQueue(queueId)
+
+    def test_relayDomainFromAnyClient(self) -> None:
+        """
+        Mail for a relay domain (we are its backup MX) is accepted from a
+        client outside the relay networks and carried to its next hop,
+        while that client's mail for another domain is still refused.
+        """
+        messageId = unique() + "@client.example"
+        replies, dataReply = send(
+            self.server, "someone@client.example", ["Ops@Backup.Example", "x@remote.example"],
+            message(messageId), sourceAddress=("127.0.0.2", 0),
+        )
+        self.assertEqual([code for code, _ in replies], [250, 554])
+        queueId = queueIdOf(dataReply)
+        [transaction] = waitForTransactions(self.sink, messageId)
+        self.assertEqual(transaction["rcpts"], ["Ops@Backup.Example"])
         self.assertLeavesQueue(queueId)
 
     def test_untrustedClientMayNotRelay(self) -> None:
