@@ -500,7 +500,6 @@ class SMTPServerFactory(Factory):
         clock: IReactorTime,
         runBlocking: Callable[..., Deferred],
         tlsOptions=None,
-        relayAvailable: bool = False,
     ) -> None:
         self.config = config
         self.validators = validators
@@ -508,7 +507,6 @@ class SMTPServerFactory(Factory):
         self.clock = clock
         self.runBlocking = runBlocking
         self.tlsOptions = tlsOptions
-        self.relayAvailable = relayAvailable
         self.access = Access(
             config.domains,
             config.relayDomains,
@@ -560,6 +558,5 @@ class SMTPServerFactory(Factory):
             self.clock.seconds,
             self.newQueueId,
             tlsAvailable=self.tlsOptions is not None,
-            relayAvailable=self.relayAvailable,
             clock=self.clock,
         )

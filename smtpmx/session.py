@@ -20,7 +20,7 @@ from smtpmx import headers, reply
 from smtpmx.access import Access
 from smtpmx.address import Address, AddressError, parseParameters, parsePath
 from smtpmx.config import Config
-from smtpmx.envelope import Envelope, LocalMailbox, Recipient
+from smtpmx.envelope import Envelope, Recipient
 from smtpmx.reply import Reply
 from smtpmx.validation import ValidatorChain, ValidatorError
 
@@ -97,7 +97,6 @@ class Session:
         now: Callable[[], float],
         newQueueId: Callable[[], str],
         tlsAvailable: bool = False,
-        relayAvailable: bool = False,
         clock=None,
     ) -> None:
         self.config = config
@@ -108,7 +107,6 @@ class Session:
         self._now = now
         self._newQueueId = newQueueId
         self.tlsAvailable = tlsAvailable
-        self.relayAvailable = relayAvailable
         self._clock = clock
         self.heloName: Optional[str] = None
         self.esmtp = False
@@ -346,12 +344,6 @@ class Session:
         """
         Record the verdict on one recipient and answer it.
         """
-        if r.code == 250 and not self.relayAvailable and any(
-            not isinstance(dest, LocalMailbox) for dest in destinations
-        ):
-            # The relay queue is not built yet: refuse for now rather than
-            # accept what we cannot deliver.
-            r, destinations = reply.RELAY_UNAVAILABLE, []
         if r.code == 250:
             t.accepted += 1
             t.recipients.extend(Recipient(address, dest) for dest in destinations)

@@ -469,7 +469,6 @@ def buildService(
         reactor,
         runBlocking,
         tlsOptions=tlsOptions,
-        relayAvailable=True,
     )
     relay = RelayService(
         config,

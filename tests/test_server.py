@@ -8,7 +8,8 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpmx.envelope import LocalMailbox
+from smtpmx.address import Address
+from smtpmx.envelope import LocalMailbox, RemoteAddress
 from smtpmx.validation import Accept, Reject
 
 from tests.serverhelpers import Server
@@ -355,13 +356,15 @@ class RecipientTests(SynchronousTestCase):
         s = Server({"x@remote.example": Accept()}, clientHost="192.0.2.1").greeted()
         self.assertEqual(self.rcpt(s, "<x@remote.example>")[0][:9], "554 5.7.1")
 
-    def test_relayPlaceholder(self):
+    def test_relayFromTrustedClient(self):
         """
-        A remote recipient from a trusted client is refused for now with a
-        temporary 451 4.3.2: nothing is accepted that cannot be delivered.
+        A remote recipient from a trusted client is accepted for relay,
+        its forward-path kept exactly as given.
         """
         s = Server().greeted()
-        self.assertEqual(self.rcpt(s, "<x@remote.example>")[0][:9], "451 4.3.2")
+        self.assertEqual(self.rcpt(s, "<X@Remote.Example>")[0][:9], "250 2.1.5")
+        [recipient] = s.protocol.session.transaction.recipients
+        self.assertEqual(recipient.destination, RemoteAddress(Address("X", "Remote.Example")))
 
     def test_unsafeMailbox(self):
         """
