@@ -86,6 +86,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._counted = False
         self._transportPaused = False
         self._abortCall = None
+        self._tlsUndescribed = False
 
     # Connection life.
 
@@ -343,13 +344,14 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             )
         self.transport.startTLS(self.factory.tlsOptions)
         self.session.tlsStarted("TLS")
-        self._tlsDescribed = False
+        # Version and cipher are known once the handshake is done.
+        self._tlsUndescribed = True
 
     def _describeTLS(self) -> None:
         """
         Record the TLS version and cipher once the handshake is done.
         """
-        if getattr(self, "_tlsDescribed", True):
+        if not self._tlsUndescribed:
             return
         handle = None
         try:
@@ -360,7 +362,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         except Exception:
             return
         if version and cipher:
-            self._tlsDescribed = True
+            self._tlsUndescribed = False
             self.session.tls = f"{version} with cipher {cipher} ({bits}/{bits} bits)"
 
     # The DATA phase.
@@ -555,8 +557,7 @@ class SMTPServerFactory(Factory):
             self.access,
             clientHost,
             self.runBlocking,
-            self.clock.seconds,
+            self.clock,
             self.newQueueId,
             tlsAvailable=self.tlsOptions is not None,
-            clock=self.clock,
         )

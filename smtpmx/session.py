@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from smtpmx import headers, reply
@@ -94,17 +95,15 @@ class Session:
         access: Access,
         clientHost: str,
         runBlocking: Callable[..., Deferred],
-        now: Callable[[], float],
+        clock: IReactorTime,
         newQueueId: Callable[[], str],
         tlsAvailable: bool = False,
-        clock=None,
     ) -> None:
         self.config = config
         self.validators = validators
         self.access = access
         self.clientHost = clientHost
         self.runBlocking = runBlocking
-        self._now = now
         self._newQueueId = newQueueId
         self.tlsAvailable = tlsAvailable
         self._clock = clock
@@ -335,8 +334,7 @@ class Session:
         # A validator whose backend hangs must not hold the session (and
         # its connection slot) for ever: it is a temporary failure.
         timeout = min(VALIDATOR_TIMEOUT, self.config.commandTimeout)
-        if self._clock is not None:
-            d.addTimeout(timeout, self._clock)
+        d.addTimeout(timeout, self._clock)
         d.addCallbacks(decided, failed)
         return d
 
@@ -402,7 +400,7 @@ class Session:
             self.config.hostname,
             protocol,
             queueId,
-            self._now(),
+            self._clock.seconds(),
             tls=self.tls,
             recipient=t.recipients[0].address if len(addresses) == 1 else None,
         )
