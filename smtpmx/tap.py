@@ -1,9 +1,10 @@
 """
-The twistd plugin's tap: C{twistd smtpmx [options]} (SPEC section 2).
+The twistd plugin's tap: C{twistd smtpmx [options]}.
 
 L{Options} parses the command line, reads the TOML file given with
 C{--config}, checks everything and builds the validator chain, so that a
-bad option stops start-up with one line.  L{makeService} is the entry
+bad option stops start-up with one line.  Its options come from the table
+in L{smtpmx.options} (docs/options.rst).  L{makeService} is the entry
 point, the one place that takes the global reactor; L{buildService} does
 the work with the reactor passed in, for tests.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -23,15 +24,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 import smtpmx
-from smtpmx.config import (
-    OPTIONS,
-    REPEATABLE,
-    Config,
-    ConfigError,
-    loadConfig,
-    readConfigFile,
-    summarize,
-)
+from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile, summarize
+from smtpmx.options import OPTIONS, Option, plainText
 from smtpmx.validation import ValidatorChain
 from smtpmx.validators import (
     ValidatorLoadError,
@@ -40,20 +34,119 @@ from smtpmx.validators import (
     makeValidatorChain,
 )
 
-_DEFAULTS = Config()
 
-
-def _help(text: str, default: object) -> str:
+def helpText(option: Option) -> str:
     """
-    An option's help text with its default.
+    An option's line in C{--help}: what it does, what its value looks
+    like, whether it repeats, and its default.
     """
-    return f"{text} [default: {default}]"
+    shape = [option.metavar] if option.metavar else []
+    if option.repeatable:
+        shape.append("repeatable")
+    if option.metavar or option.valueType is not None:
+        shape.append(f"default: {plainText(option.showDefault())}")
+    text = plainText(option.help)
+    return f"{text} [{', '.join(shape)}]" if shape else text
 
 
-class Options(usage.Options):
+def handlerName(option: Option) -> str:
     """
-    The command line of C{twistd smtpmx}.  Every option can also be set in
-    the TOML file given with C{--config}; the command line wins.
+    The name of the C{opt_} method that handles C{option}.
+    """
+    return "opt_" + option.name.replace("-", "_")
+
+
+def collector(option: Option) -> Callable[[Any, str], None]:
+    """
+    The C{opt_} method of a repeatable option: it collects every value
+    given, in order.
+    """
+
+    def collect(self: TableOptions, value: str) -> None:
+        self.repeated[option.name].append(value)
+        self[option.name] = list(self.repeated[option.name])
+
+    collect.__name__ = handlerName(option)
+    collect.__doc__ = helpText(option)
+    return collect
+
+
+class TableOptions(usage.Options):
+    """
+    A L{usage.Options} whose options come from a table of L{Option}s (the
+    class attribute C{table}): a parameter for each option that takes one
+    value, a flag for each boolean, an C{opt_} method collecting the values
+    of each repeatable one.  An option of the command line alone that
+    takes no value (C{--list-validators}) is an C{opt_} method that the
+    subclass writes; its help text still comes from the table.
+
+    @ivar repeated: the values of each repeatable option, in order.
+    """
+
+    table: tuple[Option, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """
+        Derive the parameters, flags and C{opt_} methods of a subclass
+        from its C{table}.
+
+        @raise TypeError: an action of the table has no C{opt_} method.
+        """
+        super().__init_subclass__(**kwargs)
+        if "table" not in cls.__dict__:
+            return
+        cls.optParameters = [
+            [o.name, None, None, helpText(o)]
+            for o in cls.table
+            if not o.isFlag and not o.repeatable
+        ]
+        cls.optFlags = [
+            [o.name, None, helpText(o)]
+            for o in cls.table
+            if o.isFlag and o.valueType is not None
+        ]
+        for option in cls.table:
+            if option.repeatable:
+                setattr(cls, handlerName(option), collector(option))
+            elif option.isFlag and option.valueType is None:
+                if not callable(getattr(cls, handlerName(option), None)):
+                    raise TypeError(f"{cls.__name__} needs {handlerName(option)}")
+
+    def __init__(self) -> None:
+        super().__init__()
+        for option in self.table:
+            self.docs[option.name] = helpText(option)
+        self.repeated: dict[str, list[str]] = {
+            o.name: [] for o in self.table if o.repeatable
+        }
+
+    def flagOptions(self) -> dict[str, object]:
+        """
+        The options of the configuration given on the command line, by
+        long name, for L{loadConfig}; repeatable ones as lists, booleans
+        given as C{True}.
+        """
+        flags: dict[str, object] = {}
+        for option in self.table:
+            if option.commandLineOnly:
+                continue
+            if option.repeatable:
+                if self.repeated[option.name]:
+                    flags[option.name] = list(self.repeated[option.name])
+            elif option.isFlag:
+                if self[option.name]:
+                    flags[option.name] = True
+            elif self.get(option.name) is not None:
+                flags[option.name] = self[option.name]
+        return flags
+
+
+class Options(TableOptions):
+    """
+    The command line of C{twistd smtpmx}: the options of
+    L{smtpmx.options.OPTIONS}.  Every option but C{--config} and
+    C{--list-validators} can also be set in the TOML file given with
+    C{--config}; the command line wins.
 
     After parsing, C{config} is the checked L{Config}, C{validators} the
     L{ValidatorChain} and C{tlsOptions} the server's TLS context factory
@@ -69,90 +162,13 @@ class Options(usage.Options):
         "overrides the file, and a repeatable option given here replaces the "
         "file's list."
     )
-
-    optParameters = [
-        ["config", None, None, "TOML configuration file (see etc/smtpmx.toml). [default: none]"],
-        ["hostname", None, None, _help("Our name in the greeting, EHLO reply, Received header and bounces.", "the host's FQDN")],
-        ["maildir-root", None, None, _help("Maildirs live at DIR/<domain>/<localpart>/.", _DEFAULTS.maildirRoot)],
-        ["recipient-delimiter", None, None, _help("user+tag@domain is delivered to user's Maildir; '' for none.", _DEFAULTS.recipientDelimiter)],
-        ["smarthost", None, None, _help("HOST:PORT, the same as --route '*=HOST:PORT'.", "none")],
-        ["dns-server", None, None, _help("HOST:PORT of the resolver used for MX/A/AAAA lookups.", "the system's")],
-        ["relay-port", None, None, _help("Port used when connecting to an MX host.", _DEFAULTS.relayPort)],
-        ["queue-dir", None, None, _help("Directory of the durable relay queue.", _DEFAULTS.queueDir)],
-        ["retry-schedule", None, None, _help("Seconds between relay attempts, comma-separated; the last repeats.", ",".join(map(str, _DEFAULTS.retrySchedule)))],
-        ["max-queue-age", None, None, _help("Seconds after which an undelivered message is bounced.", _DEFAULTS.maxQueueAge)],
-        ["max-message-size", None, None, _help("Bytes; advertised in SIZE and enforced.", _DEFAULTS.maxMessageSize)],
-        ["max-recipients", None, None, _help("Recipients per transaction; more get 452 4.5.3.", _DEFAULTS.maxRecipients)],
-        ["max-connections", None, None, _help("Simultaneous connections; past it 421 4.7.0.", _DEFAULTS.maxConnections)],
-        ["max-connections-per-ip", None, None, _help("Simultaneous connections from one address.", _DEFAULTS.maxConnectionsPerIp)],
-        ["command-timeout", None, None, _help("Seconds a client may stay idle between commands.", int(_DEFAULTS.commandTimeout))],
-        ["data-timeout", None, None, _help("Seconds a client may stay idle while sending the message.", int(_DEFAULTS.dataTimeout))],
-        ["max-hops", None, None, _help("More Received: headers than this is a mail loop (554 5.4.6).", _DEFAULTS.maxHops)],
-        ["tls-certificate", None, None, _help("PEM certificate (chain) enabling STARTTLS; needs --tls-key.", "off")],
-        ["tls-key", None, None, _help("PEM private key of --tls-certificate.", "off")],
-        ["relay-tls", None, None, _help("Relay client TLS: none, may (opportunistic) or verify (required and verified).", _DEFAULTS.relayTls)],
-        ["ca-certs", None, None, _help("PEM trust roots for --relay-tls verify.", "the system's")],
-    ]
+    table = OPTIONS
 
     def __init__(self) -> None:
         super().__init__()
-        # The help of an opt_ method is its docstring, on one line.
-        self.docs = {
-            name: " ".join(doc.split()) if doc else doc
-            for name, doc in self.docs.items()
-        }
-        self.repeated: dict[str, list[str]] = {name: [] for name in REPEATABLE}
         self.config: Optional[Config] = None
         self.validators: Optional[ValidatorChain] = None
         self.tlsOptions = None
-
-    def _repeat(self, name: str, value: str) -> None:
-        """
-        Collect one more value of a repeatable option.
-        """
-        self.repeated[name].append(value)
-        self[name] = list(self.repeated[name])
-
-    def opt_listen(self, endpoint: str) -> None:
-        """
-        Twisted server endpoint to listen on (tcp:25, tcp6:25:interface=\\:\\:);
-        repeatable. [default: tcp:2525:interface=127.0.0.1]
-        """
-        self._repeat("listen", endpoint)
-
-    def opt_domain(self, domain: str) -> None:
-        """
-        A local domain; repeatable. [default: localhost]
-        """
-        self._repeat("domain", domain)
-
-    def opt_validator(self, specification: str) -> None:
-        """
-        NAME[:ARG], a recipient validator, consulted in order; repeatable
-        (--list-validators lists them). [default: mailbox]
-        """
-        self._repeat("validator", specification)
-
-    def opt_relay_network(self, network: str) -> None:
-        """
-        CIDR of clients allowed to relay to any domain; repeatable.
-        [default: 127.0.0.0/8, ::1/128]
-        """
-        self._repeat("relay-network", network)
-
-    def opt_relay_domain(self, domain: str) -> None:
-        """
-        A domain relayed for any client (backup MX); repeatable.
-        [default: none]
-        """
-        self._repeat("relay-domain", domain)
-
-    def opt_route(self, route: str) -> None:
-        """
-        DOMAIN=HOST:PORT, a fixed next hop for a domain, no MX lookup; '*'
-        matches every domain; repeatable. [default: none]
-        """
-        self._repeat("route", route)
 
     def opt_list_validators(self) -> None:
         """
@@ -165,20 +181,6 @@ class Options(usage.Options):
             out.write(f"{factory.name}  {description}\n")
         out.flush()
         raise SystemExit(0)
-
-    def flagOptions(self) -> dict[str, object]:
-        """
-        The options given on the command line, by long name, for
-        L{loadConfig}; repeatable ones as lists.
-        """
-        flags: dict[str, object] = {}
-        for name in OPTIONS:
-            if name in REPEATABLE:
-                if self.repeated[name]:
-                    flags[name] = list(self.repeated[name])
-            elif self.get(name) is not None:
-                flags[name] = self[name]
-        return flags
 
     def postOptions(self) -> None:
         """

@@ -1,0 +1,444 @@
+"""
+Every option of smtpmx, declared once.
+
+L{SECTIONS} is the table: each L{Option} has its flag name (also its key in
+the TOML file), the kind of value it takes, its default, whether it may be
+repeated, and its help text.  From it come the frozen
+L{smtpmx.config.Config} type, the loading and checking of the TOML file and
+the command line (L{smtpmx.config.loadConfig}), the options and C{--help}
+of C{twistd smtpmx} (L{smtpmx.tap.Options}), and the reference in
+docs/options.rst, the option tables of README.rst and the commented
+C{etc/smtpmx.toml} (written by C{python -m smtpmx.optiondocs --write};
+a test fails when they drift).
+
+Adding an option is adding an L{Option} to its section here (with a new
+L{ValueType} in L{smtpmx.optiontypes} if none fits), then running
+C{python -m smtpmx.optiondocs --write}; the code that uses it reads
+C{config.<field>}.  A check that spans several options is a rule in
+L{RULES}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Callable, Mapping, NamedTuple, Optional
+
+from smtpmx.optiontypes import (
+    DELIMITER,
+    DIRECTORY,
+    DNS_SERVER,
+    DOMAIN,
+    ENDPOINT,
+    HOSTNAME,
+    NETWORK,
+    NEXT_HOP,
+    PORT,
+    POSITIVE_INT,
+    READABLE_FILE,
+    ROUTE,
+    SCHEDULE,
+    SECONDS,
+    VALIDATOR,
+    ConfigError,
+    LoadContext,
+    ValueType,
+    choice,
+)
+from smtpmx.relay.tlspolicy import TLSPolicy
+
+
+@dataclass(frozen=True)
+class Option:
+    """
+    One option: C{--name} on the command line, C{name} in the TOML file.
+
+    @ivar name: the long flag name, without the dashes; the TOML key.
+    @ivar metavar: what its value looks like in the docs (C{DOMAIN});
+        empty for an option that takes no value.
+    @ivar help: what it does, in one sentence (``literal`` as in
+        reStructuredText; shown in C{--help}, README.rst and the docs).
+    @ivar valueType: the kind of value; L{None} for an option of the
+        command line alone that L{smtpmx.tap.Options} handles itself.
+    @ivar field: the L{smtpmx.config.Config} attribute it sets; L{None}
+        when it sets none itself (a rule uses it).
+    @ivar default: the value when it is not given (a tuple for a
+        repeatable option).
+    @ivar defaultText: the default in words, when it is not a value
+        (C{"the host's FQDN"}).
+    @ivar defaultFrom: computes the default at loading time.
+    @ivar repeatable: may be given more than once; the values form a
+        list, and given on the command line they replace the file's list.
+    @ivar unique: a repeatable option's repeats are dropped.
+    @ivar atLeastOne: when not empty, the list may not be empty; names
+        what is needed (C{"local domain"}).
+    @ivar fileAliases: other keys for it in the TOML file (the plural).
+    @ivar details: more about it, for docs/options.rst and the comments
+        of C{etc/smtpmx.toml}.
+    @ivar commandLineOnly: a flag of the command line, not a key of the
+        file (C{--config}).
+    """
+
+    name: str
+    metavar: str
+    help: str
+    valueType: Optional[ValueType]
+    field: Optional[str] = None
+    default: Any = None
+    defaultText: Optional[str] = None
+    defaultFrom: Optional[Callable[[LoadContext], Any]] = None
+    repeatable: bool = False
+    unique: bool = False
+    atLeastOne: str = ""
+    fileAliases: tuple[str, ...] = ()
+    details: str = ""
+    commandLineOnly: bool = False
+
+    @property
+    def flag(self) -> str:
+        """
+        C{--name}.
+        """
+        return f"--{self.name}"
+
+    @property
+    def isFlag(self) -> bool:
+        """
+        Whether C{--name} takes no value on the command line (a boolean,
+        or an action such as C{--list-validators}): its metavar is empty.
+        """
+        return not self.metavar
+
+    def showDefault(self) -> str:
+        """
+        The default as C{--help} and the docs show it.
+        """
+        if self.defaultText is not None:
+            return self.defaultText
+        if self.default is None or self.valueType is None:
+            return "none"
+        if self.repeatable:
+            return ", ".join(self.valueType.show(v) for v in self.default) or "none"
+        return self.valueType.show(self.default)
+
+
+@dataclass(frozen=True)
+class Section:
+    """
+    Options that belong together, a section of the docs and of the
+    example file.
+
+    @ivar title: its heading.
+    @ivar intro: a sentence before its options in docs/options.rst.
+    """
+
+    title: str
+    intro: str
+    options: tuple[Option, ...] = field(default_factory=tuple)
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "Running",
+        "Options of the command line alone.",
+        (
+            Option(
+                "config", "PATH",
+                "TOML configuration file; its keys are named like these options.",
+                None, commandLineOnly=True,
+                details="``etc/smtpmx.toml`` is an example with every option.",
+            ),
+            Option(
+                "list-validators", "",
+                "Print every recipient validator found, with its description, and exit.",
+                None, commandLineOnly=True,
+            ),
+        ),
+    ),
+    Section(
+        "Receiving",
+        "Where smtpmx listens, which domains it receives mail for, and its limits.",
+        (
+            Option(
+                "listen", "ENDPOINT", "Twisted server endpoint to listen on.",
+                ENDPOINT, "listen", ("tcp:2525:interface=127.0.0.1",),
+                repeatable=True, atLeastOne="endpoint", fileAliases=("listens",),
+                details="For instance ``tcp:25`` or ``tcp6:25:interface=\\:\\:`` (a colon"
+                " inside a value is written ``\\:``).  Ports are bound before twistd"
+                " gives up root (``--uid``/``--gid``).",
+            ),
+            Option(
+                "hostname", "NAME",
+                "Our name in the greeting, the EHLO reply, Received headers and bounces.",
+                HOSTNAME, "hostname", "localhost", defaultText="the host's FQDN",
+                defaultFrom=lambda context: context.getfqdn(),
+            ),
+            Option(
+                "domain", "DOMAIN", "A local domain: its mail is filed into Maildirs.",
+                DOMAIN, "domains", ("localhost",), repeatable=True, unique=True,
+                atLeastOne="local domain", fileAliases=("domains",),
+                details="Domains are compared in lower case.  ``postmaster@`` every"
+                " local domain is always accepted (RFC 5321 section 4.5.1).",
+            ),
+            Option(
+                "maildir-root", "DIR",
+                "Maildirs live at ``DIR/<domain>/<localpart>/{tmp,new,cur}``.",
+                DIRECTORY, "maildirRoot", "Maildir",
+                details="docs/storage.rst describes the layout.",
+            ),
+            Option(
+                "validator", "NAME[:ARG]",
+                "A recipient validator; they are consulted in order, the first verdict decides.",
+                VALIDATOR, "validators", ("mailbox",), repeatable=True,
+                fileAliases=("validators",),
+                details="``twistd smtpmx --list-validators`` lists those installed."
+                "  Built in: ``mailbox`` (a local recipient whose Maildir exists),"
+                " ``any`` (every local recipient; the Maildir is made on first"
+                " delivery) and ``aliases:PATH`` (the recipients of an aliases file,"
+                " re-read when it changes).  docs/plugins.rst tells how to write one.",
+            ),
+            Option(
+                "recipient-delimiter", "C",
+                "``user+tag@domain`` is delivered to ``user``'s Maildir; empty for none.",
+                DELIMITER, "recipientDelimiter", "+",
+            ),
+            Option(
+                "max-message-size", "BYTES",
+                "Largest message accepted, advertised in SIZE (RFC 1870).",
+                POSITIVE_INT, "maxMessageSize", 26214400,
+            ),
+            Option(
+                "max-recipients", "N",
+                "Recipients per transaction; more get ``452 4.5.3``.",
+                POSITIVE_INT, "maxRecipients", 100,
+            ),
+            Option(
+                "max-connections", "N",
+                "Simultaneous connections; past it ``421 4.7.0``.",
+                POSITIVE_INT, "maxConnections", 500,
+            ),
+            Option(
+                "max-connections-per-ip", "N",
+                "Simultaneous connections from one address; past it ``421 4.7.0``.",
+                POSITIVE_INT, "maxConnectionsPerIp", 20,
+            ),
+            Option(
+                "command-timeout", "SECONDS",
+                "How long a client may stay idle between commands (RFC 5321 section 4.5.3.2).",
+                SECONDS, "commandTimeout", 300.0,
+            ),
+            Option(
+                "data-timeout", "SECONDS",
+                "How long a client may stay idle while sending the message"
+                " (RFC 5321 section 4.5.3.2).",
+                SECONDS, "dataTimeout", 600.0,
+            ),
+            Option(
+                "max-hops", "N",
+                "More ``Received:`` headers than this is a mail loop: ``554 5.4.6``.",
+                POSITIVE_INT, "maxHops", 50,
+            ),
+            Option(
+                "tls-certificate", "PEM",
+                "Certificate (chain) that enables STARTTLS (RFC 3207); needs ``--tls-key``.",
+                READABLE_FILE, "tlsCertificate", defaultText="off",
+                details="The file may hold the intermediate certificates after the"
+                " server's.  Both files are read at start-up: an unreadable,"
+                " mismatched or expired pair stops it.",
+            ),
+            Option(
+                "tls-key", "PEM",
+                "Private key of ``--tls-certificate`` (it may be in the same file).",
+                READABLE_FILE, "tlsKey", defaultText="off",
+            ),
+        ),
+    ),
+    Section(
+        "Relaying",
+        "Who may relay, where mail for other domains goes, and how it is retried.",
+        (
+            Option(
+                "relay-network", "CIDR", "Clients allowed to relay to any domain.",
+                NETWORK, "relayNetworks", ("127.0.0.0/8", "::1/128"),
+                repeatable=True, unique=True, fileAliases=("relay-networks",),
+            ),
+            Option(
+                "relay-domain", "DOMAIN",
+                "A domain relayed for any client (we are its backup MX).",
+                DOMAIN, "relayDomains", (), repeatable=True, unique=True,
+                fileAliases=("relay-domains",),
+            ),
+            Option(
+                "route", "DOMAIN=HOST:PORT",
+                "A fixed next hop for a domain, no MX lookup; ``*`` is every domain.",
+                ROUTE, "routes", (), repeatable=True, fileAliases=("routes",),
+                details="In the file, routes may also be a table: ``[route]`` then"
+                " ``\"example.net\" = \"mail.example.net:25\"``.  A domain may have"
+                " one route.",
+            ),
+            Option(
+                "smarthost", "HOST:PORT", "The same as ``--route '*=HOST:PORT'``.",
+                NEXT_HOP,
+                details="Given in the same place as a ``*`` route it is an error; on the"
+                " command line it replaces the file's ``*`` route.",
+            ),
+            Option(
+                "dns-server", "IP[:PORT]",
+                "Resolver for MX/A/AAAA lookups (port 53 if left out).",
+                DNS_SERVER, "dnsServer", defaultText="the system's",
+            ),
+            Option(
+                "relay-port", "PORT", "Port of the MX hosts the relay connects to.",
+                PORT, "relayPort", 25,
+            ),
+            Option(
+                "queue-dir", "DIR", "Directory of the durable relay queue.",
+                DIRECTORY, "queueDir", "queue",
+                details="docs/storage.rst describes the layout.",
+            ),
+            Option(
+                "retry-schedule", "LIST",
+                "Seconds between delivery attempts, comma-separated; the last repeats.",
+                SCHEDULE, "retrySchedule", (60, 300, 900, 1800, 3600),
+                details="In the file, a list of numbers or the same text.",
+            ),
+            Option(
+                "max-queue-age", "SECONDS",
+                "After this a message still undelivered is bounced (432000 s is 5 days).",
+                POSITIVE_INT, "maxQueueAge", 432000,
+            ),
+            Option(
+                "relay-tls", "MODE",
+                "Relay client TLS: ``none`` never, ``may`` when offered, ``verify``"
+                " required with a certificate valid for the next hop.",
+                choice(TLSPolicy), "relayTls", TLSPolicy.MAY.value,
+                details="docs/relay.rst describes the policy.",
+            ),
+            Option(
+                "ca-certs", "PEM", "Trust roots for ``--relay-tls verify``.",
+                READABLE_FILE, "caCerts", defaultText="the system's",
+            ),
+        ),
+    ),
+)
+
+OPTIONS: tuple[Option, ...] = tuple(o for s in SECTIONS for o in s.options)
+
+# The options of the TOML file and of L{smtpmx.config.loadConfig}.
+FILE_OPTIONS: tuple[Option, ...] = tuple(o for o in OPTIONS if not o.commandLineOnly)
+
+
+def optionNamed(name: str) -> Option:
+    """
+    The option called C{name}.
+
+    @raise KeyError: there is none.
+    """
+    for option in OPTIONS:
+        if option.name == name:
+            return option
+    raise KeyError(name)
+
+
+def fileKeys(options: tuple[Option, ...] = FILE_OPTIONS) -> dict[str, Option]:
+    """
+    Every key the TOML file may use (C{_} standing for C{-} aside), with
+    the option it sets.
+    """
+    keys: dict[str, Option] = {}
+    for option in options:
+        for key in (option.name, *option.fileAliases):
+            keys[key] = option
+    return keys
+
+
+def configType(options: tuple[Option, ...] = FILE_OPTIONS) -> type:
+    """
+    The frozen dataclass with a field for every option that sets one, in
+    the table's order, with its default.
+    """
+    fields = []
+    for option in options:
+        if option.field is None or option.valueType is None:
+            continue
+        kind = option.valueType.pythonType
+        if option.repeatable:
+            kind = tuple[kind, ...]
+        fields.append((option.field, kind, field(default=option.default)))
+    return make_dataclass("Config", fields, frozen=True)
+
+
+# Rules: checks that span several options, applied after each option is
+# checked on its own.
+
+
+class Given(NamedTuple):
+    """
+    An option's value as given, before checking.
+
+    @ivar label: how errors name it: C{--name}, or C{'name' in FILE}.
+    @ivar source: C{"file"} or C{"flag"}.
+    """
+
+    value: Any
+    label: str
+    source: str
+
+
+Rule = Callable[[dict[str, Any], Mapping[str, Given]], None]
+
+
+def smarthostIsStarRoute(values: dict[str, Any], given: Mapping[str, Given]) -> None:
+    """
+    C{--smarthost} is the route for C{*}: on the command line it replaces
+    the file's; both in one place is a mistake.
+    """
+    if values["smarthost"] is None:
+        return
+    host, port = values["smarthost"]
+    routes = list(values["route"])
+    if any(domain == "*" for domain, _, _ in routes):
+        if given["smarthost"].source == given["route"].source:
+            raise ConfigError(
+                f"{given['smarthost'].label}: a route for '*' is also given;"
+                " use one or the other"
+            )
+        if given["smarthost"].source == "flag":
+            routes = [r for r in routes if r[0] != "*"]
+            routes.append(("*", host, port))
+    else:
+        routes.append(("*", host, port))
+    values["route"] = tuple(routes)
+
+
+def oneRoutePerDomain(values: dict[str, Any], given: Mapping[str, Given]) -> None:
+    """
+    A domain has at most one route.
+    """
+    seen: set[str] = set()
+    for domain, _, _ in values["route"]:
+        if domain in seen:
+            label = given["route"].label if "route" in given else "--route"
+            raise ConfigError(f"{label}: more than one route for {domain!r}")
+        seen.add(domain)
+
+
+def certificateWithKey(values: dict[str, Any], given: Mapping[str, Given]) -> None:
+    """
+    The STARTTLS certificate and key are given together, or neither.
+    """
+    if (values["tls-certificate"] is None) != (values["tls-key"] is None):
+        raise ConfigError(
+            "--tls-certificate and --tls-key must be given together (or neither)"
+        )
+
+
+RULES: tuple[Rule, ...] = (smarthostIsStarRoute, oneRoutePerDomain, certificateWithKey)
+
+
+
+def plainText(text: str) -> str:
+    """
+    Help text without its reStructuredText literal marks, for C{--help}
+    and comments.
+    """
+    return text.replace("``", "")
