@@ -48,7 +48,8 @@ class TempDirMixin:
 
 class DefaultsTests(SynchronousTestCase):
     """
-    With no options at all the server runs on the SPEC's embedded default.
+    With no options at all the server runs on its embedded default
+    (docs/options.rst), one a newcomer can try at once.
     """
 
     def test_defaults(self):

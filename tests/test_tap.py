@@ -176,7 +176,7 @@ class OptionsTests(TempDirMixin, SynchronousTestCase):
 
     def test_help(self):
         """
-        C{--help} lists every option of the SPEC, with the defaults.
+        C{--help} lists every option (docs/options.rst), with the defaults.
         """
         text = str(Options())
         for option in ("config", "listen", "hostname", "domain", "maildir-root",

@@ -1,0 +1,319 @@
+"""
+The option tables of the documentation, written from the table in
+L{smtpmx.options}: the reference docs/options.rst, the option tables of
+README.rst and the commented example C{etc/smtpmx.toml}.
+
+C{python -m smtpmx.optiondocs --write} rewrites the three files of a
+checkout; C{--check} says which of them drifted from the table (the test
+suite does the same); C{--rst}, C{--readme} and C{--toml} print one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from typing import Any, Optional, Sequence
+
+from smtpmx.options import SECTIONS, Option, Section, plainText
+
+# What example.org sets in etc/smtpmx.toml, beyond the defaults.
+EXAMPLE_ORG: dict[str, Any] = {
+    "listen": ("tcp:25", "tcp6:25:interface=\\:\\:"),
+    "hostname": "mx.example.org",
+    "domain": ("example.org",),
+    "maildir-root": "/var/mail/smtpmx",
+    "validator": ("aliases:/etc/smtpmx/aliases", "mailbox"),
+    "relay-network": ("127.0.0.0/8", "::1/128", "192.0.2.0/24"),
+    "queue-dir": "/var/spool/smtpmx/queue",
+}
+
+README_START = ".. options-start: written from smtpmx/options.py by python -m smtpmx.optiondocs --write"
+README_END = ".. options-end"
+
+GENERATED = (
+    "This file is written from the table in smtpmx/options.py by\n"
+    "python -m smtpmx.optiondocs --write; edit the table, not this file."
+)
+
+
+def _literal(text: str) -> str:
+    """
+    C{text} as a reStructuredText inline literal.
+    """
+    return f"``{text}``"
+
+
+def defaultInProse(option: Option) -> str:
+    """
+    The default, marked up for reStructuredText: values as literals,
+    words as they are.
+    """
+    if option.defaultText is not None or option.valueType is None:
+        return option.showDefault()
+    if option.default is None or option.default == ():
+        return "none"
+    if option.repeatable:
+        return ", ".join(_literal(option.valueType.show(v)) for v in option.default)
+    return _literal(option.valueType.show(option.default))
+
+
+def synopsis(option: Option) -> str:
+    """
+    C{--name METAVAR}, as written on the command line.
+    """
+    return f"{option.flag} {option.metavar}" if option.metavar else option.flag
+
+
+def optionsReference(sections: Sequence[Section] = SECTIONS) -> str:
+    """
+    docs/options.rst: every option with its meaning, TOML key, type and
+    default.
+    """
+    out = [
+        "=======",
+        "Options",
+        "=======",
+        "",
+        ".. " + GENERATED.replace("\n", "\n   "),
+        "",
+        "Every option is a flag of ``twistd smtpmx`` and, but for those of the",
+        "command line alone, a key of the TOML file given with ``--config``.  A",
+        "flag overrides the file; a repeatable option given on the command line",
+        "forms the whole list, replacing the file's list and the default.",
+        "``twistd smtpmx --help`` lists the flags with their defaults, and",
+        "``etc/smtpmx.toml`` is an example file with every key.",
+        "",
+        "In the file, a key is the option's name without the dashes",
+        "(``max-message-size = 1000``); ``_`` may be written for ``-``, and a",
+        "repeatable option takes a list (or a single string for a list of one)",
+        "and may also be spelled in the plural.  A key that is not an option is",
+        "an error.  Relative paths are taken from the directory twistd runs in.",
+        "",
+        "A bad value, an unreadable file, an unknown validator or one that fails",
+        "to load stops start-up with one line naming the option and the problem,",
+        "and exit status 1.",
+        "",
+        "Each option below gives the attribute of the configuration object",
+        "(``config``, as validators see it) that holds its checked value.",
+    ]
+    for section in sections:
+        out += ["", "", section.title, "=" * len(section.title), "", section.intro]
+        for option in section.options:
+            out += ["", _literal(synopsis(option))]
+            meaning = option.help + ("  Repeatable." if option.repeatable else "")
+            out += ["    " + line for line in textwrap.wrap(meaning, 72)]
+            if option.details:
+                out += [""] + ["    " + line for line in textwrap.wrap(option.details, 72)]
+            fields = []
+            if not option.commandLineOnly:
+                keys = ", ".join(_literal(k) for k in (option.name, *option.fileAliases))
+                fields.append(("TOML key", keys))
+            if option.valueType is not None:
+                kind = option.valueType.description
+                if option.repeatable:
+                    kind += "; a list in the file"
+                fields.append(("Type", kind))
+            if option.metavar or option.valueType is not None:
+                fields.append(("Default", defaultInProse(option)))
+            if option.field is not None:
+                fields.append(("Attribute", _literal(f"config.{option.field}")))
+            if fields:
+                out.append("")
+                out += [f"    :{name}: {value}" for name, value in fields]
+    return "\n".join(out) + "\n"
+
+
+def readmeTables(sections: Sequence[Section] = SECTIONS) -> str:
+    """
+    The option tables of README.rst, between their markers: each
+    option's flag, meaning and default, a table per section.
+    """
+    out = [README_START, ""]
+    for section in sections:
+        out += [f"*{section.title}.*  {section.intro}", "", ".. list-table::",
+                "   :header-rows: 1", "   :widths: 30 50 20", "",
+                "   * - option", "     - meaning", "     - default"]
+        for option in section.options:
+            meaning = option.help + ("  Repeatable." if option.repeatable else "")
+            default = defaultInProse(option) if (option.metavar or option.valueType) else ""
+            out += [f"   * - {_literal(synopsis(option))}", f"     - {meaning}",
+                    f"     - {default}".rstrip()]
+        out.append("")
+    out.append(README_END)
+    return "\n".join(out) + "\n"
+
+
+def replaceReadmeTables(readme: str, tables: str) -> str:
+    """
+    C{readme} with the text between its option markers replaced by
+    C{tables}.
+
+    @raise ValueError: the markers are missing.
+    """
+    start = readme.index(README_START)
+    end = readme.index(README_END, start) + len(README_END) + 1
+    return readme[:start] + tables + readme[end:]
+
+
+def tomlValue(value: Any) -> str:
+    """
+    A value written in TOML.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(tomlValue(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def tomlDefault(option: Option) -> str:
+    """
+    The option's default as a TOML value, or its description in angle
+    brackets when it has no value (C{"<the host's FQDN>"}).
+    """
+    assert option.valueType is not None
+    if option.defaultText is not None or option.default is None:
+        return tomlValue(f"<{option.showDefault()}>")
+    show = option.valueType.show
+    if option.repeatable:
+        return tomlValue([show(v) if isinstance(v, str) else v for v in option.default])
+    if isinstance(option.default, str):
+        return tomlValue(show(option.default))
+    return tomlValue(option.default)
+
+
+def _comment(text: str) -> list[str]:
+    """
+    C{text} as wrapped TOML comment lines.
+    """
+    return textwrap.wrap(plainText(text), 76, initial_indent="# ", subsequent_indent="# ")
+
+
+def exampleFile(
+    sections: Sequence[Section] = SECTIONS, example: Optional[dict[str, Any]] = None
+) -> str:
+    """
+    C{etc/smtpmx.toml}: every key of the file with its help and its
+    default, commented out, and the values of C{example} set.
+    """
+    example = EXAMPLE_ORG if example is None else example
+    out = [
+        "# smtpmx configuration, for a small domain (example.org).",
+        "#",
+        "# Pass it with:  twistd -n smtpmx --config /etc/smtpmx/smtpmx.toml",
+        "#",
+        "# Keys are named like the command-line options, without the dashes in",
+        "# front (max-message-size = ...).  \"_\" may be written for \"-\"",
+        "# (max_message_size), and a repeatable option may also be spelled in the",
+        "# plural (domains = [...]).  A key that is not an option is an error.",
+        "#",
+        "# A repeatable option takes a list, or a single string for a list of one.",
+        "# An option given on the command line overrides this file; a repeatable",
+        "# option given on the command line replaces the whole list.",
+        "#",
+        "# Every option below shows its default, commented out, then (where it",
+        "# makes sense) the value for example.org.  Relative paths are taken",
+        "# from the current directory of twistd (systemd: WorkingDirectory=).",
+        "# docs/options.rst describes every option.",
+        "#",
+    ] + ["# " + line for line in GENERATED.splitlines()]
+    for section in sections:
+        options = [o for o in section.options if not o.commandLineOnly]
+        if not options:
+            continue
+        out += ["", f"# --- {section.title} ".ljust(77, "-")]
+        for option in options:
+            text = option.help + ("  Repeatable." if option.repeatable else "")
+            if option.details:
+                text += "  " + option.details
+            out += [""] + _comment(text)
+            out.append(f"# {option.name} = {tomlDefault(option)}")
+            if option.name in example:
+                out.append(f"{option.name} = {tomlValue(example[option.name])}")
+    return "\n".join(out) + "\n"
+
+
+def checkoutRoot() -> str:
+    """
+    The checkout this module is in (the directory above C{smtpmx/}).
+    """
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def expectedFiles(root: str) -> dict[str, str]:
+    """
+    The generated files of the checkout at C{root}, by path, with the
+    content they should have.
+    """
+    readmePath = os.path.join(root, "README.rst")
+    with open(readmePath, encoding="utf-8") as f:
+        readme = f.read()
+    return {
+        os.path.join(root, "docs", "options.rst"): optionsReference(),
+        os.path.join(root, "etc", "smtpmx.toml"): exampleFile(),
+        readmePath: replaceReadmeTables(readme, readmeTables()),
+    }
+
+
+def driftedFiles(root: str) -> list[str]:
+    """
+    The paths of the files of C{root} that do not say what the table says.
+    """
+    drifted = []
+    for path, expected in expectedFiles(root).items():
+        try:
+            with open(path, encoding="utf-8") as f:
+                actual = f.read()
+        except FileNotFoundError:
+            actual = None
+        if actual != expected:
+            drifted.append(path)
+    return drifted
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """
+    The command line: print one file, write them all, or check them.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m smtpmx.optiondocs", description=__doc__.strip().splitlines()[0]
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--rst", action="store_true", help="print docs/options.rst")
+    action.add_argument("--readme", action="store_true", help="print README.rst's tables")
+    action.add_argument("--toml", action="store_true", help="print etc/smtpmx.toml")
+    action.add_argument("--write", action="store_true", help="rewrite the three files")
+    action.add_argument("--check", action="store_true", help="exit 1 if one drifted")
+    parser.add_argument("--root", default=checkoutRoot(), help="the checkout")
+    args = parser.parse_args(argv)
+    if args.rst:
+        sys.stdout.write(optionsReference())
+    elif args.readme:
+        sys.stdout.write(readmeTables())
+    elif args.toml:
+        sys.stdout.write(exampleFile())
+    elif args.write:
+        for path, text in expectedFiles(args.root).items():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            print(f"wrote {path}")
+    else:
+        drifted = driftedFiles(args.root)
+        for path in drifted:
+            print(f"{path} is out of date: python -m smtpmx.optiondocs --write", file=sys.stderr)
+        return 1 if drifted else 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
