@@ -39,6 +39,17 @@ GENERATED = (
 )
 
 
+def _wrap(text: str, width: int, indent: str) -> list[str]:
+    """
+    C{text} in lines of at most C{width} characters, each starting with
+    C{indent}, never broken inside a word or at a hyphen (C{--tls-key}).
+    """
+    return textwrap.wrap(
+        text, width, initial_indent=indent, subsequent_indent=indent,
+        break_long_words=False, break_on_hyphens=False,
+    )
+
+
 def _literal(text: str) -> str:
     """
     C{text} as a reStructuredText inline literal.
@@ -104,9 +115,9 @@ def optionsReference(sections: Sequence[Section] = SECTIONS) -> str:
         for option in section.options:
             out += ["", _literal(synopsis(option))]
             meaning = option.help + ("  Repeatable." if option.repeatable else "")
-            out += ["    " + line for line in textwrap.wrap(meaning, 72)]
+            out += _wrap(meaning, 76, "    ")
             if option.details:
-                out += [""] + ["    " + line for line in textwrap.wrap(option.details, 72)]
+                out += [""] + _wrap(option.details, 76, "    ")
             fields = []
             if not option.commandLineOnly:
                 keys = ", ".join(_literal(k) for k in (option.name, *option.fileAliases))
@@ -195,7 +206,7 @@ def _comment(text: str) -> list[str]:
     """
     C{text} as wrapped TOML comment lines.
     """
-    return textwrap.wrap(plainText(text), 76, initial_indent="# ", subsequent_indent="# ")
+    return _wrap(plainText(text), 78, "# ")
 
 
 def exampleFile(

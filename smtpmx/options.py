@@ -121,6 +121,14 @@ class Option:
         return self.valueType.show(self.default)
 
 
+def plainText(text: str) -> str:
+    """
+    Help text without its reStructuredText literal marks, for C{--help}
+    and comments.
+    """
+    return text.replace("``", "")
+
+
 @dataclass(frozen=True)
 class Section:
     """
@@ -160,7 +168,7 @@ SECTIONS: tuple[Section, ...] = (
         (
             Option(
                 "listen", "ENDPOINT", "Twisted server endpoint to listen on.",
-                ENDPOINT, "listen", ("tcp:2525:interface=127.0.0.1",),
+                ENDPOINT, field="listen", default=("tcp:2525:interface=127.0.0.1",),
                 repeatable=True, atLeastOne="endpoint", fileAliases=("listens",),
                 details="For instance ``tcp:25`` or ``tcp6:25:interface=\\:\\:`` (a colon"
                 " inside a value is written ``\\:``).  Ports are bound before twistd"
@@ -169,12 +177,12 @@ SECTIONS: tuple[Section, ...] = (
             Option(
                 "hostname", "NAME",
                 "Our name in the greeting, the EHLO reply, Received headers and bounces.",
-                HOSTNAME, "hostname", "localhost", defaultText="the host's FQDN",
+                HOSTNAME, field="hostname", default="localhost", defaultText="the host's FQDN",
                 defaultFrom=lambda context: context.getfqdn(),
             ),
             Option(
                 "domain", "DOMAIN", "A local domain: its mail is filed into Maildirs.",
-                DOMAIN, "domains", ("localhost",), repeatable=True, unique=True,
+                DOMAIN, field="domains", default=("localhost",), repeatable=True, unique=True,
                 atLeastOne="local domain", fileAliases=("domains",),
                 details="Domains are compared in lower case.  ``postmaster@`` every"
                 " local domain is always accepted (RFC 5321 section 4.5.1).",
@@ -182,13 +190,13 @@ SECTIONS: tuple[Section, ...] = (
             Option(
                 "maildir-root", "DIR",
                 "Maildirs live at ``DIR/<domain>/<localpart>/{tmp,new,cur}``.",
-                DIRECTORY, "maildirRoot", "Maildir",
+                DIRECTORY, field="maildirRoot", default="Maildir",
                 details="docs/storage.rst describes the layout.",
             ),
             Option(
                 "validator", "NAME[:ARG]",
                 "A recipient validator; they are consulted in order, the first verdict decides.",
-                VALIDATOR, "validators", ("mailbox",), repeatable=True,
+                VALIDATOR, field="validators", default=("mailbox",), repeatable=True,
                 fileAliases=("validators",),
                 details="``twistd smtpmx --list-validators`` lists those installed."
                 "  Built in: ``mailbox`` (a local recipient whose Maildir exists),"
@@ -199,48 +207,48 @@ SECTIONS: tuple[Section, ...] = (
             Option(
                 "recipient-delimiter", "C",
                 "``user+tag@domain`` is delivered to ``user``'s Maildir; empty for none.",
-                DELIMITER, "recipientDelimiter", "+",
+                DELIMITER, field="recipientDelimiter", default="+",
             ),
             Option(
                 "max-message-size", "BYTES",
                 "Largest message accepted, advertised in SIZE (RFC 1870).",
-                POSITIVE_INT, "maxMessageSize", 26214400,
+                POSITIVE_INT, field="maxMessageSize", default=26214400,
             ),
             Option(
                 "max-recipients", "N",
                 "Recipients per transaction; more get ``452 4.5.3``.",
-                POSITIVE_INT, "maxRecipients", 100,
+                POSITIVE_INT, field="maxRecipients", default=100,
             ),
             Option(
                 "max-connections", "N",
                 "Simultaneous connections; past it ``421 4.7.0``.",
-                POSITIVE_INT, "maxConnections", 500,
+                POSITIVE_INT, field="maxConnections", default=500,
             ),
             Option(
                 "max-connections-per-ip", "N",
                 "Simultaneous connections from one address; past it ``421 4.7.0``.",
-                POSITIVE_INT, "maxConnectionsPerIp", 20,
+                POSITIVE_INT, field="maxConnectionsPerIp", default=20,
             ),
             Option(
                 "command-timeout", "SECONDS",
                 "How long a client may stay idle between commands (RFC 5321 section 4.5.3.2).",
-                SECONDS, "commandTimeout", 300.0,
+                SECONDS, field="commandTimeout", default=300.0,
             ),
             Option(
                 "data-timeout", "SECONDS",
                 "How long a client may stay idle while sending the message"
                 " (RFC 5321 section 4.5.3.2).",
-                SECONDS, "dataTimeout", 600.0,
+                SECONDS, field="dataTimeout", default=600.0,
             ),
             Option(
                 "max-hops", "N",
                 "More ``Received:`` headers than this is a mail loop: ``554 5.4.6``.",
-                POSITIVE_INT, "maxHops", 50,
+                POSITIVE_INT, field="maxHops", default=50,
             ),
             Option(
                 "tls-certificate", "PEM",
                 "Certificate (chain) that enables STARTTLS (RFC 3207); needs ``--tls-key``.",
-                READABLE_FILE, "tlsCertificate", defaultText="off",
+                READABLE_FILE, field="tlsCertificate", defaultText="off",
                 details="The file may hold the intermediate certificates after the"
                 " server's.  Both files are read at start-up: an unreadable,"
                 " mismatched or expired pair stops it.",
@@ -248,7 +256,7 @@ SECTIONS: tuple[Section, ...] = (
             Option(
                 "tls-key", "PEM",
                 "Private key of ``--tls-certificate`` (it may be in the same file).",
-                READABLE_FILE, "tlsKey", defaultText="off",
+                READABLE_FILE, field="tlsKey", defaultText="off",
             ),
         ),
     ),
@@ -258,19 +266,19 @@ SECTIONS: tuple[Section, ...] = (
         (
             Option(
                 "relay-network", "CIDR", "Clients allowed to relay to any domain.",
-                NETWORK, "relayNetworks", ("127.0.0.0/8", "::1/128"),
+                NETWORK, field="relayNetworks", default=("127.0.0.0/8", "::1/128"),
                 repeatable=True, unique=True, fileAliases=("relay-networks",),
             ),
             Option(
                 "relay-domain", "DOMAIN",
                 "A domain relayed for any client (we are its backup MX).",
-                DOMAIN, "relayDomains", (), repeatable=True, unique=True,
+                DOMAIN, field="relayDomains", default=(), repeatable=True, unique=True,
                 fileAliases=("relay-domains",),
             ),
             Option(
                 "route", "DOMAIN=HOST:PORT",
                 "A fixed next hop for a domain, no MX lookup; ``*`` is every domain.",
-                ROUTE, "routes", (), repeatable=True, fileAliases=("routes",),
+                ROUTE, field="routes", default=(), repeatable=True, fileAliases=("routes",),
                 details="In the file, routes may also be a table: ``[route]`` then"
                 " ``\"example.net\" = \"mail.example.net:25\"``.  A domain may have"
                 " one route.",
@@ -284,38 +292,38 @@ SECTIONS: tuple[Section, ...] = (
             Option(
                 "dns-server", "IP[:PORT]",
                 "Resolver for MX/A/AAAA lookups (port 53 if left out).",
-                DNS_SERVER, "dnsServer", defaultText="the system's",
+                DNS_SERVER, field="dnsServer", defaultText="the system's",
             ),
             Option(
                 "relay-port", "PORT", "Port of the MX hosts the relay connects to.",
-                PORT, "relayPort", 25,
+                PORT, field="relayPort", default=25,
             ),
             Option(
                 "queue-dir", "DIR", "Directory of the durable relay queue.",
-                DIRECTORY, "queueDir", "queue",
+                DIRECTORY, field="queueDir", default="queue",
                 details="docs/storage.rst describes the layout.",
             ),
             Option(
                 "retry-schedule", "LIST",
                 "Seconds between delivery attempts, comma-separated; the last repeats.",
-                SCHEDULE, "retrySchedule", (60, 300, 900, 1800, 3600),
+                SCHEDULE, field="retrySchedule", default=(60, 300, 900, 1800, 3600),
                 details="In the file, a list of numbers or the same text.",
             ),
             Option(
                 "max-queue-age", "SECONDS",
                 "After this a message still undelivered is bounced (432000 s is 5 days).",
-                POSITIVE_INT, "maxQueueAge", 432000,
+                POSITIVE_INT, field="maxQueueAge", default=432000,
             ),
             Option(
                 "relay-tls", "MODE",
                 "Relay client TLS: ``none`` never, ``may`` when offered, ``verify``"
                 " required with a certificate valid for the next hop.",
-                choice(TLSPolicy), "relayTls", TLSPolicy.MAY.value,
+                choice(TLSPolicy), field="relayTls", default=TLSPolicy.MAY.value,
                 details="docs/relay.rst describes the policy.",
             ),
             Option(
                 "ca-certs", "PEM", "Trust roots for ``--relay-tls verify``.",
-                READABLE_FILE, "caCerts", defaultText="the system's",
+                READABLE_FILE, field="caCerts", defaultText="the system's",
             ),
         ),
     ),
@@ -433,12 +441,3 @@ def certificateWithKey(values: dict[str, Any], given: Mapping[str, Given]) -> No
 
 
 RULES: tuple[Rule, ...] = (smarthostIsStarRoute, oneRoutePerDomain, certificateWithKey)
-
-
-
-def plainText(text: str) -> str:
-    """
-    Help text without its reStructuredText literal marks, for C{--help}
-    and comments.
-    """
-    return text.replace("``", "")

@@ -398,6 +398,9 @@ def choice(values: type[enum.Enum]) -> ValueType:
     names = [member.value for member in values]
 
     def parse(value: Any, label: str, context: LoadContext) -> str:
+        """
+        The value, lower-cased, if it is one of C{names}.
+        """
         mode = checkString(value, label).strip().lower()
         if mode not in names:
             raise ConfigError(f"{label}: must be one of {', '.join(names)}, not {value!r}")

@@ -63,6 +63,9 @@ def collector(option: Option) -> Callable[[Any, str], None]:
     """
 
     def collect(self: TableOptions, value: str) -> None:
+        """
+        Collect one more value.
+        """
         self.repeated[option.name].append(value)
         self[option.name] = list(self.repeated[option.name])
 
@@ -113,6 +116,9 @@ class TableOptions(usage.Options):
                     raise TypeError(f"{cls.__name__} needs {handlerName(option)}")
 
     def __init__(self) -> None:
+        """
+        Parse nothing yet; the help of every option is the table's.
+        """
         super().__init__()
         for option in self.table:
             self.docs[option.name] = helpText(option)
@@ -165,6 +171,9 @@ class Options(TableOptions):
     table = OPTIONS
 
     def __init__(self) -> None:
+        """
+        No configuration until the options are parsed.
+        """
         super().__init__()
         self.config: Optional[Config] = None
         self.validators: Optional[ValidatorChain] = None

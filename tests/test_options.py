@@ -254,6 +254,11 @@ class OnePlaceTests(SynchronousTestCase):
         action = Option("list-filters", "", "List the filters.", None, commandLineOnly=True)
 
         def define():
+            """
+            Define a command line whose table has an action without its
+            method.
+            """
+
             class Broken(TableOptions):
                 table = (action,)
 
