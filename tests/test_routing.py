@@ -13,12 +13,14 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from smtpmx import store as storeModule
+from smtpmx import streaming
+from smtpmx.delivery import maildir
+from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import LocalMailbox
 from smtpmx.interfaces import IIncomingMessage, IMessageStore
-from smtpmx.relay.queue import Queue, QueuedMessage, QueueStore
+from smtpmx.relay.intake import QueueStore
+from smtpmx.relay.queue import Queue, QueuedMessage
 from smtpmx.routing import RoutingStore
-from smtpmx.store import MaildirStore
 from tests.test_maildir_store import CountingRunner, ManualRunner, makeDirectory
 from tests.test_queue import RECEIVED, makeEnvelope
 
@@ -42,7 +44,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.announced: list[QueuedMessage] = []
         self.makeStore(CountingRunner())
 
-    def makeStore(self, runner: Callable[..., Any], chunkSize: int = storeModule.CHUNK_SIZE) -> None:
+    def makeStore(self, runner: Callable[..., Any], chunkSize: int = streaming.CHUNK_SIZE) -> None:
         """
         Make the store with C{runner} as the thread runner.
         """
@@ -196,8 +198,8 @@ class RoutingStoreTests(SynchronousTestCase):
                 raise OSError(errno.EIO, "I/O error")
             return real(mailbox, name)
 
-        real = storeModule.renameIntoNew
-        self.patch(storeModule, "renameIntoNew", failing)
+        real = maildir.renameIntoNew
+        self.patch(maildir, "renameIntoNew", failing)
         message = self.mixed()
         message.write(b"body\n")
         self.failureResultOf(message.finish(), OSError)
