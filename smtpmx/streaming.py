@@ -267,11 +267,12 @@ class StreamingMessage:
 
     def finish(self) -> Deferred[None]:
         """
-        Make the message durable in every mailbox.
+        Make the message durable everywhere it goes, in one job after the
+        body (L{MessageFiles.finish}).
 
-        @return: a L{Deferred} that fires with L{None} once every copy is
-            in C{new/} and fsynced, or fails with the first error, nothing
-            being left behind.
+        @return: a L{Deferred} that fires with L{None} once every file is
+            at its final name and fsynced along with its directory, or
+            fails with the first error, nothing being left behind.
         """
         if self._state != State.OPEN:
             raise RuntimeError("finish() called twice or after abort()")
@@ -292,7 +293,7 @@ class StreamingMessage:
         self._tail.addCallback(report)
         return result
 
-    def _report(self, doneState: str) -> Deferred[None]:
+    def _report(self, doneState: State) -> Deferred[None]:
         """
         Report on the completion step just queued, once every job is done,
         and move to C{doneState} if it succeeded.

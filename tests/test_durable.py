@@ -5,11 +5,12 @@ Tests for L{smtpmx.durable}: the one module that makes files durable
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
-import shutil
 import threading
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import durable
@@ -218,6 +219,7 @@ class FileTests(SynchronousTestCase):
         self.assertIsNone(durable.removeFile(path))
         self.assertIsInstance(durable.removeFile(self.root), OSError)
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_writeDurably(self) -> None:
         """
         A file written durably is complete at its name, fsynced along with

@@ -16,6 +16,7 @@ import tempfile
 import threading
 from typing import Any, Callable, Optional
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import globalLogPublisher
@@ -27,9 +28,9 @@ from zope.interface.verify import verifyObject
 from smtpmx import durable, streaming
 from smtpmx.address import Address
 from smtpmx.delivery import maildir
+from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import Envelope, LocalMailbox, Recipient, RemoteAddress
 from smtpmx.interfaces import IIncomingMessage, IMessageStore, ITwoPhaseMessage
-from smtpmx.delivery.maildir import MaildirStore
 
 RECEIVED = b"Received: from client.example (client.example [192.0.2.1])\n\tby mx.example.org with ESMTP id ABC123\n"
 
@@ -502,6 +503,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         self.assertTrue(verifyObject(IIncomingMessage, message))
         self.assertTrue(verifyObject(ITwoPhaseMessage, message))
 
+    @pytest.mark.rfc("5321", "4.4")
     def test_single(self) -> None:
         """
         A message for one recipient is one private file in C{new/},
@@ -537,6 +539,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         for sub in ("tmp", "new", "cur"):
             self.assertTrue(os.path.isdir(os.path.join(self.root, "example.org", "bob", sub)))
 
+    @pytest.mark.rfc("5321", "4.4")
     def test_nullSender(self) -> None:
         """
         A bounce (null reverse-path) gets C{Return-Path: <>}.
@@ -645,6 +648,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         self.assertEqual(self.runner.calls, 1)
         self.assertEqual(len(self.delivered("example.org", "carol")), 1)
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_fsync(self) -> None:
         """
         Every file is fsynced before any C{new/} directory, and each
@@ -740,6 +744,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
             ]
         )
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_renameFails(self) -> None:
         """
         When the second copy cannot be moved into C{new/}, the first copy,
@@ -802,6 +807,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         self.assertEqual(error.errno, errno.ENOSPC)
         self.assertNothingLeft()
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_directoryFsyncFails(self) -> None:
         """
         When a C{new/} directory cannot be fsynced, the copies already

@@ -9,6 +9,7 @@ import errno
 import os
 from typing import Any, Callable
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -134,6 +135,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.assertEqual([r.address for r in self.queue.load("0A1B2C").recipients], ["dave@example.net"])
         self.assertEqual(self.runner.calls, 1)
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_mixed(self) -> None:
         """
         A message for local and remote recipients is filed in each local
@@ -184,6 +186,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.assertTrue(self.delivered("bob")[0].endswith(chunk * written))
         self.assertEqual(self.queue.load("0A1B2C").size, len(RECEIVED) + len(chunk) * written)
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_maildirFails(self) -> None:
         """
         When the local copies cannot be filed, the message is not queued
@@ -205,6 +208,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.failureResultOf(message.finish(), OSError)
         self.assertNothingStored()
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_queuePrepareFails(self) -> None:
         """
         When the message cannot be written to the queue, nothing is filed
@@ -225,6 +229,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.failureResultOf(message.finish(), OSError)
         self.assertNothingStored()
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_queueCommitFails(self) -> None:
         """
         When the message cannot be committed to the queue after the local
