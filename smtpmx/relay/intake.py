@@ -153,7 +153,8 @@ class QueueFiles(MessageFiles):
 class QueueStore:
     """
     Files messages for remote recipients into the relay queue, streaming
-    the body to disk as it arrives, as L{smtpmx.delivery.maildir.MaildirStore} does.
+    the body to disk as it arrives, as
+    L{smtpmx.delivery.maildir.MaildirStore} does.
 
     The message is stored as the next hop will get it: our C{Received}
     header, then the message as received (no C{Return-Path}, no
