@@ -1,9 +1,9 @@
 """
 Every interface that a third party, or a test, plugs into.
 
-Validators decide recipients (the plugin API of SPEC section 3); a message
-store makes accepted messages durable.  The server knows storage only
-through L{IMessageStore}, never a concrete class.
+Validators decide recipients (the plugin API of C{docs/plugins.rst}); a
+message store makes accepted messages durable (C{docs/storage.rst}).  The
+server knows storage only through L{IMessageStore}, never a concrete class.
 """
 
 from zope.interface import Attribute, Interface
@@ -83,6 +83,44 @@ class IIncomingMessage(Interface):
     def abort():
         """
         Give up on the message and remove whatever was written for it.
+        """
+
+
+class ITwoPhaseMessage(IIncomingMessage):
+    """
+    An incoming message whose completion can be split in two, so that a
+    store filing one message in several places (the Maildirs and the relay
+    queue) makes it durable in all of them or in none:
+    L{smtpmx.routing.RoutingStore} prepares one part, finishes the other,
+    then commits the first, and rolls back what was done when a step fails.
+    """
+
+    def prepare():
+        """
+        Write the whole message and fsync it, without making it visible
+        yet.  Instead of C{finish()}.
+
+        @return: a L{Deferred} that fires with L{None} once the message can
+            be committed, or fails with nothing left behind.
+        """
+
+    def commit():
+        """
+        Make a prepared message visible, durably (renamed to its final
+        names, those directories fsynced).
+
+        @return: a L{Deferred} that fires with L{None} once the message is
+            stored, or fails with nothing left behind.
+        """
+
+    def rollback():
+        """
+        Remove every file of the message, whatever its state: unlike
+        C{abort()}, this also undoes a successful C{finish()} or
+        C{commit()}, for a caller whose larger transaction failed.
+
+        @return: a L{Deferred} that fires with L{None} once the files are
+            gone; it never fails.
         """
 
 

@@ -1,6 +1,6 @@
 """
 C{smtpmx-queue}: look at and manage the relay queue of a running or
-stopped server (SPEC section 7)::
+stopped server (the queue's files are described in C{docs/storage.rst})::
 
     smtpmx-queue [--queue-dir DIR | --config PATH] list|show ID|flush|delete ID
 
@@ -18,13 +18,8 @@ import time
 from typing import Callable, Optional, TextIO
 
 from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile
-from smtpmx.relay.queue import (
-    PENDING,
-    CorruptMessage,
-    Queue,
-    QueuedMessage,
-    isValidId,
-)
+from smtpmx.relay.queue import Queue
+from smtpmx.relay.queueformat import PENDING, CorruptMessage, QueuedMessage, isValidId
 
 # The most of a message's header section that `show` reads.
 MAX_HEADER_BYTES = 256 * 1024

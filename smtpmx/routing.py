@@ -1,7 +1,8 @@
 """
 The message store the server uses: local recipients go to the Maildirs,
 remote ones to the relay queue, and a message for both is stored in both,
-all or nothing (SPEC section 4).
+all or nothing, before the one C{250} reply to its DATA (RFC 5321 section
+6.1; C{docs/storage.rst}).
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpmx.envelope import Envelope, LocalMailbox
-from smtpmx.interfaces import IIncomingMessage, IMessageStore
-from smtpmx.relay.queue import QueueStore
-from smtpmx.store import MaildirStore
+from smtpmx.interfaces import IIncomingMessage, IMessageStore, ITwoPhaseMessage
 
 
 @implementer(IIncomingMessage)
@@ -29,11 +28,11 @@ class _SplitMessage:
 
     _log = Logger()
 
-    def __init__(self, local: IIncomingMessage, remote: IIncomingMessage, queueId: str) -> None:
+    def __init__(self, local: ITwoPhaseMessage, remote: ITwoPhaseMessage, queueId: str) -> None:
         """
-        @param local: the Maildir part, with a C{rollback()} that undoes a
+        @param local: the Maildir part, whose C{rollback()} undoes a
             successful C{finish()}.
-        @param remote: the queue part, with two-phase completion:
+        @param remote: the queue part, completed in two phases:
             C{prepare()}, C{commit()}, C{rollback()}.
         @param queueId: for the log.
         """
@@ -127,12 +126,14 @@ class RoutingStore:
     with recipients of one kind only is simply handed to that store.
     """
 
-    def __init__(self, maildir: MaildirStore, queue: QueueStore) -> None:
+    def __init__(self, maildir: IMessageStore, queue: IMessageStore) -> None:
         """
-        @param maildir: the store for local recipients; its messages have
-            C{rollback()}.
-        @param queue: the store for remote recipients; its messages have
-            two-phase completion.
+        @param maildir: the store for local recipients, such as
+            L{smtpmx.delivery.maildir.MaildirStore}; its messages provide
+            L{ITwoPhaseMessage}.
+        @param queue: the store for remote recipients, such as
+            L{smtpmx.relay.intake.QueueStore}; its messages provide
+            L{ITwoPhaseMessage}.
         """
         self._maildir = maildir
         self._queue = queue

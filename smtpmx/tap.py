@@ -461,13 +461,14 @@ def buildService(
 
     @param reactor: the reactor to listen, time and run threads with.
     """
+    from smtpmx.delivery.maildir import MaildirStore
     from smtpmx.relay.client import deliver
     from smtpmx.relay.nexthop import makeResolver
-    from smtpmx.relay.queue import Queue, QueueStore
+    from smtpmx.relay.intake import QueueStore
+    from smtpmx.relay.queue import Queue
     from smtpmx.relay.service import RelayService
     from smtpmx.routing import RoutingStore
     from smtpmx.server import SMTPServerFactory
-    from smtpmx.store import MaildirStore
 
     runBlocking = threadRunner(reactor)
     queue = Queue(config.queueDir)

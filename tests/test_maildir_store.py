@@ -1,18 +1,22 @@
 """
-Tests for L{smtpmx.store.MaildirStore} and L{smtpmx.delivery.maildir}: local
-delivery into Maildirs, durable and all or nothing.
+Tests for L{smtpmx.delivery.maildir}: the Maildir layout, unique names,
+L{deliverBytes} and the L{MaildirStore} that delivers into Maildirs,
+durable and all or nothing (C{docs/storage.rst}), on the streaming engine
+of L{smtpmx.streaming}.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 import tempfile
 import threading
 from typing import Any, Callable, Optional
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import globalLogPublisher
@@ -21,12 +25,12 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from smtpmx import store as storeModule
+from smtpmx import durable, streaming
 from smtpmx.address import Address
 from smtpmx.delivery import maildir
+from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import Envelope, LocalMailbox, Recipient, RemoteAddress
-from smtpmx.interfaces import IIncomingMessage, IMessageStore
-from smtpmx.store import MaildirStore
+from smtpmx.interfaces import IIncomingMessage, IMessageStore, ITwoPhaseMessage
 
 RECEIVED = b"Received: from client.example (client.example [192.0.2.1])\n\tby mx.example.org with ESMTP id ABC123\n"
 
@@ -168,6 +172,134 @@ class StoreTestMixin:
         ]
 
 
+class UniqueNameTests(SynchronousTestCase):
+    """
+    Tests for L{maildir.uniqueName}.
+    """
+
+    def test_format(self) -> None:
+        """
+        Names have the Maildir form C{<secs>.M<usec>P<pid>Q<n>.<host>}.
+        """
+        name = maildir.uniqueName("mx.example.org")
+        match = re.fullmatch(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.mx\.example\.org", name)
+        self.assertIsNotNone(match)
+        assert match is not None
+        self.assertEqual(int(match.group(3)), os.getpid())
+        self.assertLess(int(match.group(2)), 1_000_000)
+
+    def test_escapesHost(self) -> None:
+        """
+        A C{/} or C{:} in the host name is escaped, so the name stays one
+        path component and cannot be mistaken for Maildir flags.
+        """
+        name = maildir.uniqueName("a/b:c")
+        self.assertTrue(name.endswith(".a\\057b\\072c"))
+        self.assertNotIn("/", name)
+        self.assertNotIn(":", name)
+
+    def test_defaultHost(self) -> None:
+        """
+        Without a host name, this host's own is used.
+        """
+        import socket
+
+        host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+        self.assertTrue(maildir.uniqueName().endswith("." + host))
+
+    def test_uniqueAcrossThreads(self) -> None:
+        """
+        Names made at the same moment in many threads never collide.
+        """
+        names: list[str] = []
+        lock = threading.Lock()
+
+        def make() -> None:
+            """
+            Make names and collect them.
+            """
+            mine = [maildir.uniqueName("h") for _ in range(2000)]
+            with lock:
+                names.extend(mine)
+
+        threads = [threading.Thread(target=make) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(len(names), 16000)
+        self.assertEqual(len(set(names)), 16000)
+
+
+class EnsureMaildirTests(SynchronousTestCase):
+    """
+    Tests for L{maildir.ensureMaildir}.
+    """
+
+    def setUp(self) -> None:
+        """
+        Record every directory fsynced.
+        """
+        self.root = makeDirectory(self)
+        self.synced: list[str] = []
+        real = durable.fsyncDirectory
+
+        def record(path: str) -> None:
+            """
+            Record the directory, then fsync it.
+            """
+            self.synced.append(path)
+            real(path)
+
+        self.patch(durable, "fsyncDirectory", record)
+
+    def test_creates(self) -> None:
+        """
+        A Maildir and its missing parents are created, with private
+        C{tmp}, C{new} and C{cur} directories.
+        """
+        path = os.path.join(self.root, "example.org", "bob")
+        maildir.ensureMaildir(path)
+        for sub in ("tmp", "new", "cur"):
+            mode = os.stat(os.path.join(path, sub)).st_mode
+            self.assertTrue(stat.S_ISDIR(mode))
+            self.assertEqual(stat.S_IMODE(mode), 0o700)
+
+    def test_fsyncsParents(self) -> None:
+        """
+        Every directory that received a new entry is fsynced once, so the
+        new Maildir survives a crash.
+        """
+        domain = os.path.join(self.root, "example.org")
+        path = os.path.join(domain, "bob")
+        maildir.ensureMaildir(path)
+        self.assertEqual(sorted(self.synced), sorted([self.root, domain, path]))
+
+    def test_existing(self) -> None:
+        """
+        An existing Maildir is left alone and nothing is fsynced.
+        """
+        path = os.path.join(self.root, "bob")
+        maildir.ensureMaildir(path)
+        open(os.path.join(path, "new", "m"), "wb").close()
+        del self.synced[:]
+        maildir.ensureMaildir(path)
+        self.assertEqual(self.synced, [])
+        self.assertEqual(os.listdir(os.path.join(path, "new")), ["m"])
+
+    def test_repairs(self) -> None:
+        """
+        A Maildir missing one of its subdirectories gets it back.
+        """
+        path = os.path.join(self.root, "bob")
+        maildir.ensureMaildir(path)
+        os.rmdir(os.path.join(path, "cur"))
+        del self.synced[:]
+        maildir.ensureMaildir(path)
+        self.assertTrue(os.path.isdir(os.path.join(path, "cur")))
+        self.assertEqual(self.synced, [path])
+
+
 class MailboxPathTests(SynchronousTestCase):
     """
     Tests for L{maildir.mailboxPath}.
@@ -230,6 +362,115 @@ class DeliverBytesTests(SynchronousTestCase, StoreTestMixin):
         self.assertEqual(self.delivered("example.org", "bob"), [b"Subject: hi\n\nhello\n"])
         self.assertEqual(self.listing("example.org", "bob", "tmp"), [])
 
+    def test_deliverRepairs(self) -> None:
+        """
+        A Maildir that lost its C{new/} gets it back and the message.
+        """
+        self.root = makeDirectory(self)
+        path = maildir.mailboxPath(self.root, LocalMailbox("example.org", "bob"))
+        maildir.ensureMaildir(path)
+        os.rmdir(os.path.join(path, "new"))
+        maildir.deliverBytes(path, b"x\n", "mx")
+        self.assertEqual(self.delivered("example.org", "bob"), [b"x\n"])
+        self.assertEqual(self.listing("example.org", "bob", "tmp"), [])
+
+    def test_deliverFails(self) -> None:
+        """
+        When C{new/} cannot be fsynced the message is taken back out, so a
+        failed delivery leaves nothing to be read twice.
+        """
+        self.root = makeDirectory(self)
+        path = maildir.mailboxPath(self.root, LocalMailbox("example.org", "bob"))
+        maildir.ensureMaildir(path)
+
+        def broken(directory: str) -> None:
+            """
+            Fail as a broken disk would.
+            """
+            raise OSError(errno.EIO, "I/O error")
+
+        self.patch(durable, "fsyncDirectory", broken)
+        self.assertRaises(OSError, maildir.deliverBytes, path, b"x\n", "mx")
+        self.assertEqual(self.allFiles(), [])
+
+
+class StreamingStateTests(SynchronousTestCase, StoreTestMixin):
+    """
+    The states of L{streaming.StreamingMessage}, one L{streaming.State}
+    each, as a Maildir message goes through them.
+    """
+
+    def setUp(self) -> None:
+        """
+        A store with a thread runner whose jobs run when told.
+        """
+        self.root = makeDirectory(self)
+        self.runner = ManualRunner()
+        self.store = MaildirStore(self.root, self.runner, hostname="mx")
+        self.envelope = makeEnvelope([("bob@example.org", ("example.org", "bob"))])
+
+    def test_finish(self) -> None:
+        """
+        A message is open until finished, finishing while its job runs,
+        then done.
+        """
+        message = self.store.receive(self.envelope)
+        self.assertIs(message.state, streaming.State.OPEN)
+        d = message.finish()
+        self.assertIs(message.state, streaming.State.FINISHING)
+        self.runner.runAll()
+        self.successResultOf(d)
+        self.assertIs(message.state, streaming.State.DONE)
+
+    def test_twoPhases(self) -> None:
+        """
+        The two-phase path goes through preparing, prepared, committing and
+        done; a rollback then removes the message.
+        """
+        message = self.store.receive(self.envelope)
+        d = message.prepare()
+        self.assertIs(message.state, streaming.State.PREPARING)
+        self.runner.runAll()
+        self.successResultOf(d)
+        self.assertIs(message.state, streaming.State.PREPARED)
+        d = message.commit()
+        self.assertIs(message.state, streaming.State.COMMITTING)
+        self.runner.runAll()
+        self.successResultOf(d)
+        self.assertIs(message.state, streaming.State.DONE)
+        self.assertEqual(len(self.delivered("example.org", "bob")), 1)
+        d = message.rollback()
+        self.assertIs(message.state, streaming.State.ROLLED_BACK)
+        self.runner.runAll()
+        self.successResultOf(d)
+        self.assertEqual(self.allFiles(), [])
+
+    def test_failedAndAborted(self) -> None:
+        """
+        A step that fails leaves the message failed; an abort leaves it
+        aborted, and nothing can be written or finished after either.
+        """
+        message = self.store.receive(self.envelope)
+        d = message.prepare()
+
+        def full(*args: object) -> None:
+            """
+            Fail as a full disk would.
+            """
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(durable, "fsyncFile", full)
+        self.runner.runAll()
+        self.failureResultOf(d, OSError)
+        self.assertIs(message.state, streaming.State.FAILED)
+        self.assertRaises(RuntimeError, message.commit)
+        other = self.store.receive(self.envelope)
+        other.abort()
+        self.assertIs(other.state, streaming.State.ABORTED)
+        self.assertIsNone(other.write(b"x"))
+        self.assertRaises(RuntimeError, other.finish)
+        self.assertEqual(self.allFiles(), [])
+
 
 class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
     """
@@ -260,7 +501,9 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         self.assertTrue(verifyObject(IMessageStore, self.store))
         message = self.store.receive(makeEnvelope([("bob@example.org", ("example.org", "bob"))]))
         self.assertTrue(verifyObject(IIncomingMessage, message))
+        self.assertTrue(verifyObject(ITwoPhaseMessage, message))
 
+    @pytest.mark.rfc("5321", "4.4")
     def test_single(self) -> None:
         """
         A message for one recipient is one private file in C{new/},
@@ -296,6 +539,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         for sub in ("tmp", "new", "cur"):
             self.assertTrue(os.path.isdir(os.path.join(self.root, "example.org", "bob", sub)))
 
+    @pytest.mark.rfc("5321", "4.4")
     def test_nullSender(self) -> None:
         """
         A bounce (null reverse-path) gets C{Return-Path: <>}.
@@ -404,6 +648,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         self.assertEqual(self.runner.calls, 1)
         self.assertEqual(len(self.delivered("example.org", "carol")), 1)
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_fsync(self) -> None:
         """
         Every file is fsynced before any C{new/} directory, and each
@@ -423,7 +668,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
             synced.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino))
             real(fd)
 
-        self.patch(storeModule.os, "fsync", record)
+        self.patch(durable.os, "fsync", record)
         self.deliver(
             makeEnvelope(
                 [
@@ -499,6 +744,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
             ]
         )
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_renameFails(self) -> None:
         """
         When the second copy cannot be moved into C{new/}, the first copy,
@@ -556,18 +802,19 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
             """
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        self.patch(storeModule, "copyRange", full)
+        self.patch(durable, "copyRange", full)
         error = self.failedFinish(self.threeRecipients(), b"body\n")
         self.assertEqual(error.errno, errno.ENOSPC)
         self.assertNothingLeft()
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_directoryFsyncFails(self) -> None:
         """
         When a C{new/} directory cannot be fsynced, the copies already
         renamed into every C{new/} are removed.
         """
         directories: list[str] = []
-        realDirectory = storeModule.fsyncDirectory
+        realDirectory = durable.fsyncDirectory
 
         def fsyncDirectory(path: str) -> None:
             """
@@ -578,7 +825,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
                 raise OSError(errno.EIO, "Input/output error")
             realDirectory(path)
 
-        self.patch(storeModule, "fsyncDirectory", fsyncDirectory)
+        self.patch(durable, "fsyncDirectory", fsyncDirectory)
         error = self.failedFinish(self.threeRecipients(), b"body\n")
         self.assertEqual(error.errno, errno.EIO)
         self.assertNothingLeft()
@@ -651,7 +898,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
             d = message.write(chunk)
             # What is written but not yet on disk is held in memory.
             held = i * len(chunk) - onDisk()
-            self.assertLessEqual(held, storeModule.BACKLOG_LIMIT + len(chunk))
+            self.assertLessEqual(held, streaming.BACKLOG_LIMIT + len(chunk))
             if d is not None:
                 waits += 1
                 self.assertNoResult(d)
@@ -662,7 +909,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         # The body is already on disk, in tmp/, before the end of the data,
         # written in jobs of about 256 KiB.
         runner.runAll()
-        self.assertEqual(runner.calls, total * len(chunk) // storeModule.CHUNK_SIZE)
+        self.assertEqual(runner.calls, total * len(chunk) // streaming.CHUNK_SIZE)
         self.assertGreater(onDisk(), 4 * 1024 * 1024)
         self.assertEqual(self.listing("example.org", "carol", "tmp"), [])
         finished = message.finish()
@@ -721,7 +968,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         message.write(b"z" * (300 * 1024))
         self.assertEqual(len(self.allFiles()), 1)
         self.patch(
-            storeModule, "removeFile", lambda path: OSError(errno.EROFS, "Read-only file system")
+            durable, "removeFile", lambda path: OSError(errno.EROFS, "Read-only file system")
         )
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)

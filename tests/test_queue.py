@@ -1,6 +1,7 @@
 """
-Tests for L{smtpmx.relay.queue}: the durable relay queue on disk and the
-store that streams received messages into it.
+Tests for the relay queue: its file format (L{smtpmx.relay.queueformat}),
+its directory (L{smtpmx.relay.queue}) and the store that streams received
+messages into it (L{smtpmx.relay.intake}); C{docs/storage.rst}.
 """
 
 from __future__ import annotations
@@ -12,22 +13,22 @@ import os
 import threading
 from typing import Any, Optional
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from smtpmx import spool
+from smtpmx import durable, streaming
 from smtpmx.address import Address
 from smtpmx.envelope import Envelope, LocalMailbox, Recipient, RemoteAddress
-from smtpmx.interfaces import IIncomingMessage, IMessageStore
-from smtpmx.relay import queue as queueModule
-from smtpmx.relay.queue import (
+from smtpmx.interfaces import IIncomingMessage, IMessageStore, ITwoPhaseMessage
+from smtpmx.relay.intake import QueueStore
+from smtpmx.relay.queue import Queue
+from smtpmx.relay.queueformat import (
     CorruptMessage,
-    Queue,
     QueuedMessage,
     QueuedRecipient,
-    QueueStore,
     checkId,
     decodeMessage,
     encodeMessage,
@@ -113,7 +114,7 @@ class QueueTestMixin:
         """
         A recovered queue in a fresh directory.
         """
-        queue = Queue(os.path.join(makeDirectory(self), "queue"), hostname="mx")
+        queue = Queue(os.path.join(makeDirectory(self), "queue"))
         self.assertEqual(queue.recover(), [])
         return queue
 
@@ -330,7 +331,7 @@ class QueueTests(SynchronousTestCase, QueueTestMixin):
         When the env file of an added message cannot be written, its
         message file is removed too.
         """
-        real = spool.fsyncDirectory
+        real = durable.fsyncDirectory
 
         def failing(path: str) -> None:
             """
@@ -340,9 +341,9 @@ class QueueTests(SynchronousTestCase, QueueTestMixin):
                 raise OSError(errno.EIO, "I/O error")
             real(path)
 
-        self.patch(spool, "fsyncDirectory", failing)
+        self.patch(durable, "fsyncDirectory", failing)
         self.assertRaises(OSError, self.queue.add, makeMessage(), b"x\n")
-        self.patch(spool, "fsyncDirectory", real)
+        self.patch(durable, "fsyncDirectory", real)
         self.assertEqual(self.files("msg"), [])
         self.assertEqual(self.queue.recover(), [])
         self.assertEmpty()
@@ -396,7 +397,7 @@ class QueueTests(SynchronousTestCase, QueueTestMixin):
         self.queue.add(makeMessage(), b"x\n")
         events: list[tuple[str, str]] = []
         realUnlink = os.unlink
-        realSync = queueModule.fsyncDirectory
+        realSync = durable.fsyncDirectory
 
         def unlink(path: str) -> None:
             """
@@ -412,8 +413,8 @@ class QueueTests(SynchronousTestCase, QueueTestMixin):
             events.append(("fsync", os.path.basename(path)))
             realSync(path)
 
-        self.patch(queueModule.os, "unlink", unlink)
-        self.patch(queueModule, "fsyncDirectory", sync)
+        self.patch(durable.os, "unlink", unlink)
+        self.patch(durable, "fsyncDirectory", sync)
         self.assertTrue(self.queue.remove("0A1B2C"))
         self.assertEqual(
             events, [("unlink", "env"), ("fsync", "env"), ("unlink", "msg"), ("fsync", "msg")]
@@ -557,6 +558,7 @@ class AtomicSaveTests(SynchronousTestCase, QueueTestMixin):
         self.assertRaises(OSError, self.queue.save, self.new)
         self.assertOld()
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_crashBeforeRename(self) -> None:
         """
         A crash after the new state was written but before it replaced the
@@ -575,10 +577,14 @@ class AtomicSaveTests(SynchronousTestCase, QueueTestMixin):
             """
             raise Crash()
 
+        realRename, realRemove = os.rename, durable.removeFile
         self.patch(os, "rename", crash)
         # A dying process cleans nothing up.
-        self.patch(spool, "removeFile", lambda path: None)
+        self.patch(durable, "removeFile", lambda path: None)
         self.assertRaises(Crash, self.queue.save, self.new)
+        # The next process starts with the system's own calls.
+        self.patch(os, "rename", realRename)
+        self.patch(durable, "removeFile", realRemove)
         self.assertEqual(len(self.files("tmp")), 1)
         self.assertEqual(self.queue.load(self.old.id), self.old)
         self.assertEqual(self.queue.recover(), [self.old])
@@ -588,7 +594,7 @@ class AtomicSaveTests(SynchronousTestCase, QueueTestMixin):
         """
         Once the rename is done, the new state is there, whole.
         """
-        real = spool.fsyncDirectory
+        real = durable.fsyncDirectory
 
         def crash(path: str) -> None:
             """
@@ -596,9 +602,9 @@ class AtomicSaveTests(SynchronousTestCase, QueueTestMixin):
             """
             raise OSError(errno.EIO, "I/O error")
 
-        self.patch(spool, "fsyncDirectory", crash)
+        self.patch(durable, "fsyncDirectory", crash)
         self.assertRaises(OSError, self.queue.save, self.new)
-        self.patch(spool, "fsyncDirectory", real)
+        self.patch(durable, "fsyncDirectory", real)
         self.assertEqual(self.queue.load(self.new.id), self.new)
 
 
@@ -717,6 +723,9 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         """
         self.assertTrue(verifyObject(IMessageStore, self.store))
         self.assertTrue(
+            verifyObject(ITwoPhaseMessage, self.store.receive(makeEnvelope(["bob@example.org"])))
+        )
+        self.assertTrue(
             verifyObject(IIncomingMessage, self.store.receive(makeEnvelope(["bob@example.org"])))
         )
 
@@ -827,7 +836,7 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         waited = 0
         for _ in range(total):
             d = message.write(chunk)
-            self.assertLessEqual(runner.heldBytes(), queueModule.BACKLOG_LIMIT + len(chunk))
+            self.assertLessEqual(runner.heldBytes(), streaming.BACKLOG_LIMIT + len(chunk))
             if d is not None:
                 waited += 1
                 self.assertNoResult(d)
@@ -841,6 +850,7 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         self.assertEqual(self.content("0A1B2C"), RECEIVED + chunk * total)
         self.assertEqual(self.queue.load("0A1B2C").size, len(RECEIVED) + len(chunk) * total)
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_fsyncOrder(self) -> None:
         """
         The message file is fsynced before the state that commits it is
@@ -848,7 +858,7 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         """
         events: list[str] = []
         realFsync = os.fsync
-        realSync = queueModule.fsyncDirectory
+        realSync = durable.fsyncDirectory
 
         def fsync(fd: int) -> None:
             """
@@ -871,8 +881,8 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
 
         inDirectory: list[str] = []
 
-        self.patch(queueModule.os, "fsync", fsync)
-        self.patch(queueModule, "fsyncDirectory", sync)
+        self.patch(durable.os, "fsync", fsync)
+        self.patch(durable, "fsyncDirectory", sync)
         message = self.store.receive(makeEnvelope(["bob@example.org"]))
         message.write(b"body\n")
         self.successResultOf(message.finish())
@@ -953,7 +963,7 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         When C{env/} cannot be fsynced after the commit, the message is
         removed again (the client was not told it is queued).
         """
-        self.failOn("fsyncDirectory", queueModule, where=os.sep + "env")
+        self.failOn("fsyncDirectory", durable, where=os.sep + "env")
         self.assertFails()
 
     def test_writeFailsWhileStreaming(self) -> None:
@@ -1020,6 +1030,7 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         self.assertEqual(len(self.announced), 1)
         self.assertEqual(message.queued, self.announced[0])
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_crashWhilePrepared(self) -> None:
         """
         A crash between prepare and commit leaves a message that was never

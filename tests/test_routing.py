@@ -9,16 +9,19 @@ import errno
 import os
 from typing import Any, Callable
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from smtpmx import store as storeModule
+from smtpmx import streaming
+from smtpmx.delivery import maildir
+from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import LocalMailbox
 from smtpmx.interfaces import IIncomingMessage, IMessageStore
-from smtpmx.relay.queue import Queue, QueuedMessage, QueueStore
+from smtpmx.relay.intake import QueueStore
+from smtpmx.relay.queue import Queue, QueuedMessage
 from smtpmx.routing import RoutingStore
-from smtpmx.store import MaildirStore
 from tests.test_maildir_store import CountingRunner, ManualRunner, makeDirectory
 from tests.test_queue import RECEIVED, makeEnvelope
 
@@ -42,7 +45,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.announced: list[QueuedMessage] = []
         self.makeStore(CountingRunner())
 
-    def makeStore(self, runner: Callable[..., Any], chunkSize: int = storeModule.CHUNK_SIZE) -> None:
+    def makeStore(self, runner: Callable[..., Any], chunkSize: int = streaming.CHUNK_SIZE) -> None:
         """
         Make the store with C{runner} as the thread runner.
         """
@@ -132,6 +135,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.assertEqual([r.address for r in self.queue.load("0A1B2C").recipients], ["dave@example.net"])
         self.assertEqual(self.runner.calls, 1)
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_mixed(self) -> None:
         """
         A message for local and remote recipients is filed in each local
@@ -182,6 +186,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.assertTrue(self.delivered("bob")[0].endswith(chunk * written))
         self.assertEqual(self.queue.load("0A1B2C").size, len(RECEIVED) + len(chunk) * written)
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_maildirFails(self) -> None:
         """
         When the local copies cannot be filed, the message is not queued
@@ -196,13 +201,14 @@ class RoutingStoreTests(SynchronousTestCase):
                 raise OSError(errno.EIO, "I/O error")
             return real(mailbox, name)
 
-        real = storeModule.renameIntoNew
-        self.patch(storeModule, "renameIntoNew", failing)
+        real = maildir.renameIntoNew
+        self.patch(maildir, "renameIntoNew", failing)
         message = self.mixed()
         message.write(b"body\n")
         self.failureResultOf(message.finish(), OSError)
         self.assertNothingStored()
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_queuePrepareFails(self) -> None:
         """
         When the message cannot be written to the queue, nothing is filed
@@ -223,6 +229,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.failureResultOf(message.finish(), OSError)
         self.assertNothingStored()
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_queueCommitFails(self) -> None:
         """
         When the message cannot be committed to the queue after the local

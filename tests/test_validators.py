@@ -7,11 +7,15 @@ import os
 import shutil
 import tempfile
 
+import pytest
+from hypothesis import given, strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.address import Address
 from smtpmx.config import Config
+from smtpmx.delivery.maildir import mailboxPath
+from smtpmx.envelope import LocalMailbox
 from smtpmx.validation import Accept, Reject
 from smtpmx.validators.aliases import AliasesValidator, parseAliases
 from smtpmx.validators.anylocal import AnyLocalValidator
@@ -30,12 +34,14 @@ class FakeSession:
         self.heloName = "client.example"
         self.reversePath = None
         self.blockingCalls = []
+        self.blockingArguments = []
 
     def runBlocking(self, f, *args, **kwargs) -> Deferred:
         """
         Run C{f} now.
         """
         self.blockingCalls.append(f)
+        self.blockingArguments.append(args)
         return succeed(f(*args, **kwargs))
 
 
@@ -107,6 +113,7 @@ class MailboxValidatorTests(MaildirFixture, SynchronousTestCase):
         self.assertIsNone(self.check("alice", "example.net"))
         self.assertEqual(self.session.blockingCalls, [])
 
+    @pytest.mark.rfc("3463", "3.2")
     def test_unsafe(self):
         """
         A local part that cannot be a directory name is refused 550 5.1.3
@@ -124,6 +131,53 @@ class MailboxValidatorTests(MaildirFixture, SynchronousTestCase):
         """
         open(os.path.join(self.root, "example.org", "carol"), "w").close()
         self.assertIsNone(self.check("carol"))
+
+    def test_pathIsTheStores(self):
+        """
+        The directory looked for is the one the Maildir store delivers to,
+        from the same checked function.
+        """
+        self.check("Alice+tag")
+        self.assertEqual(
+            self.session.blockingArguments,
+            [(mailboxPath(self.root, LocalMailbox("example.org", "alice")),)],
+        )
+
+    @pytest.mark.rfc("3463", "3.2")
+    def test_unsafeDomain(self):
+        """
+        A local domain that cannot be a directory under the root (an
+        operator's mistake) makes its recipients refused 550 5.1.3, never
+        looked up outside the root.
+        """
+        self.session.config = Config(domains=("example.org", ".."), maildirRoot=self.root)
+        verdict = self.check("alice", "..")
+        self.assertEqual((verdict.code, verdict.enhanced), (550, "5.1.3"))
+        self.assertEqual(self.session.blockingCalls, [])
+
+    @given(
+        st.lists(
+            st.sampled_from(["..", ".", "/", "\\", "\x00", "\x7f", "\n", " ", "a", "B", "+", "-", "\u00e9"]),
+            min_size=1,
+            max_size=12,
+        ).map("".join)
+    )
+    def test_hostileNeverOutsideRoot(self, name):
+        """
+        Whatever the local part, the file system is asked only about a
+        directory strictly under the domain's directory in the root; a
+        local part that cannot name one is refused 550 5.1.3 unasked.
+        """
+        self.session.blockingCalls = []
+        self.session.blockingArguments = []
+        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        verdict = self.check(quoted)
+        domain = os.path.join(self.root, "example.org")
+        for (path,) in self.session.blockingArguments:
+            self.assertEqual(os.path.dirname(path), domain)
+            self.assertNotIn(os.path.basename(path), ("", ".", ".."))
+        if not self.session.blockingArguments:
+            self.assertEqual((verdict.code, verdict.enhanced), (550, "5.1.3"))
 
 
 class AnyLocalValidatorTests(MaildirFixture, SynchronousTestCase):
@@ -151,6 +205,7 @@ class AnyLocalValidatorTests(MaildirFixture, SynchronousTestCase):
         """
         self.assertIsNone(self.check("alice", "example.net"))
 
+    @pytest.mark.rfc("3463", "3.2")
     def test_unsafe(self):
         """
         An unsafe local part is refused 550 5.1.3.

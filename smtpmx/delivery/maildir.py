@@ -1,33 +1,63 @@
 """
-The Maildir layout (SPEC section 5): C{<root>/<domain>/<name>/} with its
-C{tmp}, C{new} and C{cur} subdirectories.
+Local delivery into Maildirs, all in one place: the layout
+C{<root>/<domain>/<name>/} with its C{tmp}, C{new} and C{cur}
+subdirectories, the unique file names, the checked path of a mailbox, the
+delivery of a message held in memory (L{deliverBytes}) and the store that
+streams received messages into every local recipient's Maildir
+(L{MaildirStore}), all or nothing.  C{docs/storage.rst} describes the
+layout and its guarantees.
 
 Path computations are pure and safe to call on the reactor thread; the
-functions that touch the disk block and belong in a thread.
+functions that touch the disk block and belong in a thread.  Every durable
+step is L{smtpmx.durable}'s.
+
+L{MaildirStore} streams the body into the first copy's file in C{tmp/} as
+it arrives (L{smtpmx.streaming}).  At the end one more job writes the
+rest, makes the other copies from the first file's body (in the kernel
+where possible), fsyncs every file, renames them into C{new/} and fsyncs
+each C{new/} once.  If any step fails, every file of the message is
+removed, including those already renamed into C{new/}.
 """
 
 from __future__ import annotations
 
+import enum
+import itertools
 import os
+import socket
+import time
 from functools import lru_cache
 from typing import Optional
 
+from zope.interface import implementer
+
+from smtpmx import durable
 from smtpmx.address import UnsafeMailbox, checkSafeName
-from smtpmx.envelope import LocalMailbox
-from smtpmx.spool import (
-    createFile,
-    ensureMaildir,
-    fsyncDirectory,
-    removeFile,
-    uniqueName,
-    writeAll,
+from smtpmx.envelope import Envelope, LocalMailbox
+from smtpmx.headers import deliveredTo, returnPath
+from smtpmx.interfaces import IMessageStore
+from smtpmx.streaming import (
+    BACKLOG_LIMIT,
+    CHUNK_SIZE,
+    MessageFiles,
+    RunBlocking,
+    StreamingMessage,
 )
+
+# The subdirectories of a Maildir.
+SUBDIRECTORIES = ("tmp", "new", "cur")
+
+# next() on itertools.count is atomic in CPython: no lock needed for names
+# made from several threads at once.
+_counter = itertools.count()
 
 
 @lru_cache(maxsize=4096)
 def mailboxPath(root: str, mailbox: LocalMailbox) -> str:
     """
-    The directory of a mailbox under C{root}.
+    The directory of a mailbox under C{root}: the one function that turns
+    a mailbox into a path, for the store, the validators and the relay's
+    bounces alike.
 
     Both the domain and the name must be safe single directory names, and
     the normalised result must lie strictly under the normalised root, so
@@ -36,10 +66,10 @@ def mailboxPath(root: str, mailbox: LocalMailbox) -> str:
     for the reactor thread; symbolic links inside the root are the
     operator's own and are followed.
 
-    @param root: the Maildir root.
-
     The result is cached: the same few mailboxes receive most mail, and
     the answer is a pure function of its arguments.
+
+    @param root: the Maildir root.
 
     @raise UnsafeMailbox: the mailbox would not be a directory under the
         root.  It is a L{ValueError}.
@@ -51,6 +81,24 @@ def mailboxPath(root: str, mailbox: LocalMailbox) -> str:
     if path == top or os.path.commonpath([top, path]) != top:
         raise UnsafeMailbox(f"mailbox {mailbox!r} is outside the Maildir root")
     return path
+
+
+def uniqueName(hostname: Optional[str] = None) -> str:
+    """
+    A file name unique to this host, in the form Maildir readers expect:
+    C{<secs>.M<usec>P<pid>Q<counter>.<host>}.
+
+    C{/} and C{:} in the host name would break the directory or the C{:2,}
+    flags suffix, so they are written C{\\057} and C{\\072}, as the Maildir
+    specification asks.
+
+    @param hostname: the host name, or L{None} for this host's own.
+    """
+    if hostname is None:
+        hostname = socket.gethostname()
+    host = hostname.replace("/", "\\057").replace(":", "\\072")
+    seconds, microseconds = divmod(time.time_ns() // 1000, 1_000_000)
+    return f"{seconds}.M{microseconds}P{os.getpid()}Q{next(_counter)}.{host}"
 
 
 def temporaryPath(mailbox: str, name: str) -> str:
@@ -67,6 +115,19 @@ def newPath(mailbox: str, name: str) -> str:
     return os.path.join(mailbox, "new", name)
 
 
+def ensureMaildir(path: str) -> None:
+    """
+    Make sure C{path} is a Maildir: create it, any missing parent, and its
+    C{tmp}, C{new} and C{cur} subdirectories (mode C{0o700}), then fsync
+    the parent of every directory created so that the new entries survive
+    a crash.  Safe to call from several threads at once.  Blocks.
+
+    @param path: the Maildir.
+    """
+    path = os.path.normpath(path)
+    durable.makeDirectories([path] + [os.path.join(path, sub) for sub in SUBDIRECTORIES])
+
+
 def createTemporary(mailbox: str, name: str, readable: bool = False) -> int:
     """
     Create C{tmp/<name>} in a Maildir, mode C{0o600}, creating the Maildir
@@ -79,10 +140,10 @@ def createTemporary(mailbox: str, name: str, readable: bool = False) -> int:
     """
     path = temporaryPath(mailbox, name)
     try:
-        return createFile(path, readable)
+        return durable.createFile(path, readable)
     except FileNotFoundError:
         ensureMaildir(mailbox)
-        return createFile(path, readable)
+        return durable.createFile(path, readable)
 
 
 def renameIntoNew(mailbox: str, name: str) -> str:
@@ -95,12 +156,12 @@ def renameIntoNew(mailbox: str, name: str) -> str:
     source = temporaryPath(mailbox, name)
     target = newPath(mailbox, name)
     try:
-        os.rename(source, target)
+        durable.moveFile(source, target)
     except FileNotFoundError:
         if not os.path.exists(source):
             raise
         ensureMaildir(mailbox)
-        os.rename(source, target)
+        durable.moveFile(source, target)
     return target
 
 
@@ -108,7 +169,8 @@ def deliverBytes(mailbox: str, data: bytes, hostname: Optional[str] = None) -> s
     """
     File a whole message held in memory (a bounce, a notice) into a
     Maildir, creating the Maildir if need be: written in C{tmp/}, fsynced,
-    renamed into C{new/}, C{new/} fsynced.  Blocks.
+    moved into C{new/}, C{new/} fsynced; on failure nothing is left.
+    Blocks.
 
     @param mailbox: the Maildir, from L{mailboxPath}.
     @param hostname: passed to L{uniqueName}.
@@ -116,21 +178,243 @@ def deliverBytes(mailbox: str, data: bytes, hostname: Optional[str] = None) -> s
     @return: the path of the delivered file.
     """
     name = uniqueName(hostname)
-    temporary = temporaryPath(mailbox, name)
-    fd = createTemporary(mailbox, name)
+    target = newPath(mailbox, name)
+    temporaryDirectory = os.path.join(mailbox, "tmp")
     try:
-        try:
-            writeAll(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        target = renameIntoNew(mailbox, name)
-    except BaseException:
-        removeFile(temporary)
-        raise
-    try:
-        fsyncDirectory(os.path.dirname(target))
-    except BaseException:
-        removeFile(target)
-        raise
+        durable.writeDurably(target, data, temporaryDirectory, replace=False, name=name)
+    except FileNotFoundError:
+        # A Maildir not made yet, or missing a subdirectory: nothing was
+        # written, so make it and write again.
+        ensureMaildir(mailbox)
+        durable.writeDurably(target, data, temporaryDirectory, replace=False, name=name)
     return target
+
+
+class CopyState(enum.Enum):
+    """
+    Where the file of one L{MaildirCopy} is.
+    """
+
+    NONE = "none"
+    TMP = "tmp"
+    NEW = "new"
+
+
+class MaildirCopy:
+    """
+    One file of a message: the copy for one mailbox and one Delivered-To
+    value.  Used only inside the jobs, one at a time.
+
+    @ivar state: L{CopyState.NONE} before the file exists,
+        L{CopyState.TMP} while it is in C{tmp/}, L{CopyState.NEW} once
+        renamed into C{new/}.
+    """
+
+    def __init__(self, mailbox: str, headers: bytes) -> None:
+        """
+        @param mailbox: the Maildir.
+        @param headers: the headers that start this copy.
+        """
+        self.mailbox = mailbox
+        self.headers = headers
+        self.name = ""
+        self.fd: Optional[int] = None
+        self.state = CopyState.NONE
+
+    def create(self, hostname: str, readable: bool = False) -> int:
+        """
+        Create this copy's file in C{tmp/} and write its headers.
+        """
+        self.name = uniqueName(hostname)
+        self.fd = createTemporary(self.mailbox, self.name, readable)
+        self.state = CopyState.TMP
+        durable.writeAll(self.fd, self.headers)
+        return self.fd
+
+    def close(self) -> None:
+        """
+        Close the file if it is open.
+        """
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def remove(self) -> Optional[OSError]:
+        """
+        Remove the file wherever it is (the caller fsyncs C{new/}).
+
+        @return: L{None}, or the error that kept the file in place.
+        """
+        if self.state is CopyState.TMP:
+            problem = durable.removeFile(temporaryPath(self.mailbox, self.name))
+        elif self.state is CopyState.NEW:
+            problem = durable.removeFile(newPath(self.mailbox, self.name))
+        else:
+            return None
+        if problem is None:
+            self.state = CopyState.NONE
+        return problem
+
+
+class MaildirFiles(MessageFiles):
+    """
+    The files of one message for one or more Maildirs, the blocking side
+    of its L{StreamingMessage}: the body streams into the first copy, and
+    sealing makes the others from it.
+    """
+
+    def __init__(self, copies: list[MaildirCopy], hostname: str) -> None:
+        """
+        @param copies: the copies, the first of which receives the body as
+            it streams in.
+        @param hostname: for the unique file names.
+        """
+        self._copies = copies
+        self._hostname = hostname
+        self._bodySize = 0
+
+    def _first(self) -> int:
+        """
+        The first copy's descriptor, creating the file on first use.
+        """
+        first = self._copies[0]
+        if first.fd is None:
+            first.create(self._hostname, readable=True)
+        assert first.fd is not None
+        return first.fd
+
+    def appendBody(self, data: bytes) -> None:
+        """
+        Append body bytes to the first copy.
+        """
+        durable.writeAll(self._first(), data)
+        self._bodySize += len(data)
+
+    def seal(self) -> None:
+        """
+        Make every other copy from the first one's body, then fsync them
+        all, leaving them in C{tmp/}.
+        """
+        source = self._first()
+        bodyOffset = len(self._copies[0].headers)
+        for copy in self._copies[1:]:
+            fd = copy.create(self._hostname)
+            durable.copyRange(source, fd, bodyOffset, self._bodySize)
+        for copy in self._copies:
+            assert copy.fd is not None
+            durable.fsyncFile(copy.fd)
+            copy.close()
+
+    def publish(self) -> None:
+        """
+        Move every sealed copy into C{new/} and fsync each C{new/}
+        directory once.
+        """
+        directories: dict[str, None] = {}
+        for copy in self._copies:
+            renameIntoNew(copy.mailbox, copy.name)
+            copy.state = CopyState.NEW
+            directories[os.path.join(copy.mailbox, "new")] = None
+        for directory in directories:
+            durable.fsyncDirectory(directory)
+
+    def discard(self) -> list[BaseException]:
+        """
+        Close and remove every file of the message, wherever it is, and
+        fsync the C{new/} directories it was removed from.  Never raises.
+
+        @return: the errors met on the way.
+        """
+        problems: list[BaseException] = []
+        directories: dict[str, None] = {}
+        for copy in self._copies:
+            try:
+                copy.close()
+            except OSError as e:
+                problems.append(e)
+            wasNew = copy.state is CopyState.NEW
+            problem = copy.remove()
+            if problem is not None:
+                problems.append(problem)
+            elif wasNew:
+                directories[os.path.join(copy.mailbox, "new")] = None
+        for directory in directories:
+            try:
+                durable.fsyncDirectory(directory)
+            except OSError as e:
+                problems.append(e)
+        return problems
+
+
+@implementer(IMessageStore)
+class MaildirStore:
+    """
+    Files messages for local recipients into Maildirs under a root,
+    C{<root>/<domain>/<name>/}, creating a Maildir on its first delivery.
+    Its messages are L{StreamingMessage}s, which provide
+    L{smtpmx.interfaces.ITwoPhaseMessage}.
+
+    Each copy starts with C{Return-Path}, C{Delivered-To} (the recipient as
+    the client gave it) and the envelope's C{Received} header.  Recipients
+    that share a mailbox and a C{Delivered-To} value (compared without
+    regard to case) get one copy.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        runBlocking: RunBlocking,
+        hostname: Optional[str] = None,
+        chunkSize: int = CHUNK_SIZE,
+        backlogLimit: int = BACKLOG_LIMIT,
+    ) -> None:
+        """
+        @param root: the Maildir root; made absolute now, so that a later
+            change of the working directory does not move it.
+        @param runBlocking: C{runBlocking(f, *args, **kwargs)} runs C{f} in
+            a thread pool and returns a L{Deferred} of its result.
+        @param hostname: the host name in the unique file names; L{None}
+            for this host's own, as the Maildir specification asks.
+        @param chunkSize: body bytes gathered before a write job is sent.
+        @param backlogLimit: pending body bytes past which C{write} asks
+            the caller to wait.
+        """
+        self._root = os.path.abspath(root)
+        self._runBlocking = runBlocking
+        self._hostname = socket.gethostname() if hostname is None else hostname
+        self._chunkSize = chunkSize
+        self._backlogLimit = backlogLimit
+
+    def receive(self, envelope: Envelope) -> StreamingMessage:
+        """
+        Begin storing a message for every recipient of C{envelope}.
+
+        @raise ValueError: a recipient is not a local mailbox (relaying is
+            not this store's job), a mailbox is not a safe name under the
+            root, or there is no recipient.
+        """
+        top = returnPath(envelope.reversePath)
+        copies: list[MaildirCopy] = []
+        seen: set[tuple[LocalMailbox, str]] = set()
+        for recipient in envelope.recipients:
+            destination = recipient.destination
+            if not isinstance(destination, LocalMailbox):
+                raise ValueError(f"MaildirStore cannot deliver to {destination!r}")
+            key = (destination, str(recipient.address).lower())
+            if key in seen:
+                continue
+            seen.add(key)
+            copies.append(
+                MaildirCopy(
+                    mailboxPath(self._root, destination),
+                    top + deliveredTo(recipient.address) + envelope.received,
+                )
+            )
+        if not copies:
+            raise ValueError("a message needs at least one recipient")
+        return StreamingMessage(
+            MaildirFiles(copies, self._hostname),
+            self._runBlocking,
+            self._chunkSize,
+            self._backlogLimit,
+        )

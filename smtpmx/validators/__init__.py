@@ -17,6 +17,15 @@ from smtpmx.interfaces import IRecipientValidatorFactory
 from smtpmx.validation import Reject, ValidatorChain
 
 
+def badMailbox() -> Reject:
+    """
+    The refusal of a local part that cannot name a mailbox directory:
+    C{550 5.1.3}, "bad destination mailbox address syntax" (RFC 3463
+    section 3.2).
+    """
+    return Reject(550, "5.1.3", "Bad recipient address syntax")
+
+
 class ValidatorNotFound(LookupError):
     """
     No validator plugin has the name asked for.
@@ -100,4 +109,4 @@ def localMailbox(session, recipient: Address) -> Optional[str | Reject]:
     try:
         return mailboxName(recipient, config.recipientDelimiter)
     except UnsafeMailbox:
-        return Reject(550, "5.1.3", "Bad recipient address syntax")
+        return badMailbox()
