@@ -315,7 +315,7 @@ class RouteTests(RelayTestCase):
         self.assertLeavesQueue(queueId)
 
     @pytest.mark.rfc("5321", "4.5.2")
-    @pytest.mark.rfc("6152", "3")
+    @pytest.mark.rfc("6152", "2")
     def test_bodyArrivesByteForByte(self) -> None:
         """
         Lines that start with a dot, a line that is only a dot, 8-bit text
