@@ -12,6 +12,11 @@ wait cannot sleep, and do not use it.)
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 import uuid
 from typing import Callable, Optional, TypeVar
@@ -80,3 +85,59 @@ def waitUntil(
         if result or clock() >= deadline:
             return result
         sleep(interval)
+
+
+# What an interpreter says about its installed distributions: every
+# distribution's name, version and location, and for smtpmx its version
+# and every file it installed, with whether the file is still there.
+SNAPSHOT = """
+import importlib.metadata as metadata, json, os
+distributions = sorted(
+    [d.metadata["Name"].lower(), d.version, str(d.locate_file(""))] for d in metadata.distributions()
+)
+try:
+    d = metadata.distribution("smtpmx")
+except metadata.PackageNotFoundError:
+    smtpmx = None
+else:
+    smtpmx = {
+        "version": d.version,
+        "location": str(d.locate_file("")),
+        "files": sorted([str(f), os.path.exists(d.locate_file(f))] for f in d.files or []),
+    }
+print(json.dumps({"distributions": distributions, "smtpmx": smtpmx}))
+"""
+
+# The snapshot (L{snapshot}) of the interpreter running the suite, taken
+# by C{conftest.py} before the first test, by interpreter path.
+ENVIRONMENT_AT_START: dict[str, dict] = {}
+
+
+def cleanEnvironment() -> dict:
+    """
+    Our environment without C{PYTHONPATH} (the end-to-end harness puts
+    the checkout there) and without pip's network: an installed smtpmx
+    must work on its own, and an install test needs nothing from an index.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PIP_NO_INDEX"] = "1"
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def snapshot(python: str) -> dict:
+    """
+    What C{python} has installed (see L{SNAPSHOT}), asked from an empty
+    directory so that no checkout is on its path: two snapshots are equal
+    when nothing was installed, upgraded or removed in between.
+    """
+    cwd = tempfile.mkdtemp(prefix="smtpmx-snapshot-")
+    try:
+        result = subprocess.run(
+            [python, "-c", SNAPSHOT], capture_output=True, text=True, timeout=60, cwd=cwd,
+            env=cleanEnvironment(), check=True,
+        )
+    finally:
+        shutil.rmtree(cwd, True)
+    return json.loads(result.stdout)
