@@ -14,6 +14,7 @@ Nothing here ever binds or connects to anything but 127.0.0.0/8.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 from typing import Iterable, Optional, Sequence
+
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import waitUntil
 from tests.process import (
@@ -36,7 +39,7 @@ from tests.process import (
 
 __all__ = [
     "ROOT", "TWISTD", "LISTENING", "START_TIMEOUT", "makeTemporaryDirectory", "environment",
-    "ServerDidNotStart", "freePort", "stopProcess", "RunningServer", "runToExit",
+    "ServerDidNotStart", "freePort", "stopProcess", "RunningServer", "SharedProcessesTestCase", "runToExit",
     "ReplyReader", "rawDialog", "codes", "headerBlock", "portIsFree",
 ]
 
@@ -343,6 +346,57 @@ class RunningServer:
         return socket.create_connection(
             (self.host, self.port), timeout=timeout, source_address=sourceAddress
         )
+
+
+class SharedProcessesTestCase(SynchronousTestCase):
+    """
+    A test class whose processes (one smtpmx in L{server}, and whatever
+    sinks or DNS servers it talks to) are started once, by
+    L{startProcesses}, before its first test, and stopped by PID after its
+    last; every test fails if the server logged a traceback while it ran.
+
+    Tests sharing processes must not step on each other: each uses its own
+    recipients and Message-IDs (L{tests.helpers.unique}).
+    """
+
+    server: RunningServer
+
+    @classmethod
+    def startProcesses(cls, addCleanup) -> None:
+        """
+        Start the class's processes; each registers its stop with
+        C{addCleanup}.  Subclasses set at least C{cls.server}.
+        """
+        raise TypeError(f"{cls.__name__} does not say which processes it needs")
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        """
+        Start the shared processes once for the class (pytest, unittest).
+        """
+        cls.logSeen = 0
+        cls.startProcesses(cls.addClassCleanup)
+
+    def setUp(self) -> None:
+        """
+        Under trial, which does not call C{setUpClass}, start the shared
+        processes before the first test and stop them when the process
+        exits.
+        """
+        if "server" not in type(self).__dict__:
+            cleanups: list = []
+            atexit.register(lambda: [f(*a) for f, a in reversed(cleanups)])
+            type(self).logSeen = 0
+            type(self).startProcesses(lambda f, *a: cleanups.append((f, a)))
+
+    def tearDown(self) -> None:
+        """
+        Fail the test if the server logged a traceback while it ran.
+        """
+        cls = type(self)
+        log = self.server.log()
+        fresh, cls.logSeen = log[cls.logSeen :], len(log)
+        self.assertNotIn("Traceback", fresh, "the server logged a traceback")
 
 
 def runToExit(

@@ -11,7 +11,6 @@ in a cleanup.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import smtplib
@@ -30,6 +29,7 @@ from tests.denybob import writeDenyBob
 from tests.e2e import (
     ReplyReader,
     RunningServer,
+    SharedProcessesTestCase,
     codes,
     headerBlock,
     makeTemporaryDirectory,
@@ -89,7 +89,7 @@ def readAll(reader: ReplyReader) -> list[str]:
             return result
 
 
-class ServerTestCase(SynchronousTestCase):
+class ServerTestCase(SharedProcessesTestCase):
     """
     A test class with one shared server, started with L{serverArgs} before
     its first test; every test fails if the server logged a traceback while
@@ -97,7 +97,6 @@ class ServerTestCase(SynchronousTestCase):
     """
 
     serverArgs: tuple[str, ...] = ()
-    server: RunningServer
 
     @classmethod
     def serverArguments(cls, addCleanup) -> Sequence[str]:
@@ -110,37 +109,11 @@ class ServerTestCase(SynchronousTestCase):
         return cls.serverArgs
 
     @classmethod
-    def startServer(cls, addCleanup) -> None:
+    def startProcesses(cls, addCleanup) -> None:
         """
         Start the shared server, stopped by C{addCleanup}'s cleanups.
         """
         cls.server = RunningServer.start(addCleanup, cls.serverArguments(addCleanup))
-        cls.logSeen = 0
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        """
-        Start the shared server once for the class (pytest, unittest).
-        """
-        cls.startServer(cls.addClassCleanup)
-
-    def setUp(self) -> None:
-        """
-        Under trial, which does not call C{setUpClass}, start the shared
-        server before the first test and stop it when the process exits.
-        """
-        if "server" not in type(self).__dict__:
-            # trial does not call setUpClass: start on first use, stop at exit.
-            type(self).startServer(lambda f, *a: atexit.register(f, *a))
-
-    def tearDown(self) -> None:
-        """
-        Fail the test if the server logged a traceback while it ran.
-        """
-        cls = type(self)
-        log = self.server.log()
-        fresh, cls.logSeen = log[cls.logSeen :], len(log)
-        self.assertNotIn("Traceback", fresh, "the server logged a traceback")
 
 
 class DefaultsTests(ServerTestCase):

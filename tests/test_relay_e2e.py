@@ -15,7 +15,6 @@ the whole file to seconds.
 
 from __future__ import annotations
 
-import atexit
 import email
 import email.policy
 import os
@@ -30,7 +29,7 @@ import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.dnszone import RunningDNS, zoneSource
-from tests.e2e import RunningServer, environment, freePort, makeTemporaryDirectory
+from tests.e2e import RunningServer, SharedProcessesTestCase, environment, freePort, makeTemporaryDirectory
 from tests.helpers import message, unique, waitUntil
 from tests.postfix import SMTP_SINK, startSmtpSink
 from tests.sink import RunningSink, Transaction
@@ -186,51 +185,12 @@ def allFiles(server: RunningServer, under: str) -> list[str]:
 # The shared machinery.
 
 
-class RelayTestCase(SynchronousTestCase):
+class RelayTestCase(SharedProcessesTestCase):
     """
     A test class whose processes (sinks, DNS servers, one smtpmx) are
     started once, by L{startProcesses}, before its first test; every test
     fails if the server logged a traceback while it ran.
     """
-
-    server: RunningServer
-
-    @classmethod
-    def startProcesses(cls, addCleanup) -> None:
-        """
-        Start the class's processes; each registers its stop with
-        C{addCleanup}.  Subclasses set at least C{cls.server}.
-        """
-        raise TypeError(f"{cls.__name__} does not say which processes it needs")
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        """
-        Start the shared processes once for the class (pytest, unittest).
-        """
-        cls.logSeen = 0
-        cls.startProcesses(cls.addClassCleanup)
-
-    def setUp(self) -> None:
-        """
-        Under trial, which does not call C{setUpClass}, start the shared
-        processes before the first test and stop them when the process
-        exits.
-        """
-        if "server" not in type(self).__dict__:
-            cleanups = []
-            atexit.register(lambda: [f(*a) for f, a in reversed(cleanups)])
-            type(self).logSeen = 0
-            type(self).startProcesses(lambda f, *a: cleanups.append((f, a)))
-
-    def tearDown(self) -> None:
-        """
-        Fail the test if the server logged a traceback while it ran.
-        """
-        cls = type(self)
-        log = self.server.log()
-        fresh, cls.logSeen = log[cls.logSeen :], len(log)
-        self.assertNotIn("Traceback", fresh, "the server logged a traceback")
 
     def assertLeavesQueue(self, queueId: str, timeout: float = TIMEOUT) -> None:
         """
