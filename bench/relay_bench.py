@@ -7,7 +7,8 @@ every message has been handed to the next hop and removed.
 
 The next hop is Postfix's C{smtp-sink -c} when installed (its counters
 give the sessions and messages it saw), else (or with C{--sink ours}) the
-recording sink of C{tests/smtpsink.py}, which counts connections itself.
+recording sink of C{tests/sink.py} (C{python -m tests.sink}), which counts
+connections itself.
 
 Prints the messages/second accepted, the messages/second relayed (end to
 end, first message sent to queue empty), the relay drain time after the
@@ -35,7 +36,8 @@ sys.path.insert(0, ROOT)
 
 from tests.e2e import RunningServer, freePort  # noqa: E402
 from tests.postfix import SMTP_SINK, startSmtpSink  # noqa: E402
-from tests.smtpsink import RunningSink  # noqa: E402
+from tests.helpers import waitUntil  # noqa: E402
+from tests.sink import RunningSink  # noqa: E402
 
 SINK_HOST = "127.0.0.6"
 
@@ -129,9 +131,7 @@ def main() -> None:
             jobs = [(server.port, i, perClient, options.recipients, options.size, start) for i in range(options.clients)]
             accepted = sum(pool.map(sendMany, jobs))
         acceptedAt = time.time()
-        deadline = time.monotonic() + options.timeout
-        while queueLength(server) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        waitUntil(lambda: not queueLength(server), options.timeout, interval=0.01)
         drainedAt = time.time()
         left = queueLength(server)
         # Sessions are counted when they end: let cached connections close.
@@ -141,7 +141,7 @@ def main() -> None:
             nextHop = "Postfix smtp-sink"
         else:
             connections, delivered = sink.connections(), len(sink.transactions())
-            nextHop = "tests/smtpsink.py"
+            nextHop = "tests/sink.py"
         tracebacks = server.log().count("Traceback")
         print(f"next hop:                  {nextHop} on {SINK_HOST}:{sink.port}")
         print(f"messages sent:             {total} ({options.clients} clients x {perClient},"
@@ -192,9 +192,7 @@ def queued(options) -> None:
              "--queue-dir", os.path.join(server.dir, "queue"), "flush"],
             check=True, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + options.timeout
-        while queueLength(server) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        waitUntil(lambda: not queueLength(server), options.timeout, interval=0.01)
         drained = time.time() - flushedAt
         # smtp-sink counts a session when it ends: let the relay's idle
         # cached connections time out (5 s) and close first.

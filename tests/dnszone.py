@@ -24,19 +24,10 @@ import os
 import random
 import socket
 import subprocess
-import sys
-import time
 from typing import Iterable, Optional
 
-from tests.e2e import environment, freePort, makeTemporaryDirectory, stopProcess
-
-TWISTD = [
-    sys.executable,
-    "-c",
-    "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
-]
-
-START_TIMEOUT = 20.0
+from tests.e2e import TWISTD, environment, freePort, makeTemporaryDirectory
+from tests.process import START_TIMEOUT, STOP_GRACE, ProcessDidNotStart, RunningProcess
 
 
 def zoneSource(origin: str, records: Iterable[tuple]) -> str:
@@ -93,7 +84,7 @@ class RunningDNS:
 
     @ivar host: C{"127.0.0.1"}.
     @ivar port: its UDP (and TCP) port.
-    @ivar process: the L{subprocess.Popen}.
+    @ivar runner: its L{RunningProcess}.
     """
 
     host = "127.0.0.1"
@@ -110,8 +101,11 @@ class RunningDNS:
         with open(self.zonePath, "w") as f:
             f.write(zoneText)
         self.probe = probe
-        self.process: Optional[subprocess.Popen] = None
         self.port: Optional[int] = None
+        self.runner = RunningProcess(
+            TWISTD, os.path.join(directory, "twistd-dns.log"), cwd=directory, env=environment(),
+            name="the DNS server",
+        )
 
     @classmethod
     def start(cls, addCleanup, zoneText: str, probe: str) -> "RunningDNS":
@@ -128,50 +122,50 @@ class RunningDNS:
         server.launch()
         return server
 
+    @property
+    def process(self) -> Optional[subprocess.Popen]:
+        """
+        The L{subprocess.Popen} of the current run.
+        """
+        return self.runner.process
+
     def log(self) -> str:
         """
         What the server wrote.
         """
-        try:
-            with open(os.path.join(self.directory, "twistd-dns.log"), "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return self.runner.log()
+
+    def answers(self, runner: RunningProcess) -> bool:
+        """
+        Whether the server answers a question about the probe name now: the
+        readiness check for L{RunningProcess.launch}.
+        """
+        return query(self.host, self.port, self.probe, "ALL_RECORDS", 0.3) is not None
 
     def launch(self, timeout: float = START_TIMEOUT) -> None:
         """
-        Run the server on a free port and wait until it answers.
+        Run the server on a free port and wait until it answers; if it
+        exits first (the port was most likely taken in between), try
+        again on another port, three times in all.
 
-        @raise RuntimeError: it exited, or did not answer in time.
+        @raise ProcessDidNotStart: it did not answer in time, or would not
+            start.
         """
         for attempt in range(3):
             self.port = freePort(self.host)
-            with open(os.path.join(self.directory, "twistd-dns.log"), "ab") as log:
-                self.process = subprocess.Popen(
-                    TWISTD
-                    + ["-n", "--pidfile=", "dns", "--pyzone", self.zonePath,
-                       "--port", str(self.port), "--interface", self.host],
-                    cwd=self.directory,
-                    env=environment(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            deadline = time.monotonic() + timeout
-            while self.process.poll() is None and time.monotonic() < deadline:
-                if query(self.host, self.port, self.probe, "ALL_RECORDS", 0.3) is not None:
-                    return
-                time.sleep(0.05)
-            if self.process.poll() is None:
-                self.stop()
-                raise RuntimeError(f"the DNS server did not answer within {timeout} s:\n" + self.log())
-            # It exited: most likely the port was taken in between; again.
-        raise RuntimeError("the DNS server would not start:\n" + self.log())
+            self.runner.argv = TWISTD + [
+                "-n", "--pidfile=", "dns", "--pyzone", self.zonePath,
+                "--port", str(self.port), "--interface", self.host,
+            ]
+            try:
+                self.runner.launch(self.answers, timeout)
+                return
+            except ProcessDidNotStart as e:
+                if not e.exited or attempt == 2:
+                    raise
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = STOP_GRACE) -> None:
         """
         End the server by its PID: SIGTERM, then SIGKILL.  Idempotent.
         """
-        if self.process is not None:
-            stopProcess(self.process, grace)
+        self.runner.stop(grace)

@@ -2,9 +2,9 @@
 A harness for end-to-end tests: the real C{twistd -n smtpmx} as a
 subprocess, in a fresh temporary directory, talked to over loopback.
 
-L{RunningServer} starts the server, waits (bounded) for its
-C{smtpmx listening on 127.0.0.1:PORT} log line, and stops it by PID in a
-cleanup.  L{runToExit} runs a server that is expected to refuse to start.
+L{RunningServer} starts the server with L{tests.process.RunningProcess},
+waits (bounded) for its C{smtpmx listening on 127.0.0.1:PORT} log line,
+and stops it by PID in a cleanup.  L{runToExit} runs a server that is expected to refuse to start.
 The small SMTP helpers here (L{ReplyReader}, L{rawDialog}) speak the
 protocol over plain sockets, for the cases smtplib cannot express:
 pipelining in one write, smuggling attempts, bytes sent after STARTTLS.
@@ -14,16 +14,34 @@ Nothing here ever binds or connects to anything but 127.0.0.0/8.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Iterable, Optional, Sequence
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.helpers import waitUntil
+from tests.process import (
+    START_TIMEOUT,
+    STOP_GRACE,
+    ProcessDidNotStart,
+    RunningProcess,
+    logMatches,
+    readLog,
+    stopProcess,
+)
+
+__all__ = [
+    "ROOT", "TWISTD", "LISTENING", "START_TIMEOUT", "makeTemporaryDirectory", "environment",
+    "ServerDidNotStart", "freePort", "stopProcess", "RunningServer", "SharedProcessesTestCase", "runToExit",
+    "ReplyReader", "rawDialog", "codes", "headerBlock", "portIsFree",
+]
 
 # The checkout this file belongs to, so the tests work from any checkout.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,10 +55,6 @@ TWISTD = [
 ]
 
 LISTENING = re.compile(r"smtpmx listening on \[?([0-9A-Fa-f.:]+?)\]?:(\d+)")
-
-# How long a server may take to start, or to refuse to.
-START_TIMEOUT = 20.0
-
 
 def makeTemporaryDirectory(addCleanup, prefix: str = "smtpmx-e2e-") -> str:
     """
@@ -67,7 +81,7 @@ def environment(pythonPath: Sequence[str] = ()) -> dict:
     return env
 
 
-class ServerDidNotStart(Exception):
+class ServerDidNotStart(ProcessDidNotStart):
     """
     The server exited, or said nothing about listening, in time.
     """
@@ -94,25 +108,6 @@ def freePort(host: str = "127.0.0.1") -> int:
         finally:
             udp.close()
     raise OSError("no free port for the DNS server")
-
-
-def stopProcess(p: subprocess.Popen, grace: float = 5.0) -> int:
-    """
-    End a process started by a test, by its PID: SIGTERM, then SIGKILL
-    after C{grace} seconds.  Idempotent.
-
-    @return: its exit status.
-    """
-    if p.poll() is None:
-        try:
-            os.kill(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            p.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.kill(p.pid, signal.SIGKILL)
-    return p.wait()
 
 
 class RunningServer:
@@ -149,10 +144,10 @@ class RunningServer:
         self.dir = directory
         self.pythonPath = list(pythonPath)
         self.maildirRoot = maildirRoot
-        self.process: Optional[subprocess.Popen] = None
+        self.runner: Optional[RunningProcess] = None
         self.port: Optional[int] = None
         self.host = "127.0.0.1"
-        self._run = 0
+        self.runs = 0
 
     @classmethod
     def start(cls, addCleanup, args: Sequence[str] = (), **kw) -> "RunningServer":
@@ -174,12 +169,12 @@ class RunningServer:
 
     # Life.
 
-    def _logPaths(self, run: Optional[int] = None) -> tuple[str, str]:
+    def logPaths(self, run: Optional[int] = None) -> tuple[str, str]:
         """
         Where run number C{run} (default: the current one) writes its
         stdout and stderr.
         """
-        run = self._run if run is None else run
+        run = self.runs if run is None else run
         return (
             os.path.join(self.dir, f"twistd-{run}.out"),
             os.path.join(self.dir, f"twistd-{run}.err"),
@@ -194,33 +189,17 @@ class RunningServer:
         """
         if self.dir is None:
             self.dir = tempfile.mkdtemp(prefix="smtpmx-e2e-")
-        self._run += 1
-        out, err = self._logPaths()
-        with open(out, "wb") as stdout, open(err, "wb") as stderr:
-            self.process = subprocess.Popen(
-                TWISTD + ["-n", "--pidfile=", "smtpmx"] + self.args,
-                cwd=self.dir,
-                env=environment(self.pythonPath),
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            match = LISTENING.search(self.output())
-            if match is not None:
-                self.host, self.port = match.group(1), int(match.group(2))
-                return
-            if self.process.poll() is not None:
-                raise ServerDidNotStart(
-                    f"smtpmx exited with status {self.process.returncode} before listening:\n"
-                    + self.log()
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerDidNotStart(f"smtpmx did not listen within {timeout} s:\n" + self.log())
-            time.sleep(0.05)
+        self.runs += 1
+        out, err = self.logPaths()
+        self.runner = RunningProcess(
+            TWISTD + ["-n", "--pidfile=", "smtpmx"] + self.args,
+            out, cwd=self.dir, env=environment(self.pythonPath), name="smtpmx", stderrPath=err,
+        )
+        try:
+            match = self.runner.launch(logMatches(LISTENING), timeout)
+        except ProcessDidNotStart as e:
+            raise ServerDidNotStart(str(e), e.exited) from None
+        self.host, self.port = match.group(1), int(match.group(2))
 
     def restart(self) -> None:
         """
@@ -230,36 +209,38 @@ class RunningServer:
         self.stop()
         self.launch()
 
-    def stop(self, grace: float = 5.0) -> Optional[int]:
+    def stop(self, grace: float = STOP_GRACE) -> Optional[int]:
         """
         End the server by its PID: SIGTERM, then SIGKILL after C{grace}
         seconds.  Idempotent.
 
         @return: its exit status, or L{None} if it was never started.
         """
-        if self.process is None:
+        if self.runner is None:
             return None
-        return stopProcess(self.process, grace)
+        return self.runner.stop(grace)
 
     def kill9(self) -> None:
         """
         Kill the server with SIGKILL, the way a power cut would, and reap it.
         """
-        p = self.process
-        if p is not None and p.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if p is not None:
-            p.wait()
+        if self.runner is not None:
+            self.runner.kill9()
+
+    @property
+    def process(self) -> Optional[subprocess.Popen]:
+        """
+        The L{subprocess.Popen} of the current run.
+        """
+        return self.runner.process if self.runner is not None else None
 
     @property
     def pid(self) -> int:
         """
         The server's process ID.
         """
-        return self.process.pid
+        assert self.runner is not None, "never started"
+        return self.runner.pid
 
     # What it said.
 
@@ -267,30 +248,30 @@ class RunningServer:
         """
         What the current run wrote to stdout (twistd -n logs there).
         """
-        return _read(self._logPaths()[0])
+        return readLog(self.logPaths()[0])
 
     def errors(self) -> str:
         """
         What the current run wrote to stderr.
         """
-        return _read(self._logPaths()[1])
+        return readLog(self.logPaths()[1])
 
     def log(self) -> str:
         """
         Everything every run wrote, stdout and stderr.
         """
         texts = []
-        for run in range(1, self._run + 1):
-            out, err = self._logPaths(run)
-            texts.append(_read(out) + _read(err))
+        for run in range(1, self.runs + 1):
+            out, err = self.logPaths(run)
+            texts.append(readLog(out) + readLog(err))
         return "".join(texts)
 
     # What it stored.
 
     def maildir(self, domain: str, user: str) -> str:
         """
-        The Maildir of C{user@domain}, as SPEC section 5 lays it out: the
-        domain and local part lower-cased.
+        The Maildir of C{user@domain}, laid out as C{docs/storage.rst}
+        says: the domain and local part lower-cased.
         """
         return os.path.join(self.dir, self.maildirRoot, domain.lower(), user.lower())
 
@@ -341,12 +322,8 @@ class RunningServer:
         Wait until C{user@domain}'s C{new/} holds at least C{count} files,
         for deliveries acknowledged to a client we do not control.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            messages = self.newMessages(domain, user)
-            if len(messages) >= count or time.monotonic() > deadline:
-                return messages
-            time.sleep(0.05)
+        waitUntil(lambda: len(self.newMessages(domain, user)) >= count, timeout)
+        return self.newMessages(domain, user)
 
     def tree(self) -> set[str]:
         """
@@ -371,15 +348,55 @@ class RunningServer:
         )
 
 
-def _read(path: str) -> str:
+class SharedProcessesTestCase(SynchronousTestCase):
     """
-    The text of a log file, empty if it does not exist yet.
+    A test class whose processes (one smtpmx in L{server}, and whatever
+    sinks or DNS servers it talks to) are started once, by
+    L{startProcesses}, before its first test, and stopped by PID after its
+    last; every test fails if the server logged a traceback while it ran.
+
+    Tests sharing processes must not step on each other: each uses its own
+    recipients and Message-IDs (L{tests.helpers.unique}).
     """
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
+
+    server: RunningServer
+
+    @classmethod
+    def startProcesses(cls, addCleanup) -> None:
+        """
+        Start the class's processes; each registers its stop with
+        C{addCleanup}.  Subclasses set at least C{cls.server}.
+        """
+        raise TypeError(f"{cls.__name__} does not say which processes it needs")
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        """
+        Start the shared processes once for the class (pytest, unittest).
+        """
+        cls.logSeen = 0
+        cls.startProcesses(cls.addClassCleanup)
+
+    def setUp(self) -> None:
+        """
+        Under trial, which does not call C{setUpClass}, start the shared
+        processes before the first test and stop them when the process
+        exits.
+        """
+        if "server" not in type(self).__dict__:
+            cleanups: list = []
+            atexit.register(lambda: [f(*a) for f, a in reversed(cleanups)])
+            type(self).logSeen = 0
+            type(self).startProcesses(lambda f, *a: cleanups.append((f, a)))
+
+    def tearDown(self) -> None:
+        """
+        Fail the test if the server logged a traceback while it ran.
+        """
+        cls = type(self)
+        log = self.server.log()
+        fresh, cls.logSeen = log[cls.logSeen :], len(log)
+        self.assertNotIn("Traceback", fresh, "the server logged a traceback")
 
 
 def runToExit(

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
-import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
-from tests.e2e import stopProcess
+from tests.process import RunningProcess, acceptsConnections
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
@@ -22,25 +20,35 @@ class SmtpSink:
     A running C{smtp-sink -c}; its output holds its counters.
 
     @ivar port: the port it listens on.
+    @ivar runner: its L{RunningProcess}.
     """
 
-    def __init__(self, process: subprocess.Popen, outputPath: str, port: int) -> None:
-        self.process = process
-        self.outputPath = outputPath
+    def __init__(self, runner: RunningProcess, port: int) -> None:
+        """
+        @param runner: the process, started or not.
+        @param port: the port it listens on.
+        """
+        self.runner = runner
         self.port = port
+
+    @property
+    def process(self) -> Optional[subprocess.Popen]:
+        """
+        The L{subprocess.Popen}.
+        """
+        return self.runner.process
 
     def stop(self) -> None:
         """
         SIGTERM, then SIGKILL; idempotent.
         """
-        stopProcess(self.process)
+        self.runner.stop()
 
     def output(self) -> str:
         """
         What it printed (with C{-c}: its counters).
         """
-        with open(self.outputPath, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        return self.runner.output()
 
     def counters(self) -> tuple[int, int]:
         """
@@ -67,26 +75,14 @@ def startSmtpSink(
     stop with C{addCleanup}, and wait (10 s at most) until it accepts
     connections.
 
-    @raise RuntimeError: it did not start.
+    @raise tests.process.ProcessDidNotStart: it did not start.
     """
-    outputPath = os.path.join(directory, "smtp-sink.out")
     arguments = [SMTP_SINK, "-c"]
     if os.geteuid() == 0:
         arguments += ["-u", "root"]
     arguments += [*extra, f"{host}:{port}", str(backlog)]
-    with open(outputPath, "wb") as out:
-        process = subprocess.Popen(
-            arguments, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=directory,
-        )
-    sink = SmtpSink(process, outputPath, port)
+    runner = RunningProcess(arguments, os.path.join(directory, "smtp-sink.out"), cwd=directory, name="smtp-sink")
+    sink = SmtpSink(runner, port)
     addCleanup(sink.stop)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return sink
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("smtp-sink did not start: " + sink.output())
-            time.sleep(0.05)
+    runner.launch(acceptsConnections(host, port), timeout=10)
+    return sink

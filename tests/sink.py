@@ -1,15 +1,37 @@
 """
-A recording SMTP sink for tests of the relay client: a small server of its
-own (not smtpmx's), listening on a loopback address, that records every
-transaction and answers as a test tells it to — per-recipient replies, a
-reply to the end of data, replies withheld (to test timeouts), garbage,
-STARTTLS with a given certificate, with or without PIPELINING, SIZE and
-EHLO itself.
+The recording SMTP sink: a next hop for tests of the relay, a small server
+of its own (not smtpmx's), listening on a loopback address, that records
+every transaction and answers as a test tells it to — per-recipient
+replies, a reply to the end of data, temporary failures for the first
+transactions, replies withheld (to test timeouts), garbage, STARTTLS with
+a given certificate, with or without PIPELINING, SIZE and EHLO itself.
+
+In memory, a test of the relay client runs a L{Sink} on its own reactor
+and reads L{Sink.transactions} and L{Sink.sessions}.
+
+As a subprocess, for end-to-end tests and benchmarks::
+
+    python -m tests.sink --host 127.0.0.3 [--port 0] --record FILE \\
+        [--reply-rcpt ADDR=CODE_TEXT ...] [--reply-data CODE_TEXT] \\
+        [--fail-first N] [--connections FILE]
+
+it prints C{listening on HOST:PORT} once it listens, appends one JSON line
+per transaction it accepted (its final reply was 2xx) to C{FILE}, fsynced
+before that reply goes out (so a test that saw a C{250} from it can read
+the record), and, with C{--connections}, rewrites the number of
+connections accepted so far into that file after each one.  SIGTERM ends
+it.  L{RunningSink} runs it (with L{tests.process.RunningProcess}) and
+reads the records back as L{Transaction}s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import base64
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from twisted.internet import ssl
@@ -18,6 +40,9 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
 from smtpmx.body import DataReader
+from tests.e2e import ROOT, environment
+from tests.helpers import waitUntil
+from tests.process import ProcessDidNotStart, RunningProcess, logMatches
 
 
 @dataclass
@@ -27,11 +52,17 @@ class Transaction:
 
     @ivar mailFrom: the reverse-path, without the brackets.
     @ivar mailParameters: the ESMTP parameters of MAIL, as sent.
+    @ivar heloName: the argument of the session's EHLO or HELO.
     @ivar recipients: every forward-path in a RCPT, as sent, in order.
     @ivar accepted: the ones answered 2xx.
     @ivar data: the message as stored (dot-unstuffed, LF line endings).
-    @ivar raw: the bytes after C{354}, as they came.
+    @ivar raw: the bytes after C{354}, as they came: dot-stuffed, CRLF,
+        up to and including the final C{.CRLF}.
     @ivar tls: whether the session was in TLS.
+    @ivar deferred: whether every RCPT got C{451} because the sink was
+        told to fail its first transactions.
+    @ivar connection: the number of the connection it came on, from 1.
+    @ivar peer: the client's C{HOST:PORT}.
     """
 
     heloName: str = ""
@@ -42,6 +73,38 @@ class Transaction:
     data: Optional[bytes] = None
     raw: bytes = b""
     tls: bool = False
+    deferred: bool = False
+    connection: int = 0
+    peer: str = ""
+
+    @property
+    def refused(self) -> list[str]:
+        """
+        The forward-paths answered with anything but 2xx.
+        """
+        return [r for r in self.recipients if r not in self.accepted]
+
+    def toJSON(self) -> str:
+        """
+        One line of JSON holding every field, the bytes in base64: how the
+        sink run as a subprocess records it.
+        """
+        record = asdict(self)
+        for name in ("data", "raw"):
+            if record[name] is not None:
+                record[name] = base64.b64encode(record[name]).decode("ascii")
+        return json.dumps(record, sort_keys=True)
+
+    @classmethod
+    def fromJSON(cls, line: str) -> "Transaction":
+        """
+        The transaction recorded as C{line} by L{toJSON}.
+        """
+        record = json.loads(line)
+        for name in ("data", "raw"):
+            if record[name] is not None:
+                record[name] = base64.b64decode(record[name])
+        return cls(**record)
 
 
 @dataclass
@@ -52,8 +115,12 @@ class Session:
     @ivar commands: every command line, with whether it came under TLS.
     @ivar batches: the command lines of each read from the socket:
         pipelined commands come in one batch.
+    @ivar number: its number, from 1, in the order connections came.
+    @ivar peer: the client's C{HOST:PORT}.
     """
 
+    number: int = 0
+    peer: str = ""
     commands: list[tuple[str, bool]] = field(default_factory=list)
     batches: list[list[str]] = field(default_factory=list)
 
@@ -83,6 +150,10 @@ class SinkProtocol(LineReceiver):
         """
         self.sink.sessions.append(self.session)
         self.sink._connections.append(self)
+        self.session.number = len(self.sink.sessions)
+        peer = self.transport.getPeer()
+        self.session.peer = f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}"
+        self.sink.connectionOpened(self.session)
         if "GREETING" not in self.sink.hang:
             self.reply(self.sink.greeting)
 
@@ -133,6 +204,7 @@ class SinkProtocol(LineReceiver):
         self.transaction.raw += data[: len(data) - len(leftover)]
         self.reader = None
         self.sink.transactions.append(self.transaction)
+        self.sink.transactionEnded(self.transaction)
         self.transaction = None
         if "." not in self.sink.hang:
             self.reply(self.sink.finalReply)
@@ -201,19 +273,29 @@ class SinkProtocol(LineReceiver):
             mailFrom=path.lstrip("<"),
             mailParameters=parameters.split(),
             tls=self.tls,
+            connection=self.session.number,
+            peer=self.session.peer,
         )
         self.reply("250 2.1.0 Ok")
 
     def do_RCPT(self, argument: str) -> None:
         """
-        A recipient: answered as configured for it, 250 by default.
+        A recipient: answered as configured for it, 250 by default, and
+        451 to every recipient of the first C{failFirst} transactions.
         """
         if self.transaction is None:
             self.reply("503 5.5.1 need MAIL")
             return
         path = argument[3:].strip().lstrip("<").split(">")[0]
+        if not self.transaction.recipients:
+            # A transaction counts from its first RCPT.
+            self.sink.transactionsStarted += 1
+            self.transaction.deferred = self.sink.transactionsStarted <= self.sink.failFirst
         self.transaction.recipients.append(path)
-        answer = self.sink.rcptReplies.get(path.lower(), "250 2.1.5 Ok")
+        if self.transaction.deferred:
+            answer = "451 4.3.0 try later"
+        else:
+            answer = self.sink.rcptReplies.get(path.lower(), "250 2.1.5 Ok")
         if answer.startswith("2"):
             self.transaction.accepted.append(path)
         self.reply(answer)
@@ -260,6 +342,7 @@ class Sink(Factory):
     @ivar hang: verbs never answered (C{"GREETING"} for the banner, C{"."}
         for the end of data).
     @ivar drop: verbs answered by dropping the connection.
+    @ivar transactionsStarted: transactions that got as far as a RCPT.
     """
 
     def __init__(
@@ -276,12 +359,15 @@ class Sink(Factory):
         certificate: Optional[tuple[str, str]] = None,
         hang: Sequence[str] = (),
         drop: Sequence[str] = (),
+        failFirst: int = 0,
     ) -> None:
         """
         @param replies: fixed replies by verb (C{{"EHLO": "502 5.5.1 no"}}),
             raw text allowed (garbage).
         @param rcptReplies: replies by forward-path (lower-cased).
         @param finalReply: the reply to the end of data.
+        @param failFirst: answer C{451 4.3.0} to every RCPT of this many
+            transactions, the first ones.
         @param certificate: the paths of a certificate and its key PEM:
             offer STARTTLS with them.
         """
@@ -295,6 +381,8 @@ class Sink(Factory):
         self.size = size
         self.hang = {h.upper() for h in hang}
         self.drop = {d.upper() for d in drop}
+        self.failFirst = failFirst
+        self.transactionsStarted = 0
         self.tlsOptions = None
         if certificate is not None:
             with open(certificate[0], "rb") as f:
@@ -314,13 +402,26 @@ class Sink(Factory):
         """
         return SinkProtocol(self)
 
-    def listen(self) -> int:
+    def connectionOpened(self, session: Session) -> None:
         """
-        Start listening on port 0 of the interface.
+        Called when a connection is made, before the greeting; nothing
+        here (L{RecordingSink} counts them).
+        """
 
+    def transactionEnded(self, transaction: Transaction) -> None:
+        """
+        Called when a transaction's data has ended, before the reply to it
+        goes out; nothing here (L{RecordingSink} writes it down).
+        """
+
+    def listen(self, port: int = 0) -> int:
+        """
+        Start listening on the interface.
+
+        @param port: the port; 0 for one the system picks.
         @return: the port number.
         """
-        self._port = self.reactor.listenTCP(0, self, interface=self.interface)
+        self._port = self.reactor.listenTCP(port, self, interface=self.interface)
         return self._port.getHost().port
 
     def openConnections(self) -> int:
@@ -362,3 +463,196 @@ class Sink(Factory):
         d.addCallback(lambda _: closed)
         return d
 
+
+
+class RecordingSink(Sink):
+    """
+    A L{Sink} that writes down, durably, what it accepted and how many
+    connections it took, for a test in another process to read.
+
+    @ivar recordPath: the file each accepted transaction is appended to
+        as one line of L{Transaction.toJSON}.
+    @ivar connectionsPath: the file rewritten with the number of
+        connections after each one, or L{None}.
+    """
+
+    def __init__(self, reactor, recordPath: str, connectionsPath: Optional[str] = None, **kwargs) -> None:
+        """
+        @param kwargs: see L{Sink.__init__}.
+        """
+        super().__init__(reactor, **kwargs)
+        self.recordPath = recordPath
+        self.connectionsPath = connectionsPath
+
+    def connectionOpened(self, session: Session) -> None:
+        """
+        Write the number of connections so far, replacing the file whole.
+        """
+        if self.connectionsPath is None:
+            return
+        temporary = self.connectionsPath + ".tmp"
+        with open(temporary, "w") as f:
+            f.write(f"{len(self.sessions)}\n")
+        os.replace(temporary, self.connectionsPath)
+
+    def transactionEnded(self, transaction: Transaction) -> None:
+        """
+        Append an accepted transaction to the record file and fsync it,
+        before the reply that tells the client it was accepted.
+        """
+        if not self.finalReply.startswith("2"):
+            return
+        fd = os.open(self.recordPath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (transaction.toJSON() + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
+    """
+    Run a L{RecordingSink} until SIGTERM: the command line of
+    C{python -m tests.sink} (see the module's docstring).
+
+    @param argv: the arguments; C{sys.argv[1:]} by default.
+    @param reactor: the reactor; the global one by default.
+    """
+    parser = argparse.ArgumentParser(prog="python -m tests.sink", description="A recording SMTP sink.")
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="0 for a free one")
+    parser.add_argument("--record", required=True, metavar="FILE", help="accepted transactions go here")
+    parser.add_argument("--connections", default=None, metavar="FILE", help="the connection count goes here")
+    parser.add_argument("--reply-rcpt", action="append", default=[], metavar="ADDR=CODE_TEXT",
+                        help="the reply to RCPT TO:<ADDR>, repeatable")
+    parser.add_argument("--reply-data", default="250 2.0.0 Ok: recorded", metavar="CODE_TEXT",
+                        help="the reply to the end of the data")
+    parser.add_argument("--fail-first", type=int, default=0, metavar="N",
+                        help="answer 451 to every RCPT of the first N transactions")
+    options = parser.parse_args(argv)
+    if not options.host.startswith("127."):
+        parser.error("only loopback (127.0.0.0/8) addresses")
+    if reactor is None:
+        from twisted.internet import reactor
+    rcptReplies = {}
+    for item in options.reply_rcpt:
+        address, _, reply = item.partition("=")
+        rcptReplies[address] = reply.strip()
+    sink = RecordingSink(
+        reactor, options.record, options.connections, interface=options.host,
+        rcptReplies=rcptReplies, finalReply=options.reply_data, failFirst=options.fail_first,
+    )
+    port = sink.listen(options.port)
+    sys.stdout.write(f"listening on {options.host}:{port}\n")
+    sys.stdout.flush()
+    reactor.run()
+    return 0
+
+
+class RunningSink:
+    """
+    The recording sink as a subprocess, for end-to-end tests and
+    benchmarks: started, its port read from its output, stopped by PID.
+
+    @ivar host: the loopback address it listens on.
+    @ivar port: its port.
+    @ivar recordPath: its record file.
+    """
+
+    def __init__(self, directory: str, host: str = "127.0.0.3", port: int = 0, arguments: Sequence[str] = ()) -> None:
+        """
+        @param directory: where the record file and the log go.
+        @param host: a loopback address to listen on.
+        @param port: the port; 0 for a free one.
+        @param arguments: more command line arguments (C{--fail-first 1}...).
+        """
+        self.directory = directory
+        self.host = host
+        self.port = port
+        self.arguments = list(arguments)
+        self.recordPath = os.path.join(directory, f"sink-{host}.jsonl")
+        self.connectionsPath = os.path.join(directory, f"sink-{host}.connections")
+        self.runner = RunningProcess(
+            [sys.executable, "-m", "tests.sink"], os.path.join(directory, f"sink-{host}.log"),
+            cwd=ROOT, env=environment(), name=f"the sink on {host}",
+        )
+
+    @classmethod
+    def start(cls, addCleanup, directory: str, host: str = "127.0.0.3", port: int = 0,
+              arguments: Sequence[str] = ()) -> "RunningSink":
+        """
+        Start a sink; a cleanup stops it.
+
+        @param addCleanup: a test's C{addCleanup}, a class's
+            C{addClassCleanup}, or an L{contextlib.ExitStack}'s C{callback}.
+        """
+        sink = cls(directory, host, port, arguments)
+        addCleanup(sink.stop)
+        sink.launch()
+        return sink
+
+    def launch(self, timeout: float = 15.0) -> None:
+        """
+        Run it and wait until it listens (on L{port} again after a
+        L{stop}: a port given again may linger a moment, so a start that
+        fails is tried again until C{timeout}).
+        """
+        self.runner.argv = [
+            sys.executable, "-m", "tests.sink", "--host", self.host, "--port", str(self.port),
+            "--record", self.recordPath, "--connections", self.connectionsPath, *self.arguments,
+        ]
+        failures: list[str] = []
+
+        def attempt():
+            """
+            One start; its match, or L{None} after a failure.
+            """
+            try:
+                return self.runner.launch(logMatches(r"listening on ([0-9.]+):(\d+)"), timeout)
+            except ProcessDidNotStart as e:
+                if not e.exited:
+                    raise
+                failures.append(str(e))
+                return None
+
+        match = waitUntil(attempt, timeout, interval=0.1)
+        if match is None:
+            raise ProcessDidNotStart(failures[-1], exited=True)
+        self.port = int(match.group(2))
+
+    def stop(self) -> None:
+        """
+        SIGTERM by PID, then SIGKILL; idempotent.
+        """
+        self.runner.stop()
+
+    def transactions(self) -> list[Transaction]:
+        """
+        Every transaction accepted so far (by every run of this sink).
+        """
+        try:
+            with open(self.recordPath) as f:
+                return [Transaction.fromJSON(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def connections(self) -> int:
+        """
+        How many connections the current run accepted.
+        """
+        try:
+            with open(self.connectionsPath) as f:
+                return int(f.read().strip() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def waitFor(self, count: int, timeout: float = 10.0) -> list[Transaction]:
+        """
+        Wait (bounded) until at least C{count} transactions are recorded.
+        """
+        waitUntil(lambda: len(self.transactions()) >= count, timeout)
+        return self.transactions()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,7 +11,6 @@ in a cleanup.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import smtplib
@@ -20,9 +19,9 @@ import ssl
 import subprocess
 import threading
 import time
-import uuid
 from typing import Sequence
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import certs
@@ -30,6 +29,7 @@ from tests.denybob import writeDenyBob
 from tests.e2e import (
     ReplyReader,
     RunningServer,
+    SharedProcessesTestCase,
     codes,
     headerBlock,
     makeTemporaryDirectory,
@@ -37,31 +37,13 @@ from tests.e2e import (
     rawDialog,
     runToExit,
 )
+from tests.helpers import message, unique
 
 # Every blocking operation of a client is bounded by this.
 TIMEOUT = 15
 
 SWAKS = "/usr/bin/swaks"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
-
-
-def unique(prefix: str = "m") -> str:
-    """
-    A short unique token, for local parts and message IDs.
-    """
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
-
-
-def message(subject: str, body: bytes = b"Hello.\r\n", extra: bytes = b"") -> bytes:
-    """
-    A small RFC 5322 message with CRLF line endings.
-    """
-    return (
-        b"From: sender@remote.example\r\n"
-        b"To: someone@example.org\r\n"
-        b"Subject: " + subject.encode() + b"\r\n"
-        b"Message-ID: <" + subject.encode() + b"@remote.example>\r\n" + extra + b"\r\n" + body
-    )
 
 
 def client(server: RunningServer, **kw) -> smtplib.SMTP:
@@ -107,7 +89,7 @@ def readAll(reader: ReplyReader) -> list[str]:
             return result
 
 
-class ServerTestCase(SynchronousTestCase):
+class ServerTestCase(SharedProcessesTestCase):
     """
     A test class with one shared server, started with L{serverArgs} before
     its first test; every test fails if the server logged a traceback while
@@ -115,7 +97,6 @@ class ServerTestCase(SynchronousTestCase):
     """
 
     serverArgs: tuple[str, ...] = ()
-    server: RunningServer
 
     @classmethod
     def serverArguments(cls, addCleanup) -> Sequence[str]:
@@ -128,37 +109,11 @@ class ServerTestCase(SynchronousTestCase):
         return cls.serverArgs
 
     @classmethod
-    def startServer(cls, addCleanup) -> None:
+    def startProcesses(cls, addCleanup) -> None:
         """
         Start the shared server, stopped by C{addCleanup}'s cleanups.
         """
         cls.server = RunningServer.start(addCleanup, cls.serverArguments(addCleanup))
-        cls.logSeen = 0
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        """
-        Start the shared server once for the class (pytest, unittest).
-        """
-        cls.startServer(cls.addClassCleanup)
-
-    def setUp(self) -> None:
-        """
-        Under trial, which does not call C{setUpClass}, start the shared
-        server before the first test and stop it when the process exits.
-        """
-        if "server" not in type(self).__dict__:
-            # trial does not call setUpClass: start on first use, stop at exit.
-            type(self).startServer(lambda f, *a: atexit.register(f, *a))
-
-    def tearDown(self) -> None:
-        """
-        Fail the test if the server logged a traceback while it ran.
-        """
-        cls = type(self)
-        log = self.server.log()
-        fresh, cls.logSeen = log[cls.logSeen :], len(log)
-        self.assertNotIn("Traceback", fresh, "the server logged a traceback")
 
 
 class DefaultsTests(ServerTestCase):
@@ -167,6 +122,9 @@ class DefaultsTests(ServerTestCase):
     domain C{localhost}, the C{mailbox} validator, C{./Maildir}.
     """
 
+    @pytest.mark.rfc("5321", "4.4")
+    @pytest.mark.rfc("5321", "4.5.2")
+    @pytest.mark.rfc("5321", "4.5.1")
     def test_postmasterDelivered(self):
         """
         A message to postmaster@localhost lands, with no configuration, as
@@ -191,6 +149,7 @@ class DefaultsTests(ServerTestCase):
         self.assertTrue(stored.endswith(sent.replace(b"\r\n", b"\n")))
         self.assertEqual(self.server.tmpFiles("localhost", "postmaster"), [])
 
+    @pytest.mark.rfc("5321", "4.4")
     def test_nullSender(self):
         """
         A bounce (null reverse-path) to postmaster is stored with
@@ -202,6 +161,12 @@ class DefaultsTests(ServerTestCase):
         [stored] = [m for m in self.server.newMessages("localhost", "postmaster") if subject.encode() in m]
         self.assertEqual(header(stored, b"Return-Path"), [b"<>"])
 
+    @pytest.mark.rfc("5321", "4.1.1.1")
+    @pytest.mark.rfc("2920", "3")
+    @pytest.mark.rfc("1870", "4")
+    @pytest.mark.rfc("6152", "2")
+    @pytest.mark.rfc("2034", "3")
+    @pytest.mark.rfc("6531", "3.1")
     def test_ehloExtensions(self):
         """
         EHLO advertises PIPELINING, SIZE with the default limit, 8BITMIME,
@@ -216,6 +181,7 @@ class DefaultsTests(ServerTestCase):
             self.assertEqual(c.esmtp_features.get("size"), "26214400")
             self.assertFalse(c.has_extn("starttls"))
 
+    @pytest.mark.rfc("3463", "3.2")
     def test_unknownLocalRecipient(self):
         """
         With the default C{mailbox} validator, a local user without a
@@ -224,6 +190,7 @@ class DefaultsTests(ServerTestCase):
         code, text = rcptReply(self.server, unique("nobody-") + "@localhost")
         self.assertEqual((code, text[:5]), (550, "5.1.1"))
 
+    @pytest.mark.rfc("2920", "3.2")
     def test_pipelinedInOneWrite(self):
         """
         A whole transaction written at once, EHLO to QUIT, gets every reply
@@ -324,6 +291,7 @@ class AnyValidatorTests(ServerTestCase):
         self.assertEqual(self.server.tree() - before, set())
         self.assertFalse(os.path.exists(os.path.join(os.path.dirname(self.server.dir), escape)))
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_storageFailureIsAllOrNothing(self):
         """
         When one recipient's Maildir cannot be written (its tmp/ is a plain
@@ -355,7 +323,7 @@ class AnyValidatorTests(ServerTestCase):
         """
         The log has a line at connect, one per transaction (queue ID,
         client, sender, each recipient with its verdict, size, result) and
-        one at disconnect, as SPEC section 7 asks.
+        one at disconnect, so that an operator can follow every session.
         """
         token = unique("")
         with client(self.server) as c:
@@ -371,6 +339,7 @@ class AnyValidatorTests(ServerTestCase):
         self.assertIn("connect from [127.0.0.1]:", log)
         self.assertIn("disconnect from [127.0.0.1]:", log)
 
+    @pytest.mark.rfc("2920", "3.2")
     def test_pipelinedTwoRecipients(self):
         """
         EHLO, MAIL, two RCPTs, DATA, the message and QUIT in one write get
@@ -446,6 +415,8 @@ class AnyValidatorTests(ServerTestCase):
         else:
             self.assertEqual(victim, [])
 
+    @pytest.mark.rfc("5321", "4.1.1.4")
+    @pytest.mark.rfc("5321", "2.3.8")
     def test_smugglingBareLF(self):
         """
         LF . LF inside the data does not end it: the commands after it are
@@ -453,24 +424,32 @@ class AnyValidatorTests(ServerTestCase):
         """
         self.assertNotSmuggled(b"\n.\n")
 
+    @pytest.mark.rfc("5321", "4.1.1.4")
+    @pytest.mark.rfc("5321", "2.3.8")
     def test_smugglingCRLFDotLF(self):
         """
         CRLF . LF inside the data does not end it.
         """
         self.assertNotSmuggled(b"\r\n.\n")
 
+    @pytest.mark.rfc("5321", "4.1.1.4")
+    @pytest.mark.rfc("5321", "2.3.8")
     def test_smugglingLFDotCRLF(self):
         """
         LF . CRLF inside the data does not end it.
         """
         self.assertNotSmuggled(b"\n.\r\n")
 
+    @pytest.mark.rfc("5321", "4.1.1.4")
+    @pytest.mark.rfc("5321", "2.3.8")
     def test_smugglingBareCR(self):
         """
         CR . CR inside the data does not end it.
         """
         self.assertNotSmuggled(b"\r.\r")
 
+    @pytest.mark.rfc("5321", "4.1.1.4")
+    @pytest.mark.rfc("2920", "3.2")
     def test_pipelinedSecondTransaction(self):
         """
         A real CRLF . CRLF followed by a second transaction in the same
@@ -483,6 +462,8 @@ class AnyValidatorTests(ServerTestCase):
         )
         self.assertEqual((len(victim), second), (1, 1))
 
+    @pytest.mark.rfc("5321", "4.5.2")
+    @pytest.mark.rfc("6152", "2")
     def test_largeMessage(self):
         """
         A 10 MB message, with dot-stuffed lines, 8-bit text and a 100 kB
@@ -515,6 +496,7 @@ class AnyValidatorTests(ServerTestCase):
         self.assertTrue(stored.endswith(expected), "the stored message differs from the one sent")
         self.assertEqual(self.server.tmpFiles("example.org", user), [])
 
+    @pytest.mark.rfc("1870", "6")
     def test_sizeParameterTooBig(self):
         """
         MAIL FROM with a SIZE above --max-message-size is refused at once
@@ -528,6 +510,7 @@ class AnyValidatorTests(ServerTestCase):
             code, _ = c.mail("sender@remote.example", ["SIZE=1000"])
             self.assertEqual(code, 250)
 
+    @pytest.mark.rfc("1870", "6")
     def test_bodyTooBig(self):
         """
         A message that grows past --max-message-size without announcing
@@ -569,6 +552,7 @@ class MailboxAndRelayTests(ServerTestCase):
         "127.0.0.1/32",
     )
 
+    @pytest.mark.rfc("3463", "3.2")
     def test_unknownRecipient(self):
         """
         A recipient without a Maildir is refused with 550 5.1.1.
@@ -590,6 +574,7 @@ class MailboxAndRelayTests(ServerTestCase):
         [stored] = self.server.newMessages("example.org", user)
         self.assertEqual(header(stored, b"Delivered-To"), [recipient.encode()])
 
+    @pytest.mark.rfc("5321", "4.5.1")
     def test_postmasterAlwaysAccepted(self):
         """
         postmaster@ a local domain is accepted even without a Maildir, which
@@ -645,6 +630,7 @@ class TLSTests(ServerTestCase):
         """
         return ssl.create_default_context(cafile=self.authority.path)
 
+    @pytest.mark.rfc("3207", "4")
     def test_deliveryOverTLS(self):
         """
         EHLO offers STARTTLS; a client that verifies the certificate
@@ -664,6 +650,7 @@ class TLSTests(ServerTestCase):
         self.assertIn(b"ESMTPS", received)
         self.assertIn(version.encode(), received)
 
+    @pytest.mark.rfc("3207", "4.2")
     def test_ehloAfterTLS(self):
         """
         EHLO after STARTTLS no longer offers STARTTLS, and a second
@@ -679,6 +666,7 @@ class TLSTests(ServerTestCase):
             self.assertEqual((code, text[:5]), (503, b"5.5.1"))
             self.assertEqual(c.noop()[0], 250)
 
+    @pytest.mark.rfc("3207", "4.2")
     def test_commandsPipelinedAfterSTARTTLS(self):
         """
         A command sent in the clear in the same write as STARTTLS is
@@ -840,6 +828,7 @@ class DurabilityTests(SynchronousTestCase):
     Acknowledged mail survives C{kill -9}.
     """
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_sigkill(self):
         """
         Clients send mail while the server is killed with SIGKILL: every
@@ -904,7 +893,7 @@ class DurabilityTests(SynchronousTestCase):
 class ThirdPartyValidatorTests(SynchronousTestCase):
     """
     A validator plugin dropped into an C{smtpmx/plugins/} directory on
-    C{sys.path}, like the SPEC's DenyBob example.
+    C{sys.path}, like README's DenyBob example (C{docs/plugins.rst}).
     """
 
     def setUp(self) -> None:

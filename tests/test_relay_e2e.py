@@ -1,8 +1,9 @@
 """
-End-to-end tests of the relay (SPEC section 6): the real C{twistd -n
-smtpmx} in a subprocess takes mail from smtplib on loopback, queues it and
-hands it to a next hop that is a real SMTP server in another process: our
-recording sink (L{tests.smtpsink}), found through C{--route} or through MX
+End-to-end tests of the relay (C{docs/relay.rst}; RFC 5321 sections 5.1,
+4.5.4.1 and 6.1, RFC 3464, RFC 7505): the real C{twistd -n smtpmx} in a
+subprocess takes mail from smtplib on loopback, queues it and hands it to
+a next hop that is a real SMTP server in another process: our recording
+sink (L{tests.sink}, run with C{python -m tests.sink}), found through C{--route} or through MX
 records served by Twisted's own DNS server (L{tests.dnszone}), or Postfix's
 C{smtp-sink}.  Bounces are read back from the Maildirs with L{email}.
 
@@ -14,8 +15,6 @@ the whole file to seconds.
 
 from __future__ import annotations
 
-import atexit
-import base64
 import email
 import email.policy
 import os
@@ -24,15 +23,16 @@ import smtplib
 import subprocess
 import sys
 import time
-import uuid
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.dnszone import RunningDNS, zoneSource
-from tests.e2e import RunningServer, environment, freePort, makeTemporaryDirectory
+from tests.e2e import RunningServer, SharedProcessesTestCase, environment, freePort, makeTemporaryDirectory
+from tests.helpers import message, unique, waitUntil
 from tests.postfix import SMTP_SINK, startSmtpSink
-from tests.smtpsink import RunningSink
+from tests.sink import RunningSink, Transaction
 
 # Every blocking client operation, and every wait for the relay, is
 # bounded by this.
@@ -43,27 +43,6 @@ HOSTNAME = "mx.smtpmx.test"
 
 
 # Small helpers.
-
-
-def unique(prefix: str = "m") -> str:
-    """
-    A short unique token, for Message-IDs and local parts.
-    """
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
-
-
-def message(messageId: str, subject: str = "relay test", body: bytes = b"Hello.\r\n") -> bytes:
-    """
-    A small RFC 5322 message with CRLF line endings and the given
-    Message-ID (without the angle brackets).
-    """
-    return (
-        b"From: someone@localhost\r\n"
-        b"To: friends@remote.example\r\n"
-        b"Subject: " + subject.encode() + b"\r\n"
-        b"Message-ID: <" + messageId.encode() + b">\r\n"
-        b"\r\n" + body
-    )
 
 
 def send(
@@ -111,23 +90,11 @@ def queueIdOf(reply: tuple[int, str]) -> str:
     return m.group(1)
 
 
-def waitUntil(predicate: Callable[[], object], timeout: float = TIMEOUT, interval: float = 0.05):
-    """
-    Call C{predicate} until it returns something true or C{timeout}
-    seconds pass; return its last result.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
-
-
 def queued(server: RunningServer) -> list[str]:
     """
-    The IDs of the messages in C{server}'s queue: its C{env/} files (SPEC:
-    a message is queued if and only if its env file exists).
+    The IDs of the messages in C{server}'s queue: its C{env/} files (a
+    message is queued if and only if its env file exists, as
+    C{docs/storage.rst} says).
     """
     try:
         return sorted(n for n in os.listdir(os.path.join(server.dir, "queue", "env")) if not n.startswith("."))
@@ -135,23 +102,24 @@ def queued(server: RunningServer) -> list[str]:
         return []
 
 
-def messageIdOf(data: str) -> Optional[str]:
+def messageIdOf(data: bytes) -> Optional[str]:
     """
-    The Message-ID (without brackets) in the header section of C{data}.
+    The Message-ID (without brackets) in the header section of C{data}, a
+    message as the sink stores it (LF line endings).
     """
-    head = data.replace("\r\n", "\n").split("\n\n", 1)[0]
+    head = data.split(b"\n\n", 1)[0].decode("utf-8", "replace")
     m = re.search(r"^Message-ID:\s*<([^>]*)>", head, re.M | re.I)
     return m.group(1) if m else None
 
 
-def transactionsFor(sink: RunningSink, messageId: str) -> list[dict]:
+def transactionsFor(sink: RunningSink, messageId: str) -> list[Transaction]:
     """
     The sink's transactions that carried the message C{messageId}.
     """
-    return [t for t in sink.transactions() if messageIdOf(t["data"]) == messageId]
+    return [t for t in sink.transactions() if messageIdOf(t.data) == messageId]
 
 
-def waitForTransactions(sink: RunningSink, messageId: str, count: int = 1, timeout: float = TIMEOUT) -> list[dict]:
+def waitForTransactions(sink: RunningSink, messageId: str, count: int = 1, timeout: float = TIMEOUT) -> list[Transaction]:
     """
     Wait (bounded) until the sink has seen C{count} transactions of
     C{messageId}.
@@ -217,51 +185,12 @@ def allFiles(server: RunningServer, under: str) -> list[str]:
 # The shared machinery.
 
 
-class RelayTestCase(SynchronousTestCase):
+class RelayTestCase(SharedProcessesTestCase):
     """
     A test class whose processes (sinks, DNS servers, one smtpmx) are
     started once, by L{startProcesses}, before its first test; every test
     fails if the server logged a traceback while it ran.
     """
-
-    server: RunningServer
-
-    @classmethod
-    def startProcesses(cls, addCleanup) -> None:
-        """
-        Start the class's processes; each registers its stop with
-        C{addCleanup}.  Subclasses set at least C{cls.server}.
-        """
-        raise TypeError(f"{cls.__name__} does not say which processes it needs")
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        """
-        Start the shared processes once for the class (pytest, unittest).
-        """
-        cls.logSeen = 0
-        cls.startProcesses(cls.addClassCleanup)
-
-    def setUp(self) -> None:
-        """
-        Under trial, which does not call C{setUpClass}, start the shared
-        processes before the first test and stop them when the process
-        exits.
-        """
-        if "server" not in type(self).__dict__:
-            cleanups = []
-            atexit.register(lambda: [f(*a) for f, a in reversed(cleanups)])
-            type(self).logSeen = 0
-            type(self).startProcesses(lambda f, *a: cleanups.append((f, a)))
-
-    def tearDown(self) -> None:
-        """
-        Fail the test if the server logged a traceback while it ran.
-        """
-        cls = type(self)
-        log = self.server.log()
-        fresh, cls.logSeen = log[cls.logSeen :], len(log)
-        self.assertNotIn("Traceback", fresh, "the server logged a traceback")
 
     def assertLeavesQueue(self, queueId: str, timeout: float = TIMEOUT) -> None:
         """
@@ -306,17 +235,21 @@ class RouteTests(RelayTestCase):
             ],
         )
 
+    @pytest.mark.rfc("5321", "2.4")
+    @pytest.mark.rfc("5321", "4.4")
+    @pytest.mark.rfc("5321", "4.5.2")
     def test_oneTransactionForRecipientsSharingANextHop(self) -> None:
         """
         A message from a trusted client to three recipients at one remote
         domain reaches the next hop in one transaction with the three
         RCPTs exactly as the client wrote them, case and all; the copy
         starts with our Received header and carries no Return-Path or
-        Delivered-To, and leaves the queue.
+        Delivered-To, every line on the wire ends with CRLF, and the
+        message leaves the queue.
         """
         messageId = unique() + "@client.example"
         recipients = ["Alice@Remote.Example", "bob@remote.example", "CAROL@remote.example"]
-        replies, dataReply = send(self.server, "Sender@Client.Example", recipients, message(messageId))
+        replies, dataReply = send(self.server, "Sender@Client.Example", recipients, message(messageId=messageId))
         self.assertEqual([code for code, _ in replies], [250, 250, 250])
         queueId = queueIdOf(dataReply)
 
@@ -327,24 +260,28 @@ class RouteTests(RelayTestCase):
         found = transactionsFor(self.sink, messageId)
         self.assertEqual(len(found), 1, f"the message was sent in {len(found)} transactions")
         [transaction] = found
-        self.assertEqual(transaction["rcpts"], recipients)
-        self.assertEqual(transaction["mail_from"], "Sender@Client.Example")
-        data = transaction["data"]
-        self.assertTrue(data.startswith("Received: "), data[:200])
-        self.assertIn(HOSTNAME, data.split("\r\n\r\n", 1)[0])
-        head = data.split("\r\n\r\n", 1)[0]
-        self.assertNotRegex(head, r"(?im)^Return-Path:")
-        self.assertNotRegex(head, r"(?im)^Delivered-To:")
+        self.assertEqual(transaction.accepted, recipients)
+        self.assertEqual(transaction.mailFrom, "Sender@Client.Example")
+        data = transaction.data
+        self.assertTrue(data.startswith(b"Received: "), data[:200])
+        head = data.split(b"\n\n", 1)[0]
+        self.assertIn(HOSTNAME.encode(), head)
+        self.assertNotRegex(head, rb"(?im)^Return-Path:")
+        self.assertNotRegex(head, rb"(?im)^Delivered-To:")
         # On the wire every line ends with CRLF, whatever the queue stores.
-        self.assertNotRegex(data, r"(?<!\r)\n")
-        self.assertTrue(data.endswith("Hello.\r\n"), data[-50:])
+        self.assertNotRegex(transaction.raw, rb"(?<!\r)\n")
+        self.assertTrue(transaction.raw.endswith(b"\r\n\r\nHello.\r\n.\r\n"), transaction.raw[-50:])
+        self.assertTrue(data.endswith(b"\n\nHello.\n"), data[-50:])
         self.assertLeavesQueue(queueId)
 
+    @pytest.mark.rfc("5321", "4.5.2")
+    @pytest.mark.rfc("6152", "2")
     def test_bodyArrivesByteForByte(self) -> None:
         """
         Lines that start with a dot, a line that is only a dot, 8-bit text
         and a 5000-byte line reach the next hop exactly as the client sent
-        them: the relay stuffs dots again on the way out.
+        them: on the wire the relay stuffs each leading dot again, and the
+        next hop, unstuffing, gets the body back.
         """
         messageId = unique() + "@client.example"
         body = (
@@ -352,13 +289,20 @@ class RouteTests(RelayTestCase):
             + "caf\u00e9 \u00fcber \u2603\r\n".encode()
             + b"L" * 5000 + b"\r\nend\r\n"
         )
-        _, dataReply = send(self.server, "someone@client.example", ["olga@remote.example"], message(messageId, body=body))
+        onTheWire = (
+            b"..leading dot\r\n...two dots\r\n..\r\nafter a lone dot\r\n"
+            + "caf\u00e9 \u00fcber \u2603\r\n".encode()
+            + b"L" * 5000 + b"\r\nend\r\n.\r\n"
+        )
+        _, dataReply = send(self.server, "someone@client.example", ["olga@remote.example"], message(messageId=messageId, body=body))
         queueId = queueIdOf(dataReply)
         [transaction] = waitForTransactions(self.sink, messageId)
-        data = base64.b64decode(transaction["data_base64"])
-        self.assertTrue(data.endswith(b"\r\n\r\n" + body), data[-300:])
+        self.assertTrue(transaction.raw.endswith(b"\r\n\r\n" + onTheWire), transaction.raw[-300:])
+        self.assertTrue(transaction.data.endswith(b"\n\n" + body.replace(b"\r\n", b"\n")), transaction.data[-300:])
         self.assertLeavesQueue(queueId)
 
+    @pytest.mark.rfc("5321", "4.5.5")
+    @pytest.mark.rfc("3464", "2")
     def test_bounceToRemoteSenderIsRelayed(self) -> None:
         """
         A bounce for a remote sender is relayed to the sender's next hop
@@ -366,19 +310,19 @@ class RouteTests(RelayTestCase):
         """
         messageId = unique() + "@client.example"
         sender = unique("Sender") + "@remote.example"
-        _, dataReply = send(self.server, sender, ["bad@remote.example"], message(messageId))
+        _, dataReply = send(self.server, sender, ["bad@remote.example"], message(messageId=messageId))
         queueId = queueIdOf(dataReply)
 
-        def bounced() -> list[dict]:
+        def bounced() -> list[Transaction]:
             """
             The sink's transactions that carry the bounce.
             """
-            return [t for t in self.sink.transactions() if messageId in t["data"] and t["rcpts"] == [sender]]
+            return [t for t in self.sink.transactions() if messageId.encode() in t.data and t.accepted == [sender]]
 
-        found = waitUntil(bounced)
+        found = waitUntil(bounced, TIMEOUT)
         self.assertEqual(len(found), 1, self.server.log()[-3000:])
-        self.assertEqual(found[0]["mail_from"], "")
-        report = email.message_from_string(found[0]["data"], policy=email.policy.compat32)
+        self.assertEqual(found[0].mailFrom, "")
+        report = email.message_from_bytes(found[0].data, policy=email.policy.compat32)
         self.assertEqual(report.get_content_type(), "multipart/report")
         _, perRecipient = deliveryStatus(report)
         self.assertEqual([g["Status"].strip() for g in perRecipient], ["5.1.1"])
@@ -393,12 +337,12 @@ class RouteTests(RelayTestCase):
         messageId = unique() + "@client.example"
         replies, dataReply = send(
             self.server, "someone@client.example", ["Ops@Backup.Example", "x@remote.example"],
-            message(messageId), sourceAddress=("127.0.0.2", 0),
+            message(messageId=messageId), sourceAddress=("127.0.0.2", 0),
         )
         self.assertEqual([code for code, _ in replies], [250, 554])
         queueId = queueIdOf(dataReply)
         [transaction] = waitForTransactions(self.sink, messageId)
-        self.assertEqual(transaction["rcpts"], ["Ops@Backup.Example"])
+        self.assertEqual(transaction.accepted, ["Ops@Backup.Example"])
         self.assertLeavesQueue(queueId)
 
     def test_untrustedClientMayNotRelay(self) -> None:
@@ -410,7 +354,7 @@ class RouteTests(RelayTestCase):
         messageId = unique() + "@client.example"
         recipient = unique("victim") + "@remote.example"
         replies, dataReply = send(
-            self.server, "spammer@client.example", [recipient], message(messageId),
+            self.server, "spammer@client.example", [recipient], message(messageId=messageId),
             sourceAddress=("127.0.0.2", 0),
         )
         [(code, text)] = replies
@@ -432,29 +376,32 @@ class RouteTests(RelayTestCase):
         local = unique("local")
         replies, dataReply = send(
             self.server, "someone@client.example",
-            [f"{local}@localhost", "Dave@remote.example"], message(messageId),
+            [f"{local}@localhost", "Dave@remote.example"], message(messageId=messageId),
         )
         self.assertEqual([code for code, _ in replies], [250, 250])
         queueId = queueIdOf(dataReply)
         [stored] = self.server.waitForFiles("localhost", local, 1)
         self.assertIn(messageId.encode(), stored)
         [transaction] = waitForTransactions(self.sink, messageId)
-        self.assertEqual(transaction["rcpts"], ["Dave@remote.example"])
+        self.assertEqual(transaction.accepted, ["Dave@remote.example"])
         self.assertLeavesQueue(queueId)
 
+    @pytest.mark.rfc("5321", "4.5.4.1")
     def test_temporaryFailureIsRetried(self) -> None:
         """
         A next hop that answers 4xx the first time gets the message on a
         later attempt, a second or so later, and the queue lets it go.
         """
         messageId = unique() + "@client.example"
-        replies, dataReply = send(self.server, "someone@client.example", ["erin@retry.example"], message(messageId))
+        replies, dataReply = send(self.server, "someone@client.example", ["erin@retry.example"], message(messageId=messageId))
         queueId = queueIdOf(dataReply)
         [transaction] = waitForTransactions(self.retrySink, messageId)
-        self.assertEqual(transaction["rcpts"], ["erin@retry.example"])
+        self.assertEqual(transaction.accepted, ["erin@retry.example"])
         self.assertGreaterEqual(self.retrySink.connections(), 2)
         self.assertLeavesQueue(queueId)
 
+    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("3464", "2")
     def test_permanentFailureBouncesThatRecipient(self) -> None:
         """
         A 5xx reply to one recipient bounces that recipient alone: the
@@ -467,13 +414,13 @@ class RouteTests(RelayTestCase):
         messageId = unique() + "@client.example"
         replies, dataReply = send(
             self.server, f"{sender}@localhost",
-            ["good@remote.example", "bad@remote.example"], message(messageId),
+            ["good@remote.example", "bad@remote.example"], message(messageId=messageId),
         )
         self.assertEqual([code for code, _ in replies], [250, 250])
         queueId = queueIdOf(dataReply)
 
         [transaction] = waitForTransactions(self.sink, messageId)
-        self.assertEqual(transaction["rcpts"], ["good@remote.example"])
+        self.assertEqual(transaction.accepted, ["good@remote.example"])
         found = waitForBounce(self.server, sender)
         self.assertEqual(len(found), 1, [m.as_string()[:500] for m in found])
         [report] = found
@@ -495,6 +442,8 @@ class RouteTests(RelayTestCase):
         self.assertIn(messageId, report.as_string())
         self.assertLeavesQueue(queueId)
 
+    @pytest.mark.rfc("5321", "4.5.5")
+    @pytest.mark.rfc("5321", "6.1")
     def test_noBounceForNullReversePath(self) -> None:
         """
         A message with the null reverse-path that meets a 5xx is dropped
@@ -503,7 +452,7 @@ class RouteTests(RelayTestCase):
         """
         messageId = unique() + "@client.example"
         before = set(allFiles(self.server, "Maildir"))
-        replies, dataReply = send(self.server, "", ["bad@remote.example"], message(messageId))
+        replies, dataReply = send(self.server, "", ["bad@remote.example"], message(messageId=messageId))
         self.assertEqual([code for code, _ in replies], [250])
         queueId = queueIdOf(dataReply)
         self.assertLeavesQueue(queueId)
@@ -537,6 +486,8 @@ class ExpiryTests(RelayTestCase):
             ],
         )
 
+    @pytest.mark.rfc("5321", "4.5.4.1")
+    @pytest.mark.rfc("5321", "6.1")
     def test_expiredMessageBounces(self) -> None:
         """
         A message that cannot be delivered before --max-queue-age runs out
@@ -545,7 +496,7 @@ class ExpiryTests(RelayTestCase):
         """
         sender = unique("someone")
         messageId = unique() + "@client.example"
-        replies, dataReply = send(self.server, f"{sender}@localhost", ["frank@remote.example"], message(messageId))
+        replies, dataReply = send(self.server, f"{sender}@localhost", ["frank@remote.example"], message(messageId=messageId))
         queueId = queueIdOf(dataReply)
         found = waitForBounce(self.server, sender, timeout=10)
         self.assertEqual(len(found), 1, self.server.log()[-3000:])
@@ -606,27 +557,30 @@ class MXTests(RelayTestCase):
         sink's transactions for it once one arrives (or time runs out).
         """
         messageId = unique() + "@client.example"
-        _, dataReply = send(self.server, "someone@client.example", [recipient], message(messageId))
+        _, dataReply = send(self.server, "someone@client.example", [recipient], message(messageId=messageId))
         queueId = queueIdOf(dataReply)
         return queueId, waitForTransactions(self.sink, messageId)
 
+    @pytest.mark.rfc("5321", "5.1")
     def test_deliveredToMX(self) -> None:
         """
         Mail for a domain is delivered to the host its MX record names.
         """
         queueId, found = self.relay("Grace@mx.example.test")
-        self.assertEqual([t["rcpts"] for t in found], [["Grace@mx.example.test"]], self.server.log()[-3000:])
+        self.assertEqual([t.accepted for t in found], [["Grace@mx.example.test"]], self.server.log()[-3000:])
         self.assertLeavesQueue(queueId)
 
+    @pytest.mark.rfc("5321", "5.1")
     def test_nextMXWhenFirstIsDown(self) -> None:
         """
         When the most preferred MX does not answer, the next one gets the
         message in the same attempt.
         """
         queueId, found = self.relay("heidi@fallback.example.test")
-        self.assertEqual([t["rcpts"] for t in found], [["heidi@fallback.example.test"]], self.server.log()[-3000:])
+        self.assertEqual([t.accepted for t in found], [["heidi@fallback.example.test"]], self.server.log()[-3000:])
         self.assertLeavesQueue(queueId)
 
+    @pytest.mark.rfc("7505", "3")
     def test_nullMXBounces(self) -> None:
         """
         Mail for a domain with a null MX (RFC 7505) bounces at once to its
@@ -634,7 +588,7 @@ class MXTests(RelayTestCase):
         """
         sender = unique("someone")
         messageId = unique() + "@client.example"
-        _, dataReply = send(self.server, f"{sender}@localhost", ["ivan@null.example.test"], message(messageId))
+        _, dataReply = send(self.server, f"{sender}@localhost", ["ivan@null.example.test"], message(messageId=messageId))
         queueId = queueIdOf(dataReply)
         found = waitForBounce(self.server, sender, timeout=10)
         self.assertEqual(len(found), 1, self.server.log()[-3000:])
@@ -645,13 +599,14 @@ class MXTests(RelayTestCase):
         self.assertLeavesQueue(queueId)
         self.assertEqual(transactionsFor(self.sink, messageId), [])
 
+    @pytest.mark.rfc("5321", "5.1")
     def test_implicitMX(self) -> None:
         """
         Mail for a domain with no MX record but an A record goes to that
         address (the implicit MX).
         """
         queueId, found = self.relay("judy@implicit.example.test")
-        self.assertEqual([t["rcpts"] for t in found], [["judy@implicit.example.test"]], self.server.log()[-3000:])
+        self.assertEqual([t.accepted for t in found], [["judy@implicit.example.test"]], self.server.log()[-3000:])
         self.assertLeavesQueue(queueId)
 
 
@@ -660,6 +615,7 @@ class CrashTests(SynchronousTestCase):
     The queue across a kill -9.
     """
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_killNineLosesAndDuplicatesNothing(self) -> None:
         """
         Twenty messages acknowledged while the next hop is down survive a
@@ -683,7 +639,7 @@ class CrashTests(SynchronousTestCase):
                 c.ehlo_or_helo_if_needed()
                 self.assertEqual(c.mail("someone@client.example")[0], 250)
                 self.assertEqual(c.rcpt(f"user{i}@remote.example")[0], 250)
-                code, text = c.data(message(messageId))
+                code, text = c.data(message(messageId=messageId))
                 self.assertEqual(code, 250, text)
         self.assertEqual(len(queued(server)), 20)
         server.kill9()
@@ -692,7 +648,7 @@ class CrashTests(SynchronousTestCase):
         waitUntil(lambda: not queued(server), 30)
         # Anything sent twice would arrive about now.
         time.sleep(1.0)
-        received = [messageIdOf(t["data"]) for t in sink.transactions()]
+        received = [messageIdOf(t.data) for t in sink.transactions()]
         self.assertEqual(sorted(set(received)), sorted(messageIds), server.log()[-3000:])
         self.assertEqual(len(received), 20, "some messages were delivered more than once")
         self.assertEqual(queued(server), [])
@@ -725,9 +681,9 @@ class QueueCommandTests(SynchronousTestCase):
             ],
         )
         keep, drop = unique() + "@client.example", unique() + "@client.example"
-        _, reply = send(server, "someone@client.example", ["Keep.Me@remote.example"], message(keep))
+        _, reply = send(server, "someone@client.example", ["Keep.Me@remote.example"], message(messageId=keep))
         keepId = queueIdOf(reply)
-        _, reply = send(server, "someone@client.example", ["drop.me@remote.example"], message(drop))
+        _, reply = send(server, "someone@client.example", ["drop.me@remote.example"], message(messageId=drop))
         dropId = queueIdOf(reply)
 
         def listed() -> str:
@@ -763,7 +719,7 @@ class QueueCommandTests(SynchronousTestCase):
         found = waitUntil(lambda: transactionsFor(sink, keep), 10)
         self.assertTrue(found, "flush did not make the server try:\n" + server.log()[-3000:])
         self.assertLess(time.monotonic() - started, 3.0)
-        self.assertEqual(found[0]["rcpts"], ["Keep.Me@remote.example"])
+        self.assertEqual(found[0].accepted, ["Keep.Me@remote.example"])
         self.assertTrue(waitUntil(lambda: not queued(server), 5), queued(server))
         self.assertEqual(transactionsFor(sink, drop), [])
         self.assertIn("The queue is empty.", listed())
@@ -790,7 +746,7 @@ class PostfixSinkTests(SynchronousTestCase):
             ["--hostname", HOSTNAME, "--route", f"remote.example=127.0.0.6:{port}", "--retry-schedule", "1"],
         )
         messageId = unique() + "@client.example"
-        _, reply = send(server, "someone@client.example", ["kim@remote.example", "Lee@remote.example"], message(messageId))
+        _, reply = send(server, "someone@client.example", ["kim@remote.example", "Lee@remote.example"], message(messageId=messageId))
         queueId = queueIdOf(reply)
         self.assertTrue(waitUntil(lambda: queueId not in queued(server)), server.log()[-3000:])
         self.assertIn("127.0.0.6", server.log())

@@ -1,0 +1,143 @@
+"""
+Small helpers shared by the test modules: unique tokens, a ready-made
+RFC 5322 message, and the one way a test waits for something another
+process does.
+
+Every test that waits for a subprocess (a Maildir filling, a queue
+emptying, a sink recording) uses L{waitUntil}: bounded, with a fixed
+polling interval, returning the last answer so that the assertion after
+it can print what was seen.  (Tests that must spin the reactor while they
+wait cannot sleep, and do not use it.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from typing import Callable, Optional, TypeVar
+
+T = TypeVar("T")
+
+# How long a test waits, at most, for another process to do something.
+WAIT_TIMEOUT = 15.0
+
+
+def unique(prefix: str = "m") -> str:
+    """
+    A short unique token, for local parts and Message-IDs, so that tests
+    sharing one server never see each other's mail.
+
+    @param prefix: put in front of ten hexadecimal digits.
+    """
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def message(
+    subject: str = "test",
+    body: bytes = b"Hello.\r\n",
+    extra: bytes = b"",
+    messageId: Optional[str] = None,
+    sender: str = "sender@remote.example",
+    to: str = "someone@example.org",
+) -> bytes:
+    """
+    A small RFC 5322 message with CRLF line endings, as a client sends it.
+
+    @param subject: its C{Subject:}.
+    @param body: the body, after the empty line.
+    @param extra: more header lines (each ending in CRLF) after the others.
+    @param messageId: its C{Message-ID:} without the angle brackets;
+        C{SUBJECT@remote.example} by default.
+    @param sender: its C{From:}.
+    @param to: its C{To:}.
+    """
+    if messageId is None:
+        messageId = subject + "@remote.example"
+    return (
+        b"From: " + sender.encode() + b"\r\n"
+        b"To: " + to.encode() + b"\r\n"
+        b"Subject: " + subject.encode() + b"\r\n"
+        b"Message-ID: <" + messageId.encode() + b">\r\n" + extra + b"\r\n" + body
+    )
+
+
+def waitUntil(
+    predicate: Callable[[], T], timeout: float = WAIT_TIMEOUT, interval: float = 0.05,
+    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """
+    Call C{predicate} until it returns something true or C{timeout} seconds
+    pass, sleeping C{interval} seconds between calls.
+
+    @param clock: the monotonic clock (for tests of this function).
+    @param sleep: how to wait between calls (for tests of this function).
+    @return: the last result of C{predicate}: true if the wait succeeded,
+        false (whatever C{predicate} returned) when time ran out.
+    """
+    deadline = clock() + timeout
+    while True:
+        result = predicate()
+        if result or clock() >= deadline:
+            return result
+        sleep(interval)
+
+
+# What an interpreter says about its installed distributions: every
+# distribution's name, version and location, and for smtpmx its version
+# and every file it installed, with whether the file is still there.
+SNAPSHOT = """
+import importlib.metadata as metadata, json, os
+distributions = sorted(
+    [d.metadata["Name"].lower(), d.version, str(d.locate_file(""))] for d in metadata.distributions()
+)
+try:
+    d = metadata.distribution("smtpmx")
+except metadata.PackageNotFoundError:
+    smtpmx = None
+else:
+    smtpmx = {
+        "version": d.version,
+        "location": str(d.locate_file("")),
+        "files": sorted([str(f), os.path.exists(d.locate_file(f))] for f in d.files or []),
+    }
+print(json.dumps({"distributions": distributions, "smtpmx": smtpmx}))
+"""
+
+# The snapshot (L{snapshot}) of the interpreter running the suite, taken
+# by C{conftest.py} before the first test, by interpreter path.
+ENVIRONMENT_AT_START: dict[str, dict] = {}
+
+
+def cleanEnvironment() -> dict:
+    """
+    Our environment without C{PYTHONPATH} (the end-to-end harness puts
+    the checkout there) and without pip's network: an installed smtpmx
+    must work on its own, and an install test needs nothing from an index.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PIP_NO_INDEX"] = "1"
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def snapshot(python: str) -> dict:
+    """
+    What C{python} has installed (see L{SNAPSHOT}), asked from an empty
+    directory so that no checkout is on its path: two snapshots are equal
+    when nothing was installed, upgraded or removed in between.
+    """
+    cwd = tempfile.mkdtemp(prefix="smtpmx-snapshot-")
+    try:
+        result = subprocess.run(
+            [python, "-c", SNAPSHOT], capture_output=True, text=True, timeout=60, cwd=cwd,
+            env=cleanEnvironment(), check=True,
+        )
+    finally:
+        shutil.rmtree(cwd, True)
+    return json.loads(result.stdout)
