@@ -297,6 +297,8 @@ class MakeBounceTests(SynchronousTestCase):
     @pytest.mark.rfc("3464", "2.3.2")
     @pytest.mark.rfc("3464", "2.3.3")
     @pytest.mark.rfc("3464", "2.3.4")
+    @pytest.mark.rfc("3464", "2.3.5")
+    @pytest.mark.rfc("3464", "2.3.6")
     def test_perRecipientFields(self) -> None:
         """
         A recipient refused by a remote server is reported with its address,
