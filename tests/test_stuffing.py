@@ -76,14 +76,14 @@ class DotStufferTests(SynchronousTestCase):
         """
         self.assertEqual(stuff(b".\n"), b"..\r\n.\r\n")
 
-    @pytest.mark.rfc("5321", "3.3", "5321-3.3-2")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-5")
     def test_empty(self) -> None:
         """
         An empty message is just the end marker.
         """
         self.assertEqual(stuff(b""), b".\r\n")
 
-    @pytest.mark.rfc("5321", "3.3", "5321-3.3-3")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-6")
     def test_noFinalNewline(self) -> None:
         """
         A message without a final line ending gets one before the end
@@ -91,7 +91,7 @@ class DotStufferTests(SynchronousTestCase):
         """
         self.assertEqual(stuff(b"a\n.b"), b"a\r\n..b\r\n.\r\n")
 
-    @pytest.mark.rfc("5321", "3.3", "5321-3.3-2")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-5")
     def test_crlfInput(self) -> None:
         """
         A CRLF in the input is one line ending, not two.
