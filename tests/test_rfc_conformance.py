@@ -8,6 +8,7 @@ and the script reads markers the way its docstring says.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -135,8 +136,6 @@ class ScriptTests(SynchronousTestCase):
         """
         Remove the temporary root.
         """
-        import shutil
-
         shutil.rmtree(self.root)
 
     def coverage(self, source: str):
