@@ -1,6 +1,6 @@
 """
 The bounce: a delivery status notification (RFC 3464) sent to the
-reverse-path when a relayed message cannot be delivered (SPEC section 6).
+reverse-path when a relayed message cannot be delivered (docs/relay.rst).
 
 L{makeBounce} is a pure function of the original headers, the failures, the
 sender, our host name, the queue ID and the time; it returns the complete

@@ -1,7 +1,8 @@
 """
-The trace headers prepended to stored messages (SPEC section 5), as small
-pure functions returning bytes with an LF line ending, the way the Maildir
-file is written.
+The trace headers prepended to stored messages (RFC 5321 section 4.4;
+the Maildir file format of docs/storage.rst), as small pure functions
+returning bytes with an LF line ending, the way the Maildir file is
+written.
 
 Values come from the envelope, which the client chose: any CR or LF in
 them is dropped, so that no value can end its header early and smuggle in

@@ -4,6 +4,7 @@ Tests for path and parameter parsing and safe Maildir names.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -23,6 +24,7 @@ class ParsePathTests(SynchronousTestCase):
     L{parsePath} reads the path of MAIL and RCPT.
     """
 
+    @pytest.mark.rfc("5321", "2.4", "5321-2.4-1")
     def test_simple(self):
         """
         A path in brackets gives its address, case kept, and the rest.
@@ -36,12 +38,16 @@ class ParsePathTests(SynchronousTestCase):
         self.assertEqual(parsePath("<>", True), (None, ""))
         self.assertRaises(AddressError, parsePath, "<>", False)
 
+    @pytest.mark.rfc("5321", "3.6.1")
+    @pytest.mark.rfc("5321", "4.1.1.3", "5321-4.1.1.3-1")
+    @pytest.mark.rfc("5321", "4.1.1.3", "5321-4.1.1.3-2")
     def test_sourceRoute(self):
         """
         A source route is dropped.
         """
         self.assertEqual(parsePath("<@a.example,@b.example:u@c.example>", False)[0], Address("u", "c.example"))
 
+    @pytest.mark.rfc("5321", "4.1.2", "5321-4.1.2-1")
     def test_quoted(self):
         """
         A quoted local part is kept as sent; its unquoted form drops quotes.
@@ -63,6 +69,7 @@ class ParsePathTests(SynchronousTestCase):
         """
         self.assertEqual(parsePath("u@example.org BODY=7BIT", True), (Address("u", "example.org"), " BODY=7BIT"))
 
+    @pytest.mark.rfc("5321", "4.5.1", "5321-4.5.1-3")
     def test_postmaster(self):
         """
         A bare <postmaster> is accepted only where allowed (RCPT).
@@ -78,6 +85,7 @@ class ParsePathTests(SynchronousTestCase):
         self.assertEqual(parseAddress("u@[IPv6:2001:db8::1]").domain, "[IPv6:2001:db8::1]")
         self.assertRaises(AddressError, parseAddress, "u@[999.1.1.1]")
 
+    @pytest.mark.rfc("5321", "4.1.2", "5321-4.1.2-4")
     def test_bad(self):
         """
         Malformed paths raise L{AddressError}.
@@ -85,6 +93,7 @@ class ParsePathTests(SynchronousTestCase):
         for bad in ["<a@b", "<a@>", "<@b.example>", "<a b@c.example>", "<a@-b.example>", "<a@b..example>", '<"a@b.example>', "<a@b.example>x"]:
             self.assertRaises(AddressError, parsePath, bad, True)
 
+    @pytest.mark.rfc("6531", "3.3")
     def test_utf8(self):
         """
         UTF-8 local parts and domains parse, and say they are not ASCII.
@@ -129,6 +138,7 @@ class MailboxNameTests(SynchronousTestCase):
     Maildir directory names.
     """
 
+    @pytest.mark.rfc("5321", "4.1.2", "5321-4.1.2-2")
     def test_lowerAndTag(self):
         """
         The name is lower-cased and the delimiter tag stripped.

@@ -10,6 +10,7 @@ import email.policy
 from email.message import EmailMessage
 from typing import Optional, Sequence
 
+import pytest
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -188,6 +189,9 @@ class MakeBounceTests(SynchronousTestCase):
     Tests for L{makeBounce}.
     """
 
+    @pytest.mark.rfc("5321", "4.5.4", "5321-4.5.4-2")
+    @pytest.mark.rfc("5321", "4.5.5", "5321-4.5.5-2")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-3")
     def test_nullSender(self) -> None:
         """
         A message with the null reverse-path is never bounced: asking for a
@@ -219,6 +223,7 @@ class MakeBounceTests(SynchronousTestCase):
         self.assertNotIn(b"\r", message)
         self.assertTrue(message.endswith(b"--\n"))
 
+    @pytest.mark.rfc("3464", "2", "3464-2-1")
     def test_multipartReport(self) -> None:
         """
         The bounce is a C{multipart/report} of report type
@@ -234,6 +239,8 @@ class MakeBounceTests(SynchronousTestCase):
         )
         self.assertEqual(message.defects, [])
 
+    @pytest.mark.rfc("3464", "2", "3464-2-2")
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-10")
     def test_topHeaders(self) -> None:
         """
         The bounce comes from the mail delivery system of our host, goes to
@@ -269,6 +276,7 @@ class MakeBounceTests(SynchronousTestCase):
         )["Message-ID"]
         self.assertNotEqual(first, later)
 
+    @pytest.mark.rfc("3464", "2.2.2")
     def test_perMessageFields(self) -> None:
         """
         The report names our host as the reporting MTA, the queue ID and
@@ -286,6 +294,11 @@ class MakeBounceTests(SynchronousTestCase):
         perMessage = reportBlocks(bounce(arrival=None))[0]
         self.assertNotIn("Arrival-Date", perMessage)
 
+    @pytest.mark.rfc("3464", "2.3.2")
+    @pytest.mark.rfc("3464", "2.3.3")
+    @pytest.mark.rfc("3464", "2.3.4")
+    @pytest.mark.rfc("3464", "2.3.5")
+    @pytest.mark.rfc("3464", "2.3.6")
     def test_perRecipientFields(self) -> None:
         """
         A recipient refused by a remote server is reported with its address,
@@ -305,6 +318,9 @@ class MakeBounceTests(SynchronousTestCase):
             },
         )
 
+    @pytest.mark.rfc("3464", "2.3.2")
+    @pytest.mark.rfc("3464", "2.3.3")
+    @pytest.mark.rfc("3464", "2.3.4")
     def test_noRemote(self) -> None:
         """
         A recipient that failed before any server replied (a null MX, an
@@ -336,6 +352,7 @@ class MakeBounceTests(SynchronousTestCase):
             ["Final-Recipient", "Original-Recipient", "Action", "Status"],
         )
 
+    @pytest.mark.rfc("3464", "2.3.4")
     def test_expiredStatusKept(self) -> None:
         """
         A message that waited too long is reported failed with the
@@ -344,6 +361,8 @@ class MakeBounceTests(SynchronousTestCase):
         failure = BounceFailure("bob@remote.example", "4.4.7")
         self.assertEqual(reportBlocks(bounce(failures=[failure]))[1]["Status"], "4.4.7")
 
+    @pytest.mark.rfc("3463", "2", "3463-2-1")
+    @pytest.mark.rfc("3464", "2.3.4")
     def test_invalidStatus(self) -> None:
         """
         A status that is not an enhanced status code of a failure is

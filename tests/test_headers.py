@@ -2,6 +2,7 @@
 Tests for L{smtpmx.headers}: the headers put on top of every stored copy.
 """
 
+import pytest
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -14,6 +15,7 @@ class ReturnPathTests(SynchronousTestCase):
     Tests for L{returnPath}.
     """
 
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-7")
     def test_sender(self) -> None:
         """
         The sender appears in literal angle brackets, on an LF-ended line.
@@ -23,6 +25,7 @@ class ReturnPathTests(SynchronousTestCase):
             b"Return-Path: <Alice@Example.COM>\n",
         )
 
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-7")
     def test_nullPath(self) -> None:
         """
         A message with the null reverse-path (a bounce) gets C{<>}.
@@ -53,6 +56,7 @@ class DeliveredToTests(SynchronousTestCase):
     Tests for L{deliveredTo}.
     """
 
+    @pytest.mark.rfc("5321", "2.4", "5321-2.4-1")
     def test_asGiven(self) -> None:
         """
         The recipient is written as the client gave it, case kept, without
@@ -101,6 +105,10 @@ class ReceivedTests(SynchronousTestCase):
     Tests for L{received}, our trace header.
     """
 
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-1")
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-2")
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-3")
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-6")
     def test_fields(self):
         """
         The header names the HELO name, client address, our name, the
@@ -119,6 +127,7 @@ class ReceivedTests(SynchronousTestCase):
             "\tfor <Bob@example.org>; Thu, 01 Jan 1970 00:00:00 +0000\n",
         )
 
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-2")
     def test_injection(self):
         """
         A HELO name with CR/LF cannot start a new header; an IPv6 client

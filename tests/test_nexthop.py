@@ -6,6 +6,7 @@ from L{twisted.names} on the loopback interface.
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import fail
 from twisted.internet.protocol import DatagramProtocol
@@ -107,6 +108,9 @@ class ResolveNextHopsTests(TestCase):
         """
         return resolveNextHops(domain, routes, self.resolver, relayPort, tieBreaker=lambda: 0.0)
 
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-1")
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-7")
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-8")
     async def test_mxOrder(self) -> None:
         """
         MX hosts come lowest preference first, each with its IPv4 then IPv6
@@ -123,6 +127,7 @@ class ResolveNextHopsTests(TestCase):
             ],
         )
 
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-9")
     async def test_equalPreferenceShuffled(self) -> None:
         """
         MX hosts of equal preference are ordered by the tie breaker.
@@ -137,6 +142,7 @@ class ResolveNextHopsTests(TestCase):
         hops = await resolveNextHops("example.test", (), resolver, 25, tieBreaker=lambda: next(keys))
         self.assertEqual([h.name for h in hops], ["mx2.example.test", "mx1.example.test", "mx1.example.test"])
 
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-4")
     async def test_implicitMx(self) -> None:
         """
         A domain with no MX records is its own mail exchanger (RFC 5321
@@ -151,6 +157,7 @@ class ResolveNextHopsTests(TestCase):
             ],
         )
 
+    @pytest.mark.rfc("7505", "3", "7505-3-1")
     async def test_nullMx(self) -> None:
         """
         A null MX (RFC 7505) is a permanent failure, 5.1.10.
@@ -159,6 +166,7 @@ class ResolveNextHopsTests(TestCase):
             await self.resolve("nullmx.example.test")
         self.assertIn("5.1.10", str(caught.exception))
 
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-2")
     async def test_nxdomain(self) -> None:
         """
         A domain that does not exist is a permanent failure.
@@ -167,6 +175,7 @@ class ResolveNextHopsTests(TestCase):
             await self.resolve("missing.example.test")
         self.assertIn("not found", str(caught.exception))
 
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-5")
     async def test_noMxNoAddress(self) -> None:
         """
         A domain that exists but has neither MX nor address records is a
@@ -175,6 +184,8 @@ class ResolveNextHopsTests(TestCase):
         with self.assertRaises(PermanentFailure):
             await self.resolve("nothing.example.test")
 
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-5")
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-6")
     async def test_noMxHostResolves(self) -> None:
         """
         When no MX host of a domain exists, the domain is a permanent
@@ -183,6 +194,7 @@ class ResolveNextHopsTests(TestCase):
         with self.assertRaises(PermanentFailure):
             await self.resolve("brokenmx.example.test")
 
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-3")
     async def test_servfail(self) -> None:
         """
         SERVFAIL is a temporary failure.
@@ -214,6 +226,7 @@ class TimeoutTests(TestCase):
     A DNS server that never answers.
     """
 
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-3")
     async def test_timeout(self) -> None:
         """
         A lookup that times out is a temporary failure, within the

@@ -3,6 +3,7 @@ Tests for L{smtpmx.relay.retry}: when a deferred message is tried again,
 and when it is given up.
 """
 
+import pytest
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,6 +17,7 @@ class NextAttemptDelayTests(SynchronousTestCase):
     Tests for L{nextAttemptDelay}.
     """
 
+    @pytest.mark.rfc("5321", "4.5.4.1", "5321-4.5.4.1-2")
     def test_followsSchedule(self) -> None:
         """
         After attempt I{n} the message waits the I{n}th delay of the
@@ -26,6 +28,8 @@ class NextAttemptDelayTests(SynchronousTestCase):
             [60.0, 300.0, 900.0, 1800.0, 3600.0],
         )
 
+    @pytest.mark.rfc("5321", "4.5.4.1", "5321-4.5.4.1-1")
+    @pytest.mark.rfc("5321", "4.5.4.1", "5321-4.5.4.1-2")
     def test_lastRepeats(self) -> None:
         """
         Once the schedule is used up, its last delay repeats for every

@@ -5,6 +5,7 @@ it after C{354}.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -60,6 +61,7 @@ class DotStufferTests(SynchronousTestCase):
     Tests for L{DotStuffer}.
     """
 
+    @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1")
     def test_simple(self) -> None:
         """
         LF line endings become CRLF, a leading dot is doubled, and the data
@@ -67,18 +69,21 @@ class DotStufferTests(SynchronousTestCase):
         """
         self.assertEqual(stuff(b"a\n.b\n..\nc\n"), b"a\r\n..b\r\n...\r\nc\r\n.\r\n")
 
+    @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1")
     def test_firstLine(self) -> None:
         """
         A dot at the very start of the message is doubled too.
         """
         self.assertEqual(stuff(b".\n"), b"..\r\n.\r\n")
 
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-5")
     def test_empty(self) -> None:
         """
         An empty message is just the end marker.
         """
         self.assertEqual(stuff(b""), b".\r\n")
 
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-6")
     def test_noFinalNewline(self) -> None:
         """
         A message without a final line ending gets one before the end
@@ -86,6 +91,7 @@ class DotStufferTests(SynchronousTestCase):
         """
         self.assertEqual(stuff(b"a\n.b"), b"a\r\n..b\r\n.\r\n")
 
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-5")
     def test_crlfInput(self) -> None:
         """
         A CRLF in the input is one line ending, not two.
@@ -99,6 +105,7 @@ class DotStufferTests(SynchronousTestCase):
         """
         self.assertEqual(stuff(b"a\r\n.b\r", [2, 3]), b"a\r\n..b\r\n.\r\n")
 
+    @pytest.mark.rfc("5321", "2.3.8", "5321-2.3.8-2")
     def test_bareCR(self) -> None:
         """
         A bare CR is sent as a line ending, never as it is, so that no next
@@ -108,6 +115,7 @@ class DotStufferTests(SynchronousTestCase):
         self.assertEqual(wire, b"a\r\n..\r\nb\r\n.\r\n")
         self.assertNotIn(b"\r.\r", wire)
 
+    @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1")
     def test_dotAtChunkBoundary(self) -> None:
         """
         A line starting with a dot exactly where a chunk starts is
@@ -118,6 +126,7 @@ class DotStufferTests(SynchronousTestCase):
         self.assertEqual(stuffer.feed(b".def\n"), b"..def\r\n")
         self.assertEqual(stuffer.end(), b".\r\n")
 
+    @pytest.mark.rfc("5321", "4.5.2")
     def test_dotLinesAroundRealChunkSizes(self) -> None:
         """
         A C{.} line at every offset around 16 KiB and 64 KiB, with the
@@ -142,6 +151,8 @@ class DotStufferTests(SynchronousTestCase):
         """
         self.assertEqual(stuff(message, cuts), stuff(message))
 
+    @pytest.mark.rfc("5321", "4.5.2")
+    @pytest.mark.rfc("5321", "2.3.8", "5321-2.3.8-2")
     @settings(max_examples=300, deadline=None)
     @given(_messages, st.lists(st.integers(min_value=0, max_value=400), max_size=12))
     def test_roundTrip(self, message: bytes, cuts: list[int]) -> None:

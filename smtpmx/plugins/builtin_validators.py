@@ -1,6 +1,6 @@
 """
 The built-in recipient validators, shipped as plugins shaped exactly like
-third-party ones (SPEC section 3): C{mailbox}, C{any} and C{aliases:PATH}.
+third-party ones (docs/plugins.rst): C{mailbox}, C{any} and C{aliases:PATH}.
 """
 
 from __future__ import annotations

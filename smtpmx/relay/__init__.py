@@ -1,4 +1,4 @@
 """
-Relaying mail to other hosts (SPEC section 6): the durable queue, the next
+Relaying mail to other hosts (docs/relay.rst): the durable queue, the next
 hop, the client, the retry schedule and the service that drives them.
 """

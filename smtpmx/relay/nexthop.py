@@ -1,5 +1,6 @@
 """
-Where a relayed message goes next (SPEC section 6, RFC 5321 section 5.1).
+Where a relayed message goes next (RFC 5321 section 5.1, RFC 7505;
+docs/relay.rst).
 
 The next hops of a domain are, in order: a C{--route} for it (no DNS at
 all), else the hosts of its MX records, lowest preference first, else the
@@ -270,7 +271,8 @@ def resolveNextHops(
     @param routes: the configured routes, C{(domain or "*", host, port)};
         a route for the domain itself beats C{*}, and a route means no DNS.
     @param resolver: a L{twisted.names} resolver for MX, A and AAAA.
-    @param relayPort: the port of MX hosts (SPEC C{--relay-port}).
+    @param relayPort: the port of MX hosts (C{--relay-port},
+        docs/options.rst).
     @param tieBreaker: orders MX hosts of equal preference; the default
         shuffles them.
 
@@ -288,8 +290,8 @@ def makeResolver(
     """
     The resolver the relay uses.
 
-    @param dnsServer: C{(host, port)} of the server to ask (SPEC
-        C{--dns-server}), or L{None} for the servers in
+    @param dnsServer: C{(host, port)} of the server to ask (C{--dns-server},
+        docs/options.rst), or L{None} for the servers in
         C{/etc/resolv.conf}.
     @param reactor: the reactor its queries run on.
     @param timeout: the retransmission timeouts of each query.

@@ -1,5 +1,6 @@
 """
-The retry schedule of the relay queue (SPEC section 6), as pure functions.
+The retry schedule of the relay queue (RFC 5321 section 4.5.4.1;
+docs/relay.rst), as pure functions.
 
 A message whose delivery failed transiently (a 4xx reply, a connection
 failure) waits before its next attempt: after attempt I{n} it waits

@@ -1,7 +1,7 @@
 """
 Dot-stuffing for the relay client (RFC 5321 section 4.5.2).
 
-A queued message is stored with LF line endings (SPEC section 5); on the
+A queued message is stored with LF line endings (docs/storage.rst); on the
 wire every line ends in CRLF, every line that starts with C{.} gets a second
 one, and C{<CRLF>.<CRLF>} ends the data.  L{DotStuffer} does this over the
 whole stream, so that a line that starts exactly at a chunk boundary is

@@ -1,0 +1,397 @@
+"""
+Build C{docs/rfc-conformance.rst}: every requirement of
+C{docs/rfc-requirements.toml} with the tests that check it.
+
+A test names the RFC section it checks with a marker::
+
+    @pytest.mark.rfc("5321", "4.5.2")
+    def test_leadingDot(self): ...
+
+The marker covers every requirement the catalogue lists for that section;
+a third argument, a requirement id (C{"5321-4.5.2-2"}), narrows it to that
+one.  A marker on a class applies to each of its tests, and a module's
+C{pytestmark} to each test of the module.  The markers are read from the
+source with L{ast}, so nothing is imported or run.
+
+Run from anywhere::
+
+    python docs/rfc_conformance.py           # rewrite docs/rfc-conformance.rst
+    python docs/rfc_conformance.py --check   # exit 1 if it is out of date
+
+C{tests/test_rfc_conformance.py} runs the check with the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOGUE = ROOT / "docs" / "rfc-requirements.toml"
+TABLE = ROOT / "docs" / "rfc-conformance.rst"
+TESTS = ROOT / "tests"
+REGENERATE = "python docs/rfc_conformance.py"
+
+LEVELS = ("MUST", "MUST NOT", "REQUIRED", "SHOULD", "SHOULD NOT")
+APPLIES = ("server", "relay", "both", "not applicable")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """
+    One requirement of an RFC, as the catalogue lists it.
+
+    @ivar id: C{"<rfc>-<section>-<n>"}, unique in the catalogue.
+    @ivar applies: C{server}, C{relay}, C{both} or C{not applicable}.
+    @ivar note: how smtpmx meets it or departs from it, or why it does not
+        apply; empty when there is nothing to say.
+    """
+
+    id: str
+    rfc: str
+    section: str
+    level: str
+    applies: str
+    text: str
+    note: str = ""
+
+    @property
+    def applicable(self) -> bool:
+        """
+        Whether smtpmx must meet it (and a test should check it).
+        """
+        return self.applies != "not applicable"
+
+
+@dataclass(frozen=True)
+class Marker:
+    """
+    One C{pytest.mark.rfc(...)} found on a test.
+
+    @ivar test: the test's pytest node id, C{tests/file.py::Class::test}.
+    @ivar where: C{file:line} of the marker, for error messages.
+    @ivar requirement: the requirement id given as third argument, if any.
+    """
+
+    test: str
+    where: str
+    rfc: str
+    section: str
+    requirement: Optional[str] = None
+
+
+@dataclass
+class Coverage:
+    """
+    The tests of each requirement, and the markers that name nothing in
+    the catalogue.
+
+    @ivar tests: requirement id to the sorted node ids of its tests.
+    @ivar errors: one line per marker that matches no requirement.
+    """
+
+    tests: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def loadCatalogue(path: Path = CATALOGUE) -> list[Requirement]:
+    """
+    Read and check the requirement catalogue.
+
+    @param path: the TOML file, an array of C{[[requirement]]} tables.
+    @raise ValueError: a requirement lacks a field, repeats an id, or has
+        an unknown level or applicability.
+    @return: the requirements in the catalogue's order.
+    """
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    requirements = []
+    seen: set[str] = set()
+    for entry in data.get("requirement", []):
+        try:
+            r = Requirement(**entry)
+        except TypeError as e:
+            raise ValueError(f"{path.name}: bad requirement {entry!r}: {e}") from None
+        if r.id in seen:
+            raise ValueError(f"{path.name}: requirement id {r.id} given twice")
+        if r.level not in LEVELS:
+            raise ValueError(f"{path.name}: {r.id}: unknown level {r.level!r}")
+        if r.applies not in APPLIES:
+            raise ValueError(f"{path.name}: {r.id}: unknown applies {r.applies!r}")
+        if r.applies == "not applicable" and not r.note:
+            raise ValueError(f"{path.name}: {r.id}: say in a note why it does not apply")
+        seen.add(r.id)
+        requirements.append(r)
+    return requirements
+
+
+def _isRfcMarker(node: ast.expr) -> bool:
+    """
+    Whether C{node} is a call of C{pytest.mark.rfc} (or C{mark.rfc}).
+    """
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    return (
+        isinstance(f, ast.Attribute)
+        and f.attr == "rfc"
+        and (
+            (isinstance(f.value, ast.Attribute) and f.value.attr == "mark")
+            or (isinstance(f.value, ast.Name) and f.value.id == "mark")
+        )
+    )
+
+
+def _markerArguments(call: ast.Call, where: str) -> tuple[str, ...]:
+    """
+    The string arguments of one C{rfc} marker.
+
+    @raise ValueError: they are not two or three string literals.
+    """
+    args = call.args
+    if call.keywords or not 2 <= len(args) <= 3:
+        raise ValueError(f"{where}: pytest.mark.rfc takes (rfc, section[, requirement id])")
+    values = []
+    for a in args:
+        if not (isinstance(a, ast.Constant) and isinstance(a.value, str)):
+            raise ValueError(f"{where}: pytest.mark.rfc arguments must be string literals")
+        values.append(a.value)
+    return tuple(values)
+
+
+def _markersIn(nodes: Iterable[ast.expr]) -> Iterator[ast.Call]:
+    """
+    The C{rfc} marker calls among decorators or a C{pytestmark} value.
+    """
+    for node in nodes:
+        if isinstance(node, (ast.List, ast.Tuple)):
+            yield from _markersIn(node.elts)
+        elif _isRfcMarker(node):
+            yield node  # type: ignore[misc]
+
+
+def _moduleMarkers(tree: ast.Module) -> list[ast.Call]:
+    """
+    The C{rfc} markers of a module-level C{pytestmark = ...}.
+    """
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets
+        ):
+            found.extend(_markersIn([node.value]))
+    return found
+
+
+FunctionNode = Union[ast.FunctionDef, ast.AsyncFunctionDef]
+
+
+def _tests(tree: ast.Module) -> Iterator[tuple[list[str], FunctionNode, list[ast.Call]]]:
+    """
+    Every test function of a module, with its node-id parts and the
+    markers inherited from its classes.
+    """
+
+    def walk(body: list[ast.stmt], prefix: list[str], inherited: list[ast.Call]):
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                yield from walk(node.body, prefix + [node.name], inherited + list(_markersIn(node.decorator_list)))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+                yield prefix + [node.name], node, inherited
+
+    yield from walk(tree.body, [], [])
+
+
+def findMarkers(testsDir: Path = TESTS, root: Path = ROOT) -> list[Marker]:
+    """
+    Every C{rfc} marker on a test under C{testsDir}, read with L{ast}.
+
+    @param testsDir: the directory of C{test_*.py} files.
+    @param root: node ids are relative to it.
+    @raise ValueError: a marker's arguments are not 2 or 3 string literals.
+    """
+    markers = []
+    for path in sorted(testsDir.rglob("test_*.py")):
+        relative = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        moduleLevel = _moduleMarkers(tree)
+        for parts, function, inherited in _tests(tree):
+            nodeId = "::".join([relative] + parts)
+            for call in moduleLevel + inherited + list(_markersIn(function.decorator_list)):
+                where = f"{relative}:{call.lineno}"
+                args = _markerArguments(call, where)
+                markers.append(Marker(nodeId, where, *args))
+    return markers
+
+
+def match(requirements: Sequence[Requirement], markers: Iterable[Marker]) -> Coverage:
+    """
+    Pair markers with the requirements they name.
+
+    @return: the tests of every requirement (an empty list for one no test
+        checks) and an error for each marker naming an (RFC, section) or a
+        requirement id the catalogue does not have.
+    """
+    coverage = Coverage({r.id: [] for r in requirements})
+    bySection: dict[tuple[str, str], list[Requirement]] = {}
+    byId = {r.id: r for r in requirements}
+    for r in requirements:
+        bySection.setdefault((r.rfc, r.section), []).append(r)
+    for m in markers:
+        named = bySection.get((m.rfc, m.section))
+        if not named:
+            coverage.errors.append(
+                f"{m.where}: {m.test}: RFC {m.rfc} section {m.section} is not in docs/rfc-requirements.toml"
+            )
+            continue
+        if m.requirement is not None:
+            r = byId.get(m.requirement)
+            if r is None or (r.rfc, r.section) != (m.rfc, m.section):
+                coverage.errors.append(
+                    f"{m.where}: {m.test}: no requirement {m.requirement} in RFC {m.rfc} section {m.section}"
+                )
+                continue
+            named = [r]
+        for r in named:
+            if m.test not in coverage.tests[r.id]:
+                coverage.tests[r.id].append(m.test)
+    for tests in coverage.tests.values():
+        tests.sort()
+    return coverage
+
+
+def _rfcOrder(requirements: Sequence[Requirement]) -> list[str]:
+    """
+    The RFCs in the order the catalogue first names them.
+    """
+    return list(dict.fromkeys(r.rfc for r in requirements))
+
+
+def _counts(requirements: Iterable[Requirement], coverage: Coverage) -> tuple[int, int, int]:
+    """
+    How many requirements are covered, not covered and not applicable.
+    """
+    covered = notCovered = notApplicable = 0
+    for r in requirements:
+        if not r.applicable:
+            notApplicable += 1
+        elif coverage.tests[r.id]:
+            covered += 1
+        else:
+            notCovered += 1
+    return covered, notCovered, notApplicable
+
+
+def summary(requirements: Sequence[Requirement], coverage: Coverage) -> tuple[int, int, int]:
+    """
+    The counts of the whole catalogue: covered, not covered, not applicable.
+    """
+    return _counts(requirements, coverage)
+
+
+def render(requirements: Sequence[Requirement], coverage: Coverage) -> str:
+    """
+    The text of C{docs/rfc-conformance.rst}.
+    """
+    out = [
+        ".. This file is generated by docs/rfc_conformance.py from",
+        "   docs/rfc-requirements.toml and the rfc markers of tests/; do not edit it.",
+        f"   Rebuild it with: {REGENERATE}",
+        "",
+        "RFC conformance",
+        "===============",
+        "",
+        "Each requirement (MUST, MUST NOT, REQUIRED, SHOULD, SHOULD NOT) of the",
+        "RFCs smtpmx implements that bears on a receiving MX or a relay, in our",
+        "words, with the tests that check it.  A test names what it checks with",
+        '``@pytest.mark.rfc("5321", "4.5.2")``; a marker covers every requirement',
+        "of that section, or only the one whose id it gives as third argument.",
+        '"Applies to" says which side of smtpmx the requirement binds: the',
+        "server that receives mail, the relay that sends it on (and sends",
+        "bounces), or both.  A note says how smtpmx meets a requirement, where",
+        "it knowingly departs from a SHOULD, or why a requirement does not apply.",
+        "",
+        "Summary",
+        "-------",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - RFC",
+        "     - covered",
+        "     - not covered",
+        "     - not applicable",
+    ]
+    for rfc in _rfcOrder(requirements):
+        c, n, a = _counts((r for r in requirements if r.rfc == rfc), coverage)
+        out += [f"   * - {rfc}", f"     - {c}", f"     - {n}", f"     - {a}"]
+    c, n, a = summary(requirements, coverage)
+    out += ["   * - all", f"     - {c}", f"     - {n}", f"     - {a}", ""]
+    out += [f"{c} of {c + n} applicable requirements are checked by at least one test.", ""]
+    for rfc in _rfcOrder(requirements):
+        title = f"RFC {rfc}"
+        out += [title, "-" * len(title), ""]
+        for r in (r for r in requirements if r.rfc == rfc):
+            out += [f"``{r.id}``: section {r.section}, {r.level}"]
+            out += [f"   {r.text}", ""]
+            out += [f"   Applies to: {r.applies}.", ""]
+            if r.note:
+                out += [f"   Note: {r.note}", ""]
+            tests = coverage.tests[r.id]
+            if not r.applicable:
+                continue
+            if tests:
+                out += ["   Tests:", ""]
+                out += [f"   - ``{t}``" for t in tests]
+                out += [""]
+            else:
+                out += ["   Tests: not covered.", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def build(catalogue: Path = CATALOGUE, testsDir: Path = TESTS) -> tuple[str, Coverage, list[Requirement]]:
+    """
+    Read the catalogue and the markers and render the table.
+
+    @return: the table's text, the coverage (with its errors), and the
+        requirements.
+    """
+    requirements = loadCatalogue(catalogue)
+    coverage = match(requirements, findMarkers(testsDir))
+    return render(requirements, coverage), coverage, requirements
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """
+    Rewrite C{docs/rfc-conformance.rst}, or with C{--check} only compare.
+
+    @return: the exit status: 1 when a marker names nothing in the
+        catalogue or, with C{--check}, when the file is out of date.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check that the table is current")
+    options = parser.parse_args(argv)
+    text, coverage, requirements = build()
+    if coverage.errors:
+        for e in coverage.errors:
+            print(e, file=sys.stderr)
+        return 1
+    current = TABLE.read_text(encoding="utf-8") if TABLE.exists() else None
+    c, n, a = summary(requirements, coverage)
+    if options.check:
+        if current != text:
+            print(f"{TABLE.relative_to(ROOT)} is out of date; rebuild it with: {REGENERATE}", file=sys.stderr)
+            return 1
+    elif current != text:
+        TABLE.write_text(text, encoding="utf-8")
+    print(f"{c} covered, {n} not covered, {a} not applicable")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
