@@ -162,7 +162,6 @@ class DefaultsTests(ServerTestCase):
         self.assertEqual(header(stored, b"Return-Path"), [b"<>"])
 
     @pytest.mark.rfc("5321", "4.1.1.1")
-    @pytest.mark.rfc("2920", "3")
     @pytest.mark.rfc("1870", "4")
     @pytest.mark.rfc("6152", "2")
     @pytest.mark.rfc("2034", "3")
@@ -181,7 +180,7 @@ class DefaultsTests(ServerTestCase):
             self.assertEqual(c.esmtp_features.get("size"), "26214400")
             self.assertFalse(c.has_extn("starttls"))
 
-    @pytest.mark.rfc("3463", "3.2")
+    @pytest.mark.rfc("3463", "3")
     def test_unknownLocalRecipient(self):
         """
         With the default C{mailbox} validator, a local user without a
@@ -552,7 +551,7 @@ class MailboxAndRelayTests(ServerTestCase):
         "127.0.0.1/32",
     )
 
-    @pytest.mark.rfc("3463", "3.2")
+    @pytest.mark.rfc("3463", "3")
     def test_unknownRecipient(self):
         """
         A recipient without a Maildir is refused with 550 5.1.1.
