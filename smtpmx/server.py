@@ -412,12 +412,7 @@ class SMTPServerFactory(Factory):
         self.clock = clock
         self.runBlocking = runBlocking
         self.tlsOptions = tlsOptions
-        self.access = Access(
-            config.domains,
-            config.relayDomains,
-            config.relayNetworks,
-            config.recipientDelimiter,
-        )
+        self.access = Access.fromConfig(config)
         self.newQueueId = QueueIds(clock)
         self.connections = 0
         self.perHost: Counter[str] = Counter()
