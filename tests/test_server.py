@@ -1,10 +1,13 @@
 """
 Tests for the SMTP server protocol, in memory: every command, reply code,
-limit and ordering rule of SPEC section 4.
+limit and ordering rule (RFC 5321, RFC 2920, RFC 1870, RFC 3207; the
+replies are in docs/replies.rst), through bytes as a client sends them.
+The scripted dialogues of L{tests.dialogues} run here too.
 """
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -12,6 +15,7 @@ from smtpmx.address import Address
 from smtpmx.envelope import LocalMailbox, RemoteAddress
 from smtpmx.validation import Accept, Reject
 
+from tests import dialogues
 from tests.serverhelpers import Server
 
 TRANSACTION = (
@@ -19,6 +23,22 @@ TRANSACTION = (
     "RCPT TO:<alice@example.org>\r\n"
     "DATA\r\n"
 )
+
+
+@pytest.mark.parametrize("dialogue", dialogues.parameters())
+def test_dialogue(dialogue: dialogues.Dialogue) -> None:
+    """
+    Every scripted dialogue of L{tests.dialogues}, played on the protocol
+    in memory, each step in one write: the replies have the codes the
+    dialogue expects, and the connection is closed exactly when the
+    dialogue says.
+    """
+    s = Server(**dialogues.CONFIG)
+    [greeting] = s.output()
+    assert greeting.startswith("220 mx.example.org")
+    for step, (data, expected) in enumerate(dialogue.exchanges()):
+        dialogues.check(dialogue, step, expected, s.codes(data))
+    assert s.closed == dialogue.closes
 
 
 class GreetingTests(SynchronousTestCase):
@@ -666,6 +686,47 @@ class StartTLSTests(SynchronousTestCase):
         lines = s.send("EHLO client.example\r\n")
         self.assertNotIn("250-STARTTLS", lines)
         self.assertEqual(s.codes("STARTTLS\r\n")[0][:9], "503 5.5.1")
+
+    def test_handshakeRecorded(self):
+        """
+        When the handshake is done (the protocol is an
+        L{IHandshakeListener}), the negotiated version and cipher go to the
+        session and into the Received header.
+        """
+        s = self.server()
+        s.codes("EHLO client.example\r\nSTARTTLS\r\n")
+
+        class Handle:
+            def get_protocol_version_name(self):
+                return "TLSv1.3"
+
+            def get_cipher_name(self):
+                return "TLS_AES_128_GCM_SHA256"
+
+            def get_cipher_bits(self):
+                return 128
+
+        s.transport.getHandle = Handle
+        s.protocol.handshakeCompleted()
+        s.codes("EHLO client.example\r\n" + TRANSACTION + "x\r\n.\r\n")
+        self.assertIn(
+            b"(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256 (128/128 bits))",
+            s.store.messages[0].envelope.received,
+        )
+
+    def test_handshakeUnreadable(self):
+        """
+        A TLS session whose version cannot be read is logged, and the
+        Received header still says ESMTPS, without a version.
+        """
+        s = self.server()
+        s.codes("EHLO client.example\r\nSTARTTLS\r\n")
+        s.protocol.handshakeCompleted()
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        s.codes("EHLO client.example\r\n" + TRANSACTION + "x\r\n.\r\n")
+        received = s.store.messages[0].envelope.received
+        self.assertIn(b" with ESMTPS id ", received)
+        self.assertNotIn(b"(using", received)
 
     def test_receivedSaysESMTPS(self):
         """
