@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import reply
@@ -24,12 +25,15 @@ class ReplyTests(SynchronousTestCase):
         """
         self.assertEqual(Reply(250, "2.1.0", "Ok").format(), b"250 2.1.0 Ok\r\n")
 
+    @pytest.mark.rfc("5321", "4.2.1")
     def test_multiline(self):
         """
         Each line but the last of a multi-line reply has a dash.
         """
         self.assertEqual(Reply(214, "2.0.0", "a\nb").format(), b"214-2.0.0 a\r\n214 2.0.0 b\r\n")
 
+    @pytest.mark.rfc("3463", "2")
+    @pytest.mark.rfc("2034", "3")
     def test_everyStandardReplyHasEnhancedCode(self):
         """
         Every 2xx, 4xx and 5xx reply in the table has an enhanced code whose

@@ -418,7 +418,7 @@ class DataPhaseTests(SynchronousTestCase):
         self.assertEqual(self.end(d).reply, reply.STORAGE_FAILED)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
-    @pytest.mark.rfc("5321", "4.5.3.2.6")
+    @pytest.mark.rfc("5321", "4.5.3.2.7")
     def test_timedOut(self):
         """
         A timeout in the middle of the data throws the message away and
