@@ -264,13 +264,10 @@ class Session:
         if not verb.isascii() or not verb.isalpha() or handler is None:
             return self._answer(reply.UNKNOWN_COMMAND)
         try:
-            result = handler(argument.strip(" "))
+            return handler(argument.strip(" "))
         except Exception:
             self.log.failure("internal error on command from [{client}]", client=self.clientHost)
             return Answer(reply.INTERNAL_ERROR)
-        if isinstance(result, Deferred):
-            result.addErrback(self._broke)
-        return result
 
     def _broke(self, failure: Failure) -> Answer:
         """
@@ -479,6 +476,7 @@ class Session:
         timeout = min(VALIDATOR_TIMEOUT, self.config.commandTimeout)
         d.addTimeout(timeout, self._clock)
         d.addCallbacks(decided, failed)
+        d.addErrback(self._broke)
         return d
 
     def _verdict(self, t: Transaction, address: Address, r: Reply, decidedBy, destinations) -> Answer:
