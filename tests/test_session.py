@@ -16,7 +16,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import reply
 from smtpmx.access import Access
-from smtpmx.config import Config
 from smtpmx.session import (
     MAX_BAD_COMMANDS,
     TRANSACTION_LOG_FORMAT,
