@@ -313,6 +313,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             return
         if action is Action.CLOSE:
             if answer.farewell is not None:
+                self.log.info("too many errors from [{client}]", client=self.clientHost)
                 self._sendReply(answer.farewell)
             self._close()
         elif action is Action.READ_DATA:

@@ -73,8 +73,9 @@ class Answer:
 
     @ivar reply: the reply to send.
     @ivar action: what the connection does next.
-    @ivar farewell: a last reply sent right after C{reply}, before closing
-        (the C{421} of the bad-command limit), or L{None}.
+    @ivar farewell: the C{421 4.7.0} of the bad-command limit (RFC 5321
+        section 3.8), sent right after C{reply}, before closing; else
+        L{None}.  The protocol logs the limit when it sends it.
     """
 
     reply: Reply
@@ -284,7 +285,6 @@ class Session:
         if r.code in _ERROR_CODES:
             self.badCommands += 1
             if self.badCommands >= MAX_BAD_COMMANDS:
-                self.log.info("too many errors from [{client}]", client=self.clientHost)
                 return Answer(r, Action.CLOSE, reply.tooManyErrors(self.config.hostname))
         return Answer(r, action)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.address import Address
@@ -911,3 +912,46 @@ class ValidatorTimeoutTests(SynchronousTestCase):
         self.assertEqual(s.output(), [])
         s.clock.advance(2)
         self.assertEqual(s.output(), ["451 4.3.0 Error: temporary failure checking the recipient, try again later", "250 2.0.0 Ok"])
+
+
+class LogTests(SynchronousTestCase):
+    """
+    The protocol writes the log lines of a connection, the transaction's
+    made from the session's record, in the server's namespace.
+    """
+
+    def lines(self, events) -> list[tuple[str, str]]:
+        """
+        The namespace and text of each event.
+        """
+        return [(e["log_namespace"], formatEvent(e)) for e in events]
+
+    def test_transactionLine(self):
+        """
+        One line per transaction: queue ID, client, HELO name, sender, each
+        recipient's verdict and who gave it, size and result.
+        """
+        with capturedLogs() as events:
+            s = Server().greeted()
+            s.codes(TRANSACTION + "hello\r\n.\r\n")
+        queueId = s.store.messages[0].envelope.queueId
+        self.assertIn(
+            (
+                "smtpmx.server.SMTPServerProtocol",
+                f"{queueId}: client=[127.0.0.1] helo=client.example from=<sender@remote.example> "
+                f"to=[<alice@example.org> 250 2.1.5 by dict] size=6 result=250 2.0.0 Ok: queued as {queueId}",
+            ),
+            self.lines(events),
+        )
+
+    def test_tooManyErrorsLine(self):
+        """
+        The bad-command limit is logged once, when its 421 is sent.
+        """
+        with capturedLogs() as events:
+            s = Server().greeted()
+            s.codes("BAD\r\n" * 20)
+        self.assertEqual(
+            [line for line in self.lines(events) if "too many errors" in line[1]],
+            [("smtpmx.server.SMTPServerProtocol", "too many errors from [127.0.0.1]")],
+        )
