@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
@@ -66,10 +66,10 @@ class Action(enum.Enum):
     CLOSE = "close"
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """
-    The answer to one command line.
+    The answer to one command line (an immutable value; a named tuple
+    because one is made for every command).
 
     @ivar reply: the reply to send.
     @ivar action: what the connection does next.
