@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 
 from smtpmx import reply
 from smtpmx.address import Address, UnsafeMailbox, mailboxName
+from smtpmx.config import Config
 from smtpmx.envelope import Destination, LocalMailbox, RemoteAddress
 from smtpmx.reply import Reply
 from smtpmx.validation import Accept, Reject
@@ -42,6 +43,19 @@ class Access:
             ipaddress.ip_network(n, strict=False) for n in relayNetworks
         )
         self.delimiter = delimiter
+
+    @classmethod
+    def fromConfig(cls, config: Config) -> "Access":
+        """
+        The policy a server with C{config} applies: its local domains,
+        relay domains, relay networks and recipient delimiter.
+        """
+        return cls(
+            config.domains,
+            config.relayDomains,
+            config.relayNetworks,
+            config.recipientDelimiter,
+        )
 
     def isLocal(self, domain: str) -> bool:
         """

@@ -2,14 +2,16 @@
 SMTP replies as values, and the table of the standard ones.
 
 Every reply with a 2xx, 4xx or 5xx code carries an enhanced status code
-(RFC 3463, RFC 2034), except the greeting and the EHLO/HELO answer, which
-RFC 2034 leaves without one.
+(RFC 3463, RFC 2034 section 3), except the greeting and the EHLO/HELO
+answer, which RFC 2034 leaves without one.  The table is described for
+users in C{docs/replies.rst}; the session and the protocol build no
+standard reply of their own, they take it from here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class Reply:
         return self.code < 400
 
     def __str__(self) -> str:
+        """
+        The reply on one line, its lines joined by C{" / "}: how logs show it.
+        """
         return self.format().decode("utf-8").replace("\r\n", " / ").rstrip(" /")
 
 
@@ -65,11 +70,9 @@ START_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 
 UNKNOWN_COMMAND = Reply(500, "5.5.2", "Error: command not recognized")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
-BAD_SEQUENCE = Reply(503, "5.5.1", "Error: bad sequence of commands")
 NEED_HELO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
 NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
 NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
-NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
 TLS_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")
 NO_RECIPIENTS = Reply(554, "5.5.1", "Error: no valid recipients")
 UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Unsupported parameter")
@@ -82,7 +85,7 @@ UNSAFE_MAILBOX = Reply(550, "5.1.3", "Error: bad destination mailbox name")
 RELAY_DENIED = Reply(554, "5.7.1", "Error: relay access denied")
 VALIDATOR_FAILED = Reply(451, "4.3.0", "Error: temporary failure checking the recipient, try again later")
 STORAGE_FAILED = Reply(451, "4.3.0", "Error: local storage failure, try again later")
-TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available due to temporary reason")
+INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal server error, try again later")
 
 
 def syntaxError(text: str) -> Reply:
@@ -97,3 +100,50 @@ def queued(queueId: str) -> Reply:
     The reply to a message made durable.
     """
     return Reply(250, "2.0.0", f"Ok: queued as {queueId}")
+
+
+def greeting(hostname: str) -> Reply:
+    """
+    The C{220} greeting of a new connection (RFC 5321 section 4.2); no
+    enhanced code before EHLO (RFC 2034 section 3).
+    """
+    return Reply(220, None, f"{hostname} ESMTP smtpmx")
+
+
+def ehlo(hostname: str, extensions: Sequence[str]) -> Reply:
+    """
+    The answer to EHLO (RFC 5321 section 4.1.1.1): our name, then one
+    extension keyword per line.
+    """
+    return Reply(250, None, "\n".join([hostname, *extensions]))
+
+
+def helo(hostname: str) -> Reply:
+    """
+    The answer to HELO (RFC 5321 section 4.1.1.1): our name alone.
+    """
+    return Reply(250, None, hostname)
+
+
+def connectionRefused(hostname: str, why: str) -> Reply:
+    """
+    The C{421 4.7.0} answer to a connection past a connection limit
+    (RFC 5321 section 3.8), C{why} saying which.
+    """
+    return Reply(421, "4.7.0", f"{hostname} Error: {why}")
+
+
+def timedOut(hostname: str) -> Reply:
+    """
+    The C{421 4.4.2} sent before closing an idle connection (RFC 5321
+    section 4.5.3.2).
+    """
+    return Reply(421, "4.4.2", f"{hostname} Error: timeout exceeded")
+
+
+def tooManyErrors(hostname: str) -> Reply:
+    """
+    The C{421 4.7.0} sent before closing a session that had too many
+    commands refused (RFC 5321 section 3.8).
+    """
+    return Reply(421, "4.7.0", f"{hostname} Error: too many errors")

@@ -1,13 +1,15 @@
 """
 The SMTP server protocol and factory: bytes in, replies out.
 
-L{SMTPServerProtocol} adapts a connection to a L{smtpmx.session.Session}:
-command lines become session inputs, the DATA phase is read in raw chunks
-by a L{smtpmx.body.DataReader} and streamed into an
-L{smtpmx.interfaces.IIncomingMessage}, and it enforces the limits that
-belong to the connection: line length, idle timeouts, bad commands,
-connection counts.  Input is not read while an answer is pending, so
-pipelined replies always go out in order (RFC 2920).
+L{SMTPServerProtocol} moves bytes between a connection and its
+L{smtpmx.session.Session}, which owns the SMTP dialogue and the mail
+transaction: command lines go to L{Session.command}, the DATA phase goes to
+L{Session.feedData} in raw chunks, and the replies come back.  The protocol
+keeps what belongs to the connection: line framing, flow control (input is
+not acted on while an answer is pending, so pipelined replies always go out
+in order, RFC 2920; the socket is paused when the store or the client is
+behind), idle timeouts, connection counts and the STARTTLS switch of the
+transport (RFC 3207).
 """
 
 from __future__ import annotations
@@ -18,31 +20,33 @@ from collections import Counter
 from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from smtpmx import reply
 from smtpmx.access import Access
-from smtpmx.body import DataReader, HeaderScanner
 from smtpmx.config import Config
-from smtpmx.interfaces import IIncomingMessage, IMessageStore
+from smtpmx.interfaces import IMessageStore
 from smtpmx.reply import Reply
-from smtpmx.session import CLOSE, READ_DATA, START_TLS, Outcome, Session
+from smtpmx.session import (
+    TRANSACTION_LOG_FORMAT,
+    Action,
+    Answer,
+    NegotiatedTLS,
+    Session,
+    TransactionRecord,
+)
 from smtpmx.validation import ValidatorChain
 
-# RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
-MAX_COMMAND_LINE = 510
 # A line longer than this without any line ending is not SMTP: cut it off.
 MAX_BUFFERED_LINE = 16384
-# RFC 5321 4.5.3.1 does not bound errors; Postfix's smtpd_hard_error_limit.
-MAX_BAD_COMMANDS = 20
 # Seconds a closing connection may take to flush its last replies.
 CLOSE_GRACE = 30
-INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal server error, try again later")
 
 
 class QueueIds:
@@ -64,6 +68,7 @@ class QueueIds:
         return f"{millis:010X}{self._pid:04X}{next(self._counter) & 0xFFFF:04X}"
 
 
+@implementer(IHandshakeListener)
 class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     """
     One SMTP connection.
@@ -77,16 +82,11 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self.factory = factory
         self.callLater = factory.clock.callLater
         self.session: Optional[Session] = None
-        self._message: Optional[IIncomingMessage] = None
-        self._reader: Optional[DataReader] = None
-        self._headers: Optional[HeaderScanner] = None
-        self._tooBig = False
         self._waiting: set[str] = set()
         self._closing = False
         self._counted = False
         self._transportPaused = False
         self._abortCall = None
-        self._tlsUndescribed = False
 
     # Connection life.
 
@@ -104,7 +104,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
                 client=self.clientHost,
                 why=refusal,
             )
-            self._sendReply(Reply(421, "4.7.0", f"{self.factory.config.hostname} Error: {refusal}"))
+            self._sendReply(reply.connectionRefused(self.factory.config.hostname, refusal))
             self._close()
             return
         self._counted = True
@@ -116,7 +116,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self.log.info("connect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
         self.session = self.factory.newSession(self.clientHost)
         self.setTimeout(self.factory.config.commandTimeout)
-        self._sendReply(Reply(220, None, f"{self.factory.config.hostname} ESMTP smtpmx"))
+        self._sendReply(self.session.greeting())
 
     def connectionLost(self, reason: Failure = None) -> None:
         """
@@ -125,7 +125,8 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self._abortCall is not None and self._abortCall.active():
             self._abortCall.cancel()
-        self._abortMessage()
+        if self.session is not None:
+            self.session.abortMessage()
         if self._counted:
             self._counted = False
             self.factory.release(self.clientHost)
@@ -135,9 +136,12 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         """
         RFC 5321 4.5.3.2: the client was idle too long.
         """
-        self.log.info("timeout after {phase} from [{client}]", phase="DATA" if self._reader else "command", client=self.clientHost)
-        self._abortMessage()
-        self._sendReply(Reply(421, "4.4.2", f"{self.factory.config.hostname} Error: timeout exceeded"))
+        self.log.info(
+            "timeout after {phase} from [{client}]",
+            phase="DATA" if self.session.inData else "command",
+            client=self.clientHost,
+        )
+        self._sendReply(self.session.timedOut())
         self._close()
 
     def _close(self) -> None:
@@ -193,7 +197,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             return
         if not self._waitingOnUs():
             self.setTimeout(
-                self.factory.config.dataTimeout if self._reader else self.factory.config.commandTimeout
+                self.factory.config.dataTimeout if self.session.inData else self.factory.config.commandTimeout
             )
         if self._waiting:
             return
@@ -264,14 +268,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             return
         if line.endswith(b"\r"):
             line = line[:-1]
-        if len(line) > MAX_COMMAND_LINE:
-            self._answer(Outcome(reply.LINE_TOO_LONG), countsAsBad=True)
-            return
-        try:
-            result = self.session.command(line)
-        except Exception:
-            self.log.failure("internal error on command from [{client}]", client=self.clientHost)
-            result = Outcome(INTERNAL_ERROR)
+        result = self.session.command(line)
         if isinstance(result, Deferred):
             self._answerLater(result)
         else:
@@ -291,41 +288,38 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         now: list = []
         waiting = False
 
-        def arrived(outcome):
+        def arrived(answer: Answer) -> None:
             if waiting:
                 if not self._closing:
-                    self._answer(outcome)
+                    self._answer(answer)
                 self._done("command")
             else:
-                now.append(outcome)
+                now.append(answer)
 
-        def broke(failure):
-            self.log.failure("internal error answering [{client}]", failure, client=self.clientHost)
-            return Outcome(INTERNAL_ERROR)
-
-        d.addErrback(broke).addCallback(arrived)
+        d.addCallback(arrived)
         if now:
             self._answer(now[0])
         else:
             waiting = True
             self._wait("command")
 
-    def _answer(self, outcome: Outcome, countsAsBad: bool = False) -> None:
+    def _answer(self, answer: Answer) -> None:
         """
         Send the reply to a command and do what it says.
         """
-        if countsAsBad:
-            self.session.badCommands += 1
-        self._sendReply(outcome.reply)
-        if outcome.action == CLOSE:
+        self._sendReply(answer.reply)
+        action = answer.action
+        if action is Action.CONTINUE:
+            return
+        if action is Action.CLOSE:
+            if answer.farewell is not None:
+                self.log.info("too many errors from [{client}]", client=self.clientHost)
+                self._sendReply(answer.farewell)
             self._close()
-        elif self.session.badCommands >= MAX_BAD_COMMANDS:
-            self.log.info("too many errors from [{client}]", client=self.clientHost)
-            self._sendReply(Reply(421, "4.7.0", f"{self.factory.config.hostname} Error: too many errors"))
-            self._close()
-        elif outcome.action == READ_DATA:
-            self._startData()
-        elif outcome.action == START_TLS:
+        elif action is Action.READ_DATA:
+            self.setTimeout(self.factory.config.dataTimeout)
+            self.setRawMode()
+        elif action is Action.START_TLS:
             self._startTLS()
 
     # STARTTLS.
@@ -343,146 +337,56 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
                 client=self.clientHost,
             )
         self.transport.startTLS(self.factory.tlsOptions)
-        self.session.tlsStarted("TLS")
-        # Version and cipher are known once the handshake is done.
-        self._tlsUndescribed = True
 
-    def _describeTLS(self) -> None:
+    def handshakeCompleted(self) -> None:
         """
-        Record the TLS version and cipher once the handshake is done.
+        The TLS handshake is done (L{IHandshakeListener}): tell the session
+        the version and cipher it negotiated.
         """
-        if not self._tlsUndescribed:
-            return
-        handle = None
         try:
             handle = self.transport.getHandle()
             version = handle.get_protocol_version_name()
             cipher = handle.get_cipher_name()
             bits = handle.get_cipher_bits()
         except Exception:
+            self.log.failure("cannot read the TLS session of [{client}]", client=self.clientHost)
             return
         if version and cipher:
-            self._tlsUndescribed = False
-            self.session.tls = f"{version} with cipher {cipher} ({bits}/{bits} bits)"
+            self.session.handshakeCompleted(NegotiatedTLS(version, cipher, bits))
 
     # The DATA phase.
 
-    def _startData(self) -> None:
-        """
-        Begin the DATA phase: a new envelope, a message in the store, raw mode.
-        """
-        self._describeTLS()
-        self._envelope = self.session.envelope()
-        self._reader = DataReader()
-        self._headers = HeaderScanner()
-        self._tooBig = False
-        try:
-            self._message = self.factory.store.receive(self._envelope)
-        except Exception:
-            self.log.failure("cannot store message {id}", id=self._envelope.queueId)
-            self._message = None
-        self.setTimeout(self.factory.config.dataTimeout)
-        self.setRawMode()
-
     def rawDataReceived(self, data: bytes) -> None:
         """
-        A chunk of the message: unstuffed, size-checked and streamed to the store.
+        A chunk of the message: the session takes it; wait while the store
+        is behind, and answer at the end of the data.
         """
-        reader = self._reader
-        body, leftover = reader.feed(data)
-        if body and not self._tooBig:
-            if reader.size > self.factory.config.maxMessageSize:
-                # Keep reading to the end, storing nothing more.
-                self._tooBig = True
-                self._abortMessage()
-            else:
-                if not self._headers.done:
-                    self._headers.feed(body)
-                if self._message is not None:
-                    try:
-                        pending = self._message.write(body)
-                    except Exception:
-                        self.log.failure("cannot store message {id}", id=self._envelope.queueId)
-                        self._abortMessage()
-                    else:
-                        if pending is not None:
-                            self._wait("disk")
-                            pending.addBoth(lambda _: self._done("disk"))
+        pending, leftover = self.session.feedData(data)
+        if pending is not None:
+            self._wait("disk")
+            pending.addBoth(lambda _: self._done("disk"))
         if leftover is not None:
             self._endData(leftover)
 
     def _endData(self, leftover: bytes) -> None:
         """
-        The message is all here: make it durable, then answer.
+        The message is all here: the session makes it durable, then we
+        answer and log the transaction.
         """
-        envelope = self._envelope
-        size = self._reader.size
-        self._reader = None
-        self._headers, headers = None, self._headers
-        transaction = self.session.endTransaction()
-        message, self._message = self._message, None
+        d = self.session.endData()
         self._wait("store")
         # Commands pipelined after the data wait in the line buffer.
         self.setLineMode(leftover)
+        d.addCallback(self._dataAnswered)
 
-        def answer(r: Reply) -> None:
-            self._logTransaction(envelope, transaction, size, r)
-            if self.transport is not None and not self._closing:
-                self._sendReply(r)
-            self._done("store")
-
-        if self._tooBig:
-            answer(reply.TOO_BIG)
-        elif headers.received > self.factory.config.maxHops:
-            if message is not None:
-                message.abort()
-            answer(reply.TOO_MANY_HOPS)
-        elif message is None:
-            answer(reply.STORAGE_FAILED)
-        else:
-            d = message.finish()
-
-            def stored(_):
-                return reply.queued(envelope.queueId)
-
-            def failed(failure):
-                self.log.failure("cannot store message {id}", failure, id=envelope.queueId)
-                return reply.STORAGE_FAILED
-
-            d.addCallbacks(stored, failed).addCallback(answer)
-
-    def _abortMessage(self) -> None:
+    def _dataAnswered(self, record: TransactionRecord) -> None:
         """
-        Give up on the message being received, if any.
+        The transaction is over: one log line for it, then its reply.
         """
-        message, self._message = self._message, None
-        if message is not None:
-            try:
-                message.abort()
-            except Exception:
-                self.log.failure("cannot abort message")
-
-    def _logTransaction(self, envelope, transaction, size: int, r: Reply) -> None:
-        """
-        One line per transaction: ID, client, sender, each recipient's
-        verdict, size and result.
-        """
-        verdicts = ", ".join(
-            f"<{v.address}> {v.reply.code} {v.reply.enhanced or ''}".rstrip()
-            + (f" by {v.decidedBy}" if v.decidedBy else "")
-            for v in transaction.verdicts
-        )
-        self.log.info(
-            "{id}: client=[{client}] helo={helo} from={sender} to=[{verdicts}] "
-            "size={size} result={result}",
-            id=envelope.queueId,
-            client=envelope.clientHost,
-            helo=envelope.heloName,
-            sender=envelope.reversePath.path if envelope.reversePath else "<>",
-            verdicts=verdicts,
-            size=size,
-            result=str(r),
-        )
+        self.log.info(TRANSACTION_LOG_FORMAT, **record.logFields())
+        if self.transport is not None and not self._closing:
+            self._sendReply(record.reply)
+        self._done("store")
 
 
 class SMTPServerFactory(Factory):
@@ -509,12 +413,7 @@ class SMTPServerFactory(Factory):
         self.clock = clock
         self.runBlocking = runBlocking
         self.tlsOptions = tlsOptions
-        self.access = Access(
-            config.domains,
-            config.relayDomains,
-            config.relayNetworks,
-            config.recipientDelimiter,
-        )
+        self.access = Access.fromConfig(config)
         self.newQueueId = QueueIds(clock)
         self.connections = 0
         self.perHost: Counter[str] = Counter()
@@ -555,6 +454,7 @@ class SMTPServerFactory(Factory):
             self.config,
             self.validators,
             self.access,
+            self.store,
             clientHost,
             self.runBlocking,
             self.clock,

@@ -1,36 +1,45 @@
 """
 The SMTP dialogue of one connection, with no transport in it.
 
-L{Session.command} takes one command line and answers an L{Outcome}: the
-reply and what the connection must do next (read the message, start TLS,
-close).  RCPT may answer late, with a L{Deferred}, when a validator does.
-The protocol in L{smtpmx.server} is a thin adapter from bytes to this.
+L{Session} owns the whole of one connection's SMTP state: the commands
+(L{Session.command} answers each with an L{Answer}: the reply and what the
+connection must do next), the count of refused commands, the TLS state, and
+the mail transaction from MAIL to the end of DATA, including the message
+bytes (L{Session.feedData}, L{Session.endData}), the size and hop limits
+and the record of the transaction that the log line is made from.
+The protocol in L{smtpmx.server} only moves bytes to and from it.
+
+RCPT may answer late, with a L{Deferred}, when a validator does; the end
+of DATA always answers with a L{Deferred} (the store makes the message
+durable first).  The replies are described in C{docs/replies.rst}.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from smtpmx import headers, reply
 from smtpmx.access import Access
 from smtpmx.address import Address, AddressError, parseParameters, parsePath
+from smtpmx.body import DataReader, HeaderScanner
 from smtpmx.config import Config
 from smtpmx.envelope import Envelope, Recipient
+from smtpmx.interfaces import IIncomingMessage, IMessageStore
 from smtpmx.reply import Reply
-from smtpmx.validation import ValidatorChain, ValidatorError
+from smtpmx.validation import ValidationContext, ValidatorChain, ValidatorError
 
-# What the connection does after sending the reply.
-CONTINUE = "continue"
-READ_DATA = "data"
-START_TLS = "starttls"
-CLOSE = "close"
-
+# RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
+MAX_COMMAND_LINE = 510
+# RFC 5321 4.5.3.1 does not bound errors; Postfix's smtpd_hard_error_limit.
+MAX_BAD_COMMANDS = 20
 # Seconds a recipient's validators may take, at most (the command timeout
 # if that is shorter).
 VALIDATOR_TIMEOUT = 60
@@ -38,18 +47,61 @@ VALIDATOR_TIMEOUT = 60
 # Replies that count as a client's error towards the bad-command limit.
 _ERROR_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
 
+# The transaction's log line; its fields come from
+# L{TransactionRecord.logFields}.
+TRANSACTION_LOG_FORMAT = (
+    "{id}: client=[{client}] helo={helo} from={sender} to=[{verdicts}] "
+    "size={size} result={result}"
+)
 
-@dataclass(frozen=True)
-class Outcome:
+
+class Action(enum.Enum):
     """
-    The answer to one command.
+    What the connection does once it has sent an L{Answer}'s reply.
+    """
+
+    CONTINUE = "continue"
+    READ_DATA = "data"
+    START_TLS = "starttls"
+    CLOSE = "close"
+
+
+class Answer(NamedTuple):
+    """
+    The answer to one command line (an immutable value; a named tuple
+    because one is made for every command).
+
+    @ivar reply: the reply to send.
+    @ivar action: what the connection does next.
+    @ivar farewell: the C{421 4.7.0} of the bad-command limit (RFC 5321
+        section 3.8), sent right after C{reply}, before closing; else
+        L{None}.  The protocol logs the limit when it sends it.
     """
 
     reply: Reply
-    action: str = CONTINUE
+    action: Action = Action.CONTINUE
+    farewell: Optional[Reply] = None
 
 
-@dataclass
+@dataclass(frozen=True)
+class NegotiatedTLS:
+    """
+    The TLS session a STARTTLS handshake set up (RFC 3207), as the
+    C{Received} header and the log tell it.
+    """
+
+    version: str
+    cipher: str
+    bits: int
+
+    def __str__(self) -> str:
+        """
+        E.g. C{"TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"}.
+        """
+        return f"{self.version} with cipher {self.cipher} ({self.bits}/{self.bits} bits)"
+
+
+@dataclass(frozen=True)
 class RecipientVerdict:
     """
     What became of one RCPT, for the transaction's log line.
@@ -64,26 +116,67 @@ class RecipientVerdict:
 class Transaction:
     """
     One mail transaction: from MAIL to the end of DATA or RSET.
+
+    @ivar context: what validators are given for this transaction's
+        recipients.
     """
 
     reversePath: Optional[Address]
     smtputf8: bool
     declaredSize: Optional[int]
+    context: ValidationContext
     recipients: list[Recipient] = field(default_factory=list)
     accepted: int = 0
     verdicts: list[RecipientVerdict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TransactionRecord:
+    """
+    How one transaction that reached the end of DATA ended: what its log
+    line says, and the reply the client gets.
+    """
+
+    envelope: Envelope
+    verdicts: list[RecipientVerdict]
+    size: int
+    reply: Reply
+
+    def logFields(self) -> dict:
+        """
+        The fields of L{TRANSACTION_LOG_FORMAT}: queue ID, client, HELO
+        name, sender, each recipient's verdict (and which validator gave
+        it), message size and result.
+        """
+        envelope = self.envelope
+        verdicts = ", ".join(
+            f"<{v.address}> {v.reply.code} {v.reply.enhanced or ''}".rstrip()
+            + (f" by {v.decidedBy}" if v.decidedBy else "")
+            for v in self.verdicts
+        )
+        return dict(
+            id=envelope.queueId,
+            client=envelope.clientHost,
+            helo=envelope.heloName,
+            sender=envelope.reversePath.path if envelope.reversePath else "<>",
+            verdicts=verdicts,
+            size=self.size,
+            result=str(self.reply),
+        )
 
 
 class Session:
     """
     The state of one SMTP session (RFC 5321 section 4.1.4).
 
-    Validators see it as the C{session} argument: C{clientHost},
-    C{heloName}, C{reversePath}, C{config} and C{runBlocking}.
+    Validators are not given the session: they get the transaction's
+    L{ValidationContext}.
 
     @ivar badCommands: how many commands got an error reply.
-    @ivar tls: a description of the TLS session (C{"TLSv1.3 with cipher
-        ..."}) once STARTTLS is done, else L{None}.
+    @ivar secure: whether STARTTLS was accepted; the session then started
+        afresh, over TLS.
+    @ivar tls: the TLS session, once its handshake is done, else L{None}.
+    @ivar transaction: the mail transaction under way, or L{None}.
     """
 
     log = Logger()
@@ -93,25 +186,44 @@ class Session:
         config: Config,
         validators: ValidatorChain,
         access: Access,
+        store: IMessageStore,
         clientHost: str,
         runBlocking: Callable[..., Deferred],
         clock: IReactorTime,
         newQueueId: Callable[[], str],
         tlsAvailable: bool = False,
     ) -> None:
+        """
+        @param store: where accepted messages are streamed to.
+        @param clientHost: the client's address, as text.
+        @param runBlocking: runs blocking work off the reactor thread, for
+            validators.
+        @param clock: the time of the C{Received} header and the validators'
+            timeout.
+        @param newQueueId: makes the queue ID of each message.
+        @param tlsAvailable: whether STARTTLS is offered.
+        """
         self.config = config
         self.validators = validators
         self.access = access
+        self.store = store
         self.clientHost = clientHost
         self.runBlocking = runBlocking
-        self._newQueueId = newQueueId
         self.tlsAvailable = tlsAvailable
+        self._newQueueId = newQueueId
         self._clock = clock
         self.heloName: Optional[str] = None
         self.esmtp = False
-        self.tls: Optional[str] = None
+        self.secure = False
+        self.tls: Optional[NegotiatedTLS] = None
         self.transaction: Optional[Transaction] = None
         self.badCommands = 0
+        # The DATA phase under way, if any.
+        self._envelope: Optional[Envelope] = None
+        self._reader: Optional[DataReader] = None
+        self._headers: Optional[HeaderScanner] = None
+        self._message: Optional[IIncomingMessage] = None
+        self._tooBig = False
 
     @property
     def reversePath(self) -> Optional[Address]:
@@ -120,145 +232,169 @@ class Session:
         """
         return self.transaction.reversePath if self.transaction else None
 
-    def command(self, line: bytes) -> Outcome | Deferred:
+    @property
+    def inData(self) -> bool:
+        """
+        Whether the message of a DATA command is being received.
+        """
+        return self._reader is not None
+
+    def greeting(self) -> Reply:
+        """
+        The reply that opens the session (RFC 5321 section 4.2).
+        """
+        return reply.greeting(self.config.hostname)
+
+    # Commands.
+
+    def command(self, line: bytes) -> Answer | Deferred:
         """
         Answer one command line (without its line ending).
 
-        @return: an L{Outcome}, or a L{Deferred} firing with one.
+        @return: an L{Answer}, or a L{Deferred} firing with one (it never
+            fails).
         """
+        if len(line) > MAX_COMMAND_LINE:
+            return self._answer(reply.LINE_TOO_LONG)
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            return self._error(reply.syntaxError("invalid UTF-8 in command"))
+            return self._answer(reply.syntaxError("invalid UTF-8 in command"))
         verb, _, argument = text.partition(" ")
         handler = getattr(self, "smtp_" + verb.upper(), None)
         if not verb.isascii() or not verb.isalpha() or handler is None:
-            return self._error(reply.UNKNOWN_COMMAND)
-        return handler(argument.strip(" "))
+            return self._answer(reply.UNKNOWN_COMMAND)
+        try:
+            return handler(argument.strip(" "))
+        except Exception:
+            self.log.failure("internal error on command from [{client}]", client=self.clientHost)
+            return Answer(reply.INTERNAL_ERROR)
 
-    def _error(self, r: Reply, action: str = CONTINUE) -> Outcome:
+    def _broke(self, failure: Failure) -> Answer:
         """
-        Answer with an error reply that counts towards the bad-command limit.
+        A late answer failed: log it and answer with a temporary error.
         """
-        self.badCommands += 1
-        return Outcome(r, action)
+        self.log.failure("internal error answering [{client}]", failure, client=self.clientHost)
+        return Answer(reply.INTERNAL_ERROR)
 
-    def _answer(self, r: Reply, action: str = CONTINUE) -> Outcome:
+    def _answer(self, r: Reply, action: Action = Action.CONTINUE) -> Answer:
         """
-        Answer with C{r}, counting it if it is a client error.
+        Answer with C{r}, counting it if it is a client error; at the
+        bad-command limit the session ends with a C{421 4.7.0} after it.
         """
         if r.code in _ERROR_CODES:
             self.badCommands += 1
-        return Outcome(r, action)
+            if self.badCommands >= MAX_BAD_COMMANDS:
+                return Answer(r, Action.CLOSE, reply.tooManyErrors(self.config.hostname))
+        return Answer(r, action)
 
-    # Session-level commands.
-
-    def smtp_EHLO(self, argument: str) -> Outcome:
+    def smtp_EHLO(self, argument: str) -> Answer:
         """
         RFC 5321 4.1.1.1: greet and list the extensions.
         """
         if not argument or " " in argument:
-            return self._error(reply.syntaxError("EHLO hostname"))
+            return self._answer(reply.syntaxError("EHLO hostname"))
         self.heloName = argument
         self.esmtp = True
         self.transaction = None
-        lines = [
-            self.config.hostname,
+        extensions = [
             "PIPELINING",
             f"SIZE {self.config.maxMessageSize}",
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
         ]
-        if self.tlsAvailable and self.tls is None:
-            lines.append("STARTTLS")
-        lines.append("HELP")
-        return Outcome(Reply(250, None, "\n".join(lines)))
+        if self.tlsAvailable and not self.secure:
+            extensions.append("STARTTLS")
+        extensions.append("HELP")
+        return Answer(reply.ehlo(self.config.hostname, extensions))
 
-    def smtp_HELO(self, argument: str) -> Outcome:
+    def smtp_HELO(self, argument: str) -> Answer:
         """
         RFC 5321 4.1.1.1: greet without extensions.
         """
         if not argument or " " in argument:
-            return self._error(reply.syntaxError("HELO hostname"))
+            return self._answer(reply.syntaxError("HELO hostname"))
         self.heloName = argument
         self.esmtp = False
         self.transaction = None
-        return Outcome(Reply(250, None, self.config.hostname))
+        return Answer(reply.helo(self.config.hostname))
 
-    def smtp_STARTTLS(self, argument: str) -> Outcome:
+    def smtp_STARTTLS(self, argument: str) -> Answer:
         """
-        RFC 3207: switch to TLS; the session then starts afresh.
+        RFC 3207: switch to TLS.  The session starts afresh at once
+        (RFC 3207 4.2): nothing said in the clear is remembered.
         """
         if not self.tlsAvailable:
-            return self._error(reply.UNKNOWN_COMMAND)
+            return self._answer(reply.UNKNOWN_COMMAND)
         if argument:
-            return self._error(reply.syntaxError("STARTTLS"))
-        if self.tls is not None:
-            return self._error(reply.TLS_ACTIVE)
-        return Outcome(reply.START_TLS, START_TLS)
-
-    def tlsStarted(self, description: str) -> None:
-        """
-        TLS is up: forget everything said in the clear (RFC 3207 4.2).
-        """
-        self.tls = description
+            return self._answer(reply.syntaxError("STARTTLS"))
+        if self.secure:
+            return self._answer(reply.TLS_ACTIVE)
+        self.secure = True
         self.heloName = None
         self.esmtp = False
         self.transaction = None
+        return Answer(reply.START_TLS, Action.START_TLS)
 
-    def smtp_RSET(self, argument: str) -> Outcome:
+    def handshakeCompleted(self, tls: NegotiatedTLS) -> None:
+        """
+        The TLS handshake after STARTTLS is done: record what it set up.
+        """
+        self.tls = tls
+
+    def smtp_RSET(self, argument: str) -> Answer:
         """
         RFC 5321 4.1.1.5: abort the transaction.
         """
         if argument:
-            return self._error(reply.syntaxError("RSET"))
+            return self._answer(reply.syntaxError("RSET"))
         self.transaction = None
-        return Outcome(reply.OK)
+        return Answer(reply.OK)
 
-    def smtp_NOOP(self, argument: str) -> Outcome:
+    def smtp_NOOP(self, argument: str) -> Answer:
         """
         RFC 5321 4.1.1.9: do nothing; an argument is ignored.
         """
-        return Outcome(reply.OK)
+        return Answer(reply.OK)
 
-    def smtp_QUIT(self, argument: str) -> Outcome:
+    def smtp_QUIT(self, argument: str) -> Answer:
         """
         RFC 5321 4.1.1.10: say goodbye and close.
         """
-        return Outcome(reply.BYE, CLOSE)
+        return Answer(reply.BYE, Action.CLOSE)
 
-    def smtp_VRFY(self, argument: str) -> Outcome:
+    def smtp_VRFY(self, argument: str) -> Answer:
         """
         RFC 5321 3.5.3: we never disclose who exists here.
         """
         if not argument:
-            return self._error(reply.syntaxError("VRFY address"))
-        return Outcome(reply.VRFY)
+            return self._answer(reply.syntaxError("VRFY address"))
+        return Answer(reply.VRFY)
 
-    def smtp_HELP(self, argument: str) -> Outcome:
+    def smtp_HELP(self, argument: str) -> Answer:
         """
         RFC 5321 4.1.1.8.
         """
-        return Outcome(reply.HELP)
+        return Answer(reply.HELP)
 
     # The mail transaction.
 
-    def smtp_MAIL(self, argument: str) -> Outcome:
+    def smtp_MAIL(self, argument: str) -> Answer:
         """
         RFC 5321 4.1.1.2: begin a transaction.
         """
         if self.heloName is None:
-            return self._error(reply.NEED_HELO)
+            return self._answer(reply.NEED_HELO)
         if self.transaction is not None:
-            return self._error(reply.NESTED_MAIL)
+            return self._answer(reply.NESTED_MAIL)
         if argument[:5].upper() != "FROM:":
-            return self._error(reply.syntaxError("MAIL FROM:<address>"))
+            return self._answer(reply.syntaxError("MAIL FROM:<address>"))
         try:
             path, rest = parsePath(argument[5:], allowNull=True)
             params = parseParameters(rest)
         except AddressError as e:
-            return self._error(reply.syntaxError(f"MAIL FROM:<address>: {e}"))
+            return self._answer(reply.syntaxError(f"MAIL FROM:<address>: {e}"))
         smtputf8 = False
         size = None
         for key, value in params.items():
@@ -269,37 +405,41 @@ class Session:
             elif key == "SMTPUTF8" and value is None:
                 smtputf8 = True
             elif key in ("SIZE", "BODY", "SMTPUTF8"):
-                return self._error(reply.syntaxError(f"bad value for {key}"))
+                return self._answer(reply.syntaxError(f"bad value for {key}"))
             else:
-                return self._error(reply.UNSUPPORTED_PARAMETER)
+                return self._answer(reply.UNSUPPORTED_PARAMETER)
         if path is not None and path.hasControlCharacters():
-            return self._error(reply.syntaxError("MAIL FROM:<address>: control character in the address"))
+            return self._answer(reply.syntaxError("MAIL FROM:<address>: control character in the address"))
         if path is not None and not path.isASCII() and not smtputf8:
-            return self._error(reply.NEED_SMTPUTF8)
+            return self._answer(reply.NEED_SMTPUTF8)
         if size is not None and size > self.config.maxMessageSize:
-            return Outcome(reply.TOO_BIG)
-        self.transaction = Transaction(path, smtputf8, size)
-        return Outcome(reply.SENDER_OK)
+            # RFC 1870 6.1.
+            return Answer(reply.TOO_BIG)
+        context = ValidationContext(
+            self.clientHost, self.heloName, path, self.config, self.runBlocking
+        )
+        self.transaction = Transaction(path, smtputf8, size, context)
+        return Answer(reply.SENDER_OK)
 
-    def smtp_RCPT(self, argument: str) -> Outcome | Deferred:
+    def smtp_RCPT(self, argument: str) -> Answer | Deferred:
         """
         RFC 5321 4.1.1.3: add a recipient, decided by the validators.
         """
         t = self.transaction
         if t is None:
-            return self._error(reply.NEED_MAIL)
+            return self._answer(reply.NEED_MAIL)
         if argument[:3].upper() != "TO:":
-            return self._error(reply.syntaxError("RCPT TO:<address>"))
+            return self._answer(reply.syntaxError("RCPT TO:<address>"))
         try:
             address, rest = parsePath(argument[3:], allowNull=False, allowPostmaster=True)
             params = parseParameters(rest)
         except AddressError as e:
-            return self._error(reply.syntaxError(f"RCPT TO:<address>: {e}"))
+            return self._answer(reply.syntaxError(f"RCPT TO:<address>: {e}"))
         assert address is not None
         if params:
-            return self._error(reply.UNSUPPORTED_PARAMETER)
+            return self._answer(reply.UNSUPPORTED_PARAMETER)
         if not address.isASCII() and not t.smtputf8:
-            return self._error(reply.NEED_SMTPUTF8)
+            return self._answer(reply.NEED_SMTPUTF8)
         if t.accepted >= self.config.maxRecipients:
             # RFC 5321 4.5.3.1.8: the client sends the rest later.
             return self._verdict(t, address, reply.TOO_MANY_RECIPIENTS, None, [])
@@ -312,7 +452,7 @@ class Session:
                 return self._verdict(t, address, reply.RELAY_DENIED, "access", [])
             if address.hasControlCharacters():
                 # Never sent on; a local one is refused as an unsafe mailbox.
-                return self._error(reply.syntaxError("RCPT TO:<address>: control character in the address"))
+                return self._answer(reply.syntaxError("RCPT TO:<address>: control character in the address"))
 
         def decided(result):
             name, verdict = result
@@ -330,15 +470,16 @@ class Session:
                 failure.trap(ValidatorError)
             return self._verdict(t, address, reply.VALIDATOR_FAILED, None, [])
 
-        d = self.validators.validate(self, address)
+        d = self.validators.validate(t.context, address)
         # A validator whose backend hangs must not hold the session (and
         # its connection slot) for ever: it is a temporary failure.
         timeout = min(VALIDATOR_TIMEOUT, self.config.commandTimeout)
         d.addTimeout(timeout, self._clock)
         d.addCallbacks(decided, failed)
+        d.addErrback(self._broke)
         return d
 
-    def _verdict(self, t: Transaction, address: Address, r: Reply, decidedBy, destinations) -> Outcome:
+    def _verdict(self, t: Transaction, address: Address, r: Reply, decidedBy, destinations) -> Answer:
         """
         Record the verdict on one recipient and answer it.
         """
@@ -356,25 +497,129 @@ class Session:
             )
         return self._answer(r)
 
-    def smtp_DATA(self, argument: str) -> Outcome:
+    def smtp_DATA(self, argument: str) -> Answer:
         """
-        RFC 5321 4.1.1.4: the message follows.
+        RFC 5321 4.1.1.4: the message follows; a message is opened in the
+        store for it.
         """
         if argument:
-            return self._error(reply.syntaxError("DATA"))
-        if self.transaction is None:
-            return self._error(reply.NEED_MAIL)
-        if not self.transaction.recipients:
-            return self._answer(reply.NO_RECIPIENTS)
-        return Outcome(reply.START_DATA, READ_DATA)
-
-    def envelope(self) -> Envelope:
-        """
-        The envelope of the message now being received, with a new queue ID
-        and our Received header.
-        """
+            return self._answer(reply.syntaxError("DATA"))
         t = self.transaction
-        assert t is not None
+        if t is None:
+            return self._answer(reply.NEED_MAIL)
+        if not t.recipients:
+            return self._answer(reply.NO_RECIPIENTS)
+        self._envelope = envelope = self._newEnvelope(t)
+        self._reader = DataReader()
+        self._headers = HeaderScanner()
+        self._tooBig = False
+        try:
+            self._message = self.store.receive(envelope)
+        except Exception:
+            self.log.failure("cannot store message {id}", id=envelope.queueId)
+            self._message = None
+        return Answer(reply.START_DATA, Action.READ_DATA)
+
+    # The DATA phase.
+
+    def feedData(self, data: bytes) -> tuple[Optional[Deferred], Optional[bytes]]:
+        """
+        Take a chunk of the DATA phase as it came from the client: it is
+        unstuffed (L{DataReader}), checked against the size limit (RFC 1870
+        section 6.3: past it the rest is read and nothing more stored),
+        scanned for the hop count and streamed to the store.
+
+        @return: a L{Deferred} that fires when the store is ready for more
+            (read no more until then), or L{None}; and L{None} while the
+            data goes on, or, once C{<CRLF>.<CRLF>} is seen, the bytes that
+            followed it, after which L{endData} must be called.
+        """
+        reader = self._reader
+        assert reader is not None
+        body, leftover = reader.feed(data)
+        pending = None
+        if body and not self._tooBig:
+            if reader.size > self.config.maxMessageSize:
+                # Keep reading to the end, storing nothing more.
+                self._tooBig = True
+                self.abortMessage()
+            else:
+                if not self._headers.done:
+                    self._headers.feed(body)
+                if self._message is not None:
+                    try:
+                        pending = self._message.write(body)
+                    except Exception:
+                        self.log.failure("cannot store message {id}", id=self._envelope.queueId)
+                        self.abortMessage()
+        return pending, leftover
+
+    def endData(self) -> Deferred:
+        """
+        The message is all here: the transaction ends, whatever its result.
+        Unless it broke a limit (size, RFC 1870 section 6.3; hops, RFC 5321
+        section 6.3) it is made durable before the reply.
+
+        @return: a L{Deferred} firing with the L{TransactionRecord} (whose
+            C{reply} goes to the client); it never fails.
+        """
+        envelope, self._envelope = self._envelope, None
+        reader, self._reader = self._reader, None
+        scanner, self._headers = self._headers, None
+        message, self._message = self._message, None
+        t, self.transaction = self.transaction, None
+        assert envelope is not None and reader is not None and t is not None
+        size = reader.size
+
+        def record(r: Reply) -> TransactionRecord:
+            return TransactionRecord(envelope, t.verdicts, size, r)
+
+        if self._tooBig:
+            return succeed(record(reply.TOO_BIG))
+        if scanner.received > self.config.maxHops:
+            if message is not None:
+                message.abort()
+            return succeed(record(reply.TOO_MANY_HOPS))
+        if message is None:
+            return succeed(record(reply.STORAGE_FAILED))
+
+        def stored(_) -> TransactionRecord:
+            return record(reply.queued(envelope.queueId))
+
+        def failed(failure: Failure) -> TransactionRecord:
+            self.log.failure("cannot store message {id}", failure, id=envelope.queueId)
+            return record(reply.STORAGE_FAILED)
+
+        return message.finish().addCallbacks(stored, failed)
+
+    def abortMessage(self) -> None:
+        """
+        Give up on the message being received, if any (the connection is
+        lost or timed out, or the message is too big): the store throws
+        away what it has.
+        """
+        message, self._message = self._message, None
+        if message is not None:
+            try:
+                message.abort()
+            except Exception:
+                self.log.failure("cannot abort message")
+
+    def timedOut(self) -> Reply:
+        """
+        The client was idle too long (RFC 5321 4.5.3.2): a message being
+        received is thrown away.
+
+        @return: the reply to send before closing.
+        """
+        self.abortMessage()
+        return reply.timedOut(self.config.hostname)
+
+    def _newEnvelope(self, t: Transaction) -> Envelope:
+        """
+        The envelope of the message of C{t}, with a new queue ID and our
+        Received header.
+        """
         queueId = self._newQueueId()
         return Envelope(
             queueId=queueId,
@@ -389,7 +634,7 @@ class Session:
         """
         Our trace header (RFC 5321 4.4).
         """
-        if self.tls is not None:
+        if self.secure:
             protocol = "ESMTPS" if self.esmtp else "SMTPS"
         else:
             protocol = "ESMTP" if self.esmtp else "SMTP"
@@ -401,16 +646,6 @@ class Session:
             protocol,
             queueId,
             self._clock.seconds(),
-            tls=self.tls,
+            tls=str(self.tls) if self.tls is not None else None,
             recipient=t.recipients[0].address if len(addresses) == 1 else None,
         )
-
-    def endTransaction(self) -> Optional[Transaction]:
-        """
-        The DATA phase is over, whatever its result: the transaction ends.
-
-        @return: the transaction that ended.
-        """
-        t, self.transaction = self.transaction, None
-        return t
-

@@ -2,14 +2,16 @@
 Public fakes for tests of smtpmx and of validator plugins.
 
 L{MemoryStore} keeps messages in memory and can be told to fail or to hold
-its answer; L{FakeSession} is the C{session} a validator sees, with a
-C{runBlocking} that runs the function at once.
+its answer; L{validationContext} builds the
+L{smtpmx.validation.ValidationContext} a validator is given (its
+C{session} argument), with a C{runBlocking} that runs the function at once.
+How to test a validator plugin with them is in C{docs/plugins.rst}.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from zope.interface import implementer
@@ -18,6 +20,7 @@ from smtpmx.address import Address
 from smtpmx.config import Config
 from smtpmx.envelope import Envelope
 from smtpmx.interfaces import IIncomingMessage, IMessageStore
+from smtpmx.validation import ValidationContext
 
 
 @implementer(IIncomingMessage)
@@ -103,10 +106,45 @@ class MemoryStore:
             d.callback(None)
 
 
+def runAtOnce(f: Callable, *args, **kwargs) -> Deferred:
+    """
+    A C{runBlocking} for tests: run C{f} at once, in this thread, and
+    return a L{Deferred} that has its result (or its exception).
+    """
+    return maybeDeferred(f, *args, **kwargs)
+
+
+def validationContext(
+    config: Optional[Config] = None,
+    clientHost: str = "127.0.0.1",
+    heloName: Optional[str] = "client.example",
+    reversePath: Optional[Address] = None,
+    runBlocking: Callable[..., Deferred] = runAtOnce,
+) -> ValidationContext:
+    """
+    The context a validator is given as C{session}, for a plugin's tests:
+    the same frozen value the server passes.
+
+    @param config: the server's configuration; a default L{Config} if
+        L{None}.
+    @param runBlocking: runs blocking work; by default at once, in the
+        test's thread (L{runAtOnce}).
+    """
+    return ValidationContext(
+        clientHost=clientHost,
+        heloName=heloName,
+        reversePath=reversePath,
+        config=config if config is not None else Config(),
+        runBlocking=runBlocking,
+    )
+
+
 @dataclass
 class FakeSession:
     """
-    What a validator sees as C{session}, for tests of validators.
+    A mutable stand-in for the C{session} a validator sees, kept for
+    plugin tests written before L{validationContext}, which builds the
+    frozen value the server really passes.
     """
 
     config: Config = field(default_factory=Config)
@@ -118,4 +156,4 @@ class FakeSession:
         """
         Run C{f} at once, in this thread.
         """
-        return maybeDeferred(f, *args, **kwargs)
+        return runAtOnce(f, *args, **kwargs)

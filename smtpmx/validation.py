@@ -1,17 +1,48 @@
 """
-Verdicts of recipient validators, and the chain that consults them in
-order: the first verdict wins, L{None} passes on, and a validator that
-raises yields a temporary failure for that recipient only.
+Verdicts of recipient validators, the context a validator is asked in, and
+the chain that consults validators in order: the first verdict wins, L{None}
+passes on, and a validator that raises yields a temporary failure for that
+recipient only.  The plugin API is described in C{docs/plugins.rst}.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from smtpmx.address import Address, parseAddress
+from smtpmx.config import Config
+
+
+@dataclass(frozen=True)
+class ValidationContext:
+    """
+    What a validator knows of the transaction it is asked about: the
+    C{session} argument of C{validateRecipient(session, recipient)}.
+
+    It is a frozen snapshot taken when the transaction begins (MAIL), so a
+    validator can neither change the session nor see it change under it
+    while its verdict is pending.  L{smtpmx.testing.validationContext}
+    builds one for a plugin's tests.
+
+    @ivar clientHost: the client's IP address, as text.
+    @ivar heloName: the name the client gave in EHLO or HELO.
+    @ivar reversePath: the sender, or L{None} for the null path C{<>}.
+    @ivar config: the server's L{Config}.
+    @ivar runBlocking: C{runBlocking(f, *args, **kwargs)} runs a blocking
+        function off the reactor thread and returns a L{Deferred} firing
+        with its result; a validator that touches the disk or the network
+        the blocking way must go through it.
+    """
+
+    clientHost: str
+    heloName: Optional[str]
+    reversePath: Optional[Address]
+    config: Config
+    runBlocking: Callable[..., Deferred]
 
 
 class Accept:
@@ -77,9 +108,11 @@ class ValidatorChain:
     def __init__(self, validators: Sequence[tuple[str, object]]) -> None:
         self.validators = list(validators)
 
-    def validate(self, session, recipient: Address) -> Deferred:
+    def validate(self, session: ValidationContext, recipient: Address) -> Deferred:
         """
         Ask each validator in turn.
+
+        @param session: the context every validator is given.
 
         @return: a L{Deferred} firing with C{(name, verdict)}; C{(None,
             None)} when none had an opinion.  It fails with
@@ -87,7 +120,7 @@ class ValidatorChain:
         """
         return self._ask(session, recipient, 0)
 
-    def _ask(self, session, recipient: Address, index: int) -> Deferred:
+    def _ask(self, session: ValidationContext, recipient: Address, index: int) -> Deferred:
         """
         Ask validator C{index}, and the next ones while none has an opinion.
         """

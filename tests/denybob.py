@@ -1,7 +1,7 @@
 """
-The SPEC's third-party validator example, DenyBob, as a module to drop into
-an C{smtpmx/plugins/} directory: one copy for every test that needs a
-plugin from outside the project.
+The third-party validator example of the README and docs/plugins.rst,
+DenyBob, as a module to drop into an C{smtpmx/plugins/} directory: one copy
+for every test that needs a plugin from outside the project.
 """
 
 from __future__ import annotations

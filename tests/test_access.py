@@ -5,6 +5,7 @@ Tests for the relay decision: smtpmx is never an open relay.
 from __future__ import annotations
 
 from hypothesis import given, strategies as st
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.access import Access
@@ -42,6 +43,7 @@ class AccessTests(SynchronousTestCase):
             r, dest = ACCESS.decide(host, Address("x", "remote.example"), None)
             self.assertEqual((r.code, dest), (250, [RemoteAddress(Address("x", "remote.example"))]))
 
+    @pytest.mark.rfc("5321", "3.6.2")
     def test_relayDomain(self):
         """
         A relay domain is accepted from anyone.
@@ -70,6 +72,7 @@ class AccessTests(SynchronousTestCase):
             [None, Accept(), Accept(["x@remote.example"]), Accept(["a@example.org"]), Reject(550, "5.1.1", "no")]
         ),
     )
+    @pytest.mark.rfc("5321", "3.6.2")
     def test_neverOpenRelay(self, host, domain, verdict):
         """
         For any untrusted client, non-local domain and verdict, nothing is

@@ -6,6 +6,7 @@ same result whatever the chunk boundaries.
 from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.body import DataReader, HeaderScanner
@@ -43,24 +44,28 @@ class DataReaderTests(SynchronousTestCase):
     L{DataReader} reads exactly one message.
     """
 
+    @pytest.mark.rfc("5321", "4.1.1.4")
     def test_empty(self):
         """
         A lone dot at once is an empty message.
         """
         self.assertEqual(readAll(b".\r\n"), (b"", b""))
 
+    @pytest.mark.rfc("5321", "4.5.2")
     def test_unstuff(self):
         """
         One leading dot is removed from each line.
         """
         self.assertEqual(readAll(b"..a\r\n...\r\nb.\r\n.\r\n"), (b".a\n..\nb.\n", b""))
 
+    @pytest.mark.rfc("2920", "3.1")
     def test_leftover(self):
         """
         What follows the terminator is handed back, untouched.
         """
         self.assertEqual(readAll(b"a\r\n.\r\nQUIT\r\n"), (b"a\n", b"QUIT\r\n"))
 
+    @pytest.mark.rfc("5321", "2.3.8")
     def test_bareEndingsNeverEnd(self):
         """
         Bare LF or bare CR around a dot never end the data; they become LF.
@@ -98,6 +103,7 @@ class DataReaderTests(SynchronousTestCase):
         st.lists(st.binary(max_size=20).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")), max_size=20),
         st.lists(st.integers(min_value=1, max_value=400), max_size=10),
     )
+    @pytest.mark.rfc("5321", "4.5.2")
     def test_stuffingRoundTrip(self, lines, cuts):
         """
         A message dot-stuffed by a client comes out exactly as it went in.
@@ -111,6 +117,7 @@ class HeaderScannerTests(SynchronousTestCase):
     L{HeaderScanner} counts Received headers in the header section only.
     """
 
+    @pytest.mark.rfc("5321", "6.3")
     def test_count(self):
         """
         Received headers are counted in any case, until the blank line.

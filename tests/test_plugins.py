@@ -16,9 +16,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 import smtpmx.plugins
+from smtpmx.address import Address
+from smtpmx.config import Config
 from smtpmx.interfaces import IRecipientValidator, IRecipientValidatorFactory
+from smtpmx.testing import runAtOnce, validationContext
+from smtpmx.validation import Accept, ValidationContext
 from smtpmx.validators import findValidatorFactories
-from tests.denybob import writeDenyBob
+from smtpmx.validators.mailbox import MailboxValidator
+from tests.denybob import SOURCE, writeDenyBob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,3 +100,58 @@ class ThirdPartyPluginTests(SynchronousTestCase):
         self.assertEqual(lines[0], "['aliases', 'any', 'denybob', 'mailbox']")
         self.assertEqual(lines[1], "denybob 550")
         self.assertFalse(os.path.exists(os.path.join(directory, "smtpmx", "__init__.py")))
+
+
+class ValidationContextTests(SynchronousTestCase):
+    """
+    Validators written against the README's API work unchanged with the
+    frozen L{smtpmx.validation.ValidationContext} the server passes, built
+    for tests by L{smtpmx.testing.validationContext}.
+    """
+
+    def test_denyBob(self):
+        """
+        The README's DenyBob, unchanged, gives its verdicts when asked with
+        a context.
+        """
+        namespace: dict = {}
+        exec(compile(SOURCE, "denybob.py", "exec"), namespace)
+        validator = namespace["DenyBob"]()
+        context = validationContext()
+        self.assertEqual(validator.validateRecipient(context, Address("Bob", "example.org")).code, 550)
+        self.assertIsNone(validator.validateRecipient(context, Address("alice", "example.org")))
+
+    def test_builtinMailbox(self):
+        """
+        The built-in C{mailbox} validator reads C{config} and calls
+        C{runBlocking} on the context.
+        """
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root, True)
+        os.makedirs(os.path.join(root, "example.org", "alice"))
+        calls = []
+
+        def runBlocking(f, *args):
+            calls.append(f)
+            return runAtOnce(f, *args)
+
+        context = validationContext(
+            Config(domains=("example.org",), maildirRoot=root), runBlocking=runBlocking
+        )
+        validator = MailboxValidator()
+        accepted = self.successResultOf(validator.validateRecipient(context, Address("alice", "example.org")))
+        self.assertIsInstance(accepted, Accept)
+        self.assertIsNone(self.successResultOf(validator.validateRecipient(context, Address("carol", "example.org"))))
+        self.assertEqual(len(calls), 2)
+
+    def test_defaults(self):
+        """
+        L{validationContext} fills in a plain client, a default L{Config}
+        and a C{runBlocking} that runs at once.
+        """
+        context = validationContext(reversePath=Address("a", "remote.example"))
+        self.assertIsInstance(context, ValidationContext)
+        self.assertEqual((context.clientHost, context.heloName), ("127.0.0.1", "client.example"))
+        self.assertEqual(str(context.reversePath), "a@remote.example")
+        self.assertEqual(context.config, Config())
+        self.assertEqual(self.successResultOf(context.runBlocking(len, "ab")), 2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import reply
@@ -24,12 +25,15 @@ class ReplyTests(SynchronousTestCase):
         """
         self.assertEqual(Reply(250, "2.1.0", "Ok").format(), b"250 2.1.0 Ok\r\n")
 
+    @pytest.mark.rfc("5321", "4.2.1")
     def test_multiline(self):
         """
         Each line but the last of a multi-line reply has a dash.
         """
         self.assertEqual(Reply(214, "2.0.0", "a\nb").format(), b"214-2.0.0 a\r\n214 2.0.0 b\r\n")
 
+    @pytest.mark.rfc("3463", "2")
+    @pytest.mark.rfc("2034", "3")
     def test_everyStandardReplyHasEnhancedCode(self):
         """
         Every 2xx, 4xx and 5xx reply in the table has an enhanced code whose
@@ -37,7 +41,13 @@ class ReplyTests(SynchronousTestCase):
         """
         pattern = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
         replies = [v for v in vars(reply).values() if isinstance(v, Reply)]
-        replies += [reply.syntaxError("x"), reply.queued("ID")]
+        replies += [
+            reply.syntaxError("x"),
+            reply.queued("ID"),
+            reply.connectionRefused("mx.example", "too many connections"),
+            reply.timedOut("mx.example"),
+            reply.tooManyErrors("mx.example"),
+        ]
         self.assertGreater(len(replies), 20)
         for r in replies:
             if r.code == 354:
@@ -45,3 +55,30 @@ class ReplyTests(SynchronousTestCase):
                 continue
             self.assertRegex(r.enhanced, pattern)
             self.assertEqual(r.enhanced[0], str(r.code)[0], r)
+
+    @pytest.mark.rfc("2034", "3")
+    @pytest.mark.rfc("5321", "4.1.1.1")
+    def test_greetings(self):
+        """
+        The greeting and the EHLO/HELO answers carry no enhanced code;
+        EHLO lists one extension per line after our name.
+        """
+        self.assertEqual(reply.greeting("mx.example").format(), b"220 mx.example ESMTP smtpmx\r\n")
+        self.assertEqual(
+            reply.ehlo("mx.example", ["PIPELINING", "HELP"]).format(),
+            b"250-mx.example\r\n250-PIPELINING\r\n250 HELP\r\n",
+        )
+        self.assertEqual(reply.helo("mx.example").format(), b"250 mx.example\r\n")
+
+    @pytest.mark.rfc("5321", "3.8")
+    def test_closingReplies(self):
+        """
+        The replies sent before the server closes are 421 and name our host.
+        """
+        for r in [
+            reply.connectionRefused("mx.example", "too many connections"),
+            reply.timedOut("mx.example"),
+            reply.tooManyErrors("mx.example"),
+        ]:
+            self.assertEqual(r.code, 421)
+            self.assertTrue(r.text.startswith("mx.example Error: "), r)

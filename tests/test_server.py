@@ -1,17 +1,22 @@
 """
 Tests for the SMTP server protocol, in memory: every command, reply code,
-limit and ordering rule of SPEC section 4.
+limit and ordering rule (RFC 5321, RFC 2920, RFC 1870, RFC 3207; the
+replies are in docs/replies.rst), through bytes as a client sends them.
+The scripted dialogues of L{tests.dialogues} run here too.
 """
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.address import Address
 from smtpmx.envelope import LocalMailbox, RemoteAddress
 from smtpmx.validation import Accept, Reject
 
+from tests import dialogues
 from tests.serverhelpers import Server
 
 TRANSACTION = (
@@ -21,11 +26,28 @@ TRANSACTION = (
 )
 
 
+@pytest.mark.parametrize("dialogue", dialogues.parameters())
+def test_dialogue(dialogue: dialogues.Dialogue) -> None:
+    """
+    Every scripted dialogue of L{tests.dialogues}, played on the protocol
+    in memory, each step in one write: the replies have the codes the
+    dialogue expects, and the connection is closed exactly when the
+    dialogue says.
+    """
+    s = Server(**dialogues.CONFIG)
+    [greeting] = s.output()
+    assert greeting.startswith("220 mx.example.org")
+    for step, (data, expected) in enumerate(dialogue.exchanges()):
+        dialogues.check(dialogue, step, expected, s.codes(data))
+    assert s.closed == dialogue.closes
+
+
 class GreetingTests(SynchronousTestCase):
     """
     The greeting, EHLO and HELO.
     """
 
+    @pytest.mark.rfc("5321", "4.2")
     def test_greeting(self):
         """
         A new connection is greeted with 220 and our host name.
@@ -33,6 +55,12 @@ class GreetingTests(SynchronousTestCase):
         s = Server()
         self.assertEqual(s.output(), ["220 mx.example.org ESMTP smtpmx"])
 
+    @pytest.mark.rfc("5321", "4.1.1.1")
+    @pytest.mark.rfc("1870", "4")
+    @pytest.mark.rfc("2920", "2")
+    @pytest.mark.rfc("2034", "2")
+    @pytest.mark.rfc("6531", "3.1")
+    @pytest.mark.rfc("6152", "2")
     def test_ehloExtensions(self):
         """
         EHLO lists PIPELINING, SIZE with the limit, 8BITMIME,
@@ -49,6 +77,7 @@ class GreetingTests(SynchronousTestCase):
         self.assertNotIn("STARTTLS", keywords)
         self.assertTrue(lines[-1].startswith("250 "))
 
+    @pytest.mark.rfc("5321", "4.1.1.1")
     def test_ehloNeedsArgument(self):
         """
         EHLO and HELO without a name are a syntax error, 501 5.5.4.
@@ -58,6 +87,7 @@ class GreetingTests(SynchronousTestCase):
         self.assertEqual(s.codes("EHLO\r\n")[0][:9], "501 5.5.4")
         self.assertEqual(s.codes("HELO\r\n")[0][:9], "501 5.5.4")
 
+    @pytest.mark.rfc("5321", "4.1.1.1")
     def test_helo(self):
         """
         HELO answers 250 with our name, and a transaction can follow.
@@ -67,6 +97,7 @@ class GreetingTests(SynchronousTestCase):
         self.assertEqual(s.send("HELO client.example\r\n"), ["250 mx.example.org"])
         self.assertEqual(s.codes("MAIL FROM:<a@b.example>\r\n"), ["250 2.1.0 Ok"])
 
+    @pytest.mark.rfc("5321", "2.4")
     def test_commandsCaseInsensitive(self):
         """
         Commands and keywords are case-insensitive.
@@ -84,6 +115,7 @@ class CommandTests(SynchronousTestCase):
     NOOP, RSET, VRFY, HELP, QUIT and unknown commands.
     """
 
+    @pytest.mark.rfc("5321", "4.1.1.9")
     def test_noop(self):
         """
         NOOP answers 250 2.0.0, with or without an argument.
@@ -91,6 +123,7 @@ class CommandTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual(s.codes("NOOP\r\nNOOP hello\r\n"), ["250 2.0.0 Ok"] * 2)
 
+    @pytest.mark.rfc("5321", "4.1.1.5")
     def test_rset(self):
         """
         RSET forgets the transaction: RCPT after it needs a new MAIL.
@@ -100,6 +133,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(replies[1], "250 2.0.0 Ok")
         self.assertEqual(replies[2][:9], "503 5.5.1")
 
+    @pytest.mark.rfc("5321", "4.1.1.5")
     def test_rsetWithArgument(self):
         """
         RSET takes no argument: 501 5.5.4.
@@ -107,6 +141,7 @@ class CommandTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual(s.codes("RSET now\r\n")[0][:9], "501 5.5.4")
 
+    @pytest.mark.rfc("5321", "3.5.3")
     def test_vrfy(self):
         """
         VRFY never discloses who exists: 252; without argument 501.
@@ -115,6 +150,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(s.codes("VRFY alice\r\n")[0][:9], "252 2.0.0")
         self.assertEqual(s.codes("VRFY\r\n")[0][:9], "501 5.5.4")
 
+    @pytest.mark.rfc("5321", "4.1.1.8")
     def test_help(self):
         """
         HELP answers 214.
@@ -122,6 +158,7 @@ class CommandTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual(s.codes("HELP\r\n")[0][:9], "214 2.0.0")
 
+    @pytest.mark.rfc("5321", "4.1.1.10")
     def test_quit(self):
         """
         QUIT answers 221 2.0.0 and closes the connection.
@@ -130,6 +167,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(s.codes("QUIT\r\n"), ["221 2.0.0 Bye"])
         self.assertTrue(s.closed)
 
+    @pytest.mark.rfc("5321", "4.2.4")
     def test_unknown(self):
         """
         An unknown command, and EXPN, get 500 5.5.2.
@@ -137,6 +175,7 @@ class CommandTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual([r[:9] for r in s.codes("FOO\r\nEXPN x\r\n\r\n")], ["500 5.5.2"] * 3)
 
+    @pytest.mark.rfc("3207", "4")
     def test_starttlsWithoutCertificate(self):
         """
         STARTTLS is an unknown command when no certificate is configured.
@@ -144,6 +183,7 @@ class CommandTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual(s.codes("STARTTLS\r\n")[0][:9], "500 5.5.2")
 
+    @pytest.mark.rfc("6531", "3.3")
     def test_invalidUTF8(self):
         """
         A command that is not UTF-8 gets 501, not a traceback.
@@ -151,6 +191,7 @@ class CommandTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual(s.codes(b"MAIL FROM:<\xff@x.example>\r\n")[0][:9], "501 5.5.4")
 
+    @pytest.mark.rfc("5321", "2.3.8")
     def test_bareLFCommands(self):
         """
         Commands ended by a bare LF, as typed by hand, are understood.
@@ -165,6 +206,7 @@ class SequenceTests(SynchronousTestCase):
     Commands out of order get 503 5.5.1.
     """
 
+    @pytest.mark.rfc("5321", "4.1.4")
     def test_mailBeforeHelo(self):
         """
         MAIL before HELO/EHLO is out of sequence.
@@ -173,6 +215,7 @@ class SequenceTests(SynchronousTestCase):
         s.output()
         self.assertEqual(s.codes("MAIL FROM:<a@b.example>\r\n")[0][:9], "503 5.5.1")
 
+    @pytest.mark.rfc("5321", "4.1.4")
     def test_rcptBeforeMail(self):
         """
         RCPT before MAIL is out of sequence.
@@ -180,6 +223,7 @@ class SequenceTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual(s.codes("RCPT TO:<alice@example.org>\r\n")[0][:9], "503 5.5.1")
 
+    @pytest.mark.rfc("5321", "4.1.4")
     def test_dataBeforeMail(self):
         """
         DATA before MAIL is out of sequence.
@@ -187,6 +231,7 @@ class SequenceTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual(s.codes("DATA\r\n")[0][:9], "503 5.5.1")
 
+    @pytest.mark.rfc("5321", "4.1.4")
     def test_nestedMail(self):
         """
         A second MAIL in a transaction is out of sequence.
@@ -195,6 +240,7 @@ class SequenceTests(SynchronousTestCase):
         replies = s.codes("MAIL FROM:<a@b.example>\r\nMAIL FROM:<a@b.example>\r\n")
         self.assertEqual(replies[1][:9], "503 5.5.1")
 
+    @pytest.mark.rfc("5321", "3.3")
     def test_dataWithoutRecipients(self):
         """
         DATA when every RCPT was refused gets 554 5.5.1.
@@ -204,6 +250,7 @@ class SequenceTests(SynchronousTestCase):
         self.assertEqual(replies[1][:9], "550 5.1.1")
         self.assertEqual(replies[2][:9], "554 5.5.1")
 
+    @pytest.mark.rfc("5321", "4.1.4")
     def test_ehloResetsTransaction(self):
         """
         EHLO in a transaction abandons it.
@@ -222,12 +269,14 @@ class MailTests(SynchronousTestCase):
         s = Server(**config).greeted()
         return s.codes(f"MAIL FROM:{argument}\r\n")[0]
 
+    @pytest.mark.rfc("5321", "4.5.5")
     def test_nullPath(self):
         """
         The null reverse-path <> is accepted.
         """
         self.assertEqual(self.mail("<>"), "250 2.1.0 Ok")
 
+    @pytest.mark.rfc("5321", "C")
     def test_sourceRoute(self):
         """
         A source route is accepted and ignored.
@@ -240,6 +289,7 @@ class MailTests(SynchronousTestCase):
         """
         self.assertEqual(self.mail(" <a@b.example>"), "250 2.1.0 Ok")
 
+    @pytest.mark.rfc("5321", "4.1.2")
     def test_badSyntax(self):
         """
         A malformed path gets 501 5.5.4.
@@ -247,6 +297,7 @@ class MailTests(SynchronousTestCase):
         for bad in ["<a@b.example", "<a@>", "<@b.example>", "<a b@c.example>", ""]:
             self.assertEqual(self.mail(bad)[:9], "501 5.5.4", bad)
 
+    @pytest.mark.rfc("5321", "4.1.1.2")
     def test_missingFrom(self):
         """
         MAIL without FROM: is a syntax error.
@@ -254,18 +305,23 @@ class MailTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual(s.codes("MAIL <a@b.example>\r\n")[0][:9], "501 5.5.4")
 
+    @pytest.mark.rfc("1870", "6.1")
     def test_sizeWithinLimit(self):
         """
         SIZE= at or below the limit is accepted.
         """
         self.assertEqual(self.mail("<a@b.example> SIZE=1000", maxMessageSize=1000), "250 2.1.0 Ok")
 
+    @pytest.mark.rfc("1870", "6.1")
+    @pytest.mark.rfc("3463", "3.4")
     def test_sizeOverLimit(self):
         """
         SIZE= above the limit gets 552 5.3.4 at MAIL time.
         """
         self.assertEqual(self.mail("<a@b.example> SIZE=1001", maxMessageSize=1000)[:9], "552 5.3.4")
 
+    @pytest.mark.rfc("6152", "2")
+    @pytest.mark.rfc("6531", "3.4")
     def test_bodyAndSmtputf8(self):
         """
         BODY=8BITMIME and SMTPUTF8 are accepted; a UTF-8 address needs
@@ -275,6 +331,7 @@ class MailTests(SynchronousTestCase):
         self.assertEqual(self.mail("<jörg@b.example> SMTPUTF8"), "250 2.1.0 Ok")
         self.assertEqual(self.mail("<jörg@b.example>")[:9], "553 5.6.7")
 
+    @pytest.mark.rfc("5321", "4.1.1.11")
     def test_unknownParameter(self):
         """
         An unknown parameter gets 555 5.5.4; a bad value 501 5.5.4.
@@ -293,6 +350,7 @@ class RecipientTests(SynchronousTestCase):
         s.codes("MAIL FROM:<sender@remote.example>\r\n")
         return s.codes("".join(f"RCPT TO:{a}\r\n" for a in addresses))
 
+    @pytest.mark.rfc("5321", "4.1.1.3")
     def test_perRecipientVerdicts(self):
         """
         A refused recipient does not end the transaction: the next one is
@@ -338,6 +396,7 @@ class RecipientTests(SynchronousTestCase):
         s = Server({"bob@example.org": lambda: "250 ok"}).greeted()
         self.assertEqual(self.rcpt(s, "<bob@example.org>")[0][:9], "451 4.3.0")
 
+    @pytest.mark.rfc("5321", "4.5.1")
     def test_postmasterAlwaysAccepted(self):
         """
         postmaster@ a local domain and a bare <postmaster> are accepted
@@ -348,6 +407,7 @@ class RecipientTests(SynchronousTestCase):
         self.assertEqual(replies, ["250 2.1.5 Ok"] * 3)
         self.assertEqual(s.validator.asked, [])
 
+    @pytest.mark.rfc("5321", "3.6.2")
     def test_relayDenied(self):
         """
         A remote recipient from a client outside the relay networks is
@@ -375,6 +435,8 @@ class RecipientTests(SynchronousTestCase):
         replies = self.rcpt(s, "<a/b@example.org>", "<.hidden@example.org>", '<"a\\\\b"@example.org>')
         self.assertEqual([r[:9] for r in replies], ["550 5.1.3"] * 3)
 
+    @pytest.mark.rfc("5321", "4.5.3.1.8")
+    @pytest.mark.rfc("3463", "3.5")
     def test_tooManyRecipients(self):
         """
         Past the recipient limit RCPT gets 452 4.5.3.
@@ -383,6 +445,7 @@ class RecipientTests(SynchronousTestCase):
         replies = self.rcpt(s, "<alice@example.org>", "<bob@example.org>")
         self.assertEqual([r[:9] for r in replies], ["250 2.1.5", "452 4.5.3"])
 
+    @pytest.mark.rfc("5321", "2.4")
     def test_caseKept(self):
         """
         The forward-path is recorded exactly as sent, case included, and the
@@ -394,6 +457,7 @@ class RecipientTests(SynchronousTestCase):
         self.assertEqual(str(recipient.address), "Alice+News@Example.ORG")
         self.assertEqual(recipient.destination, LocalMailbox("example.org", "alice"))
 
+    @pytest.mark.rfc("5321", "4.1.1.11")
     def test_rcptParameter(self):
         """
         RCPT parameters are not supported: 555 5.5.4.
@@ -401,6 +465,7 @@ class RecipientTests(SynchronousTestCase):
         s = Server().greeted()
         self.assertEqual(self.rcpt(s, "<alice@example.org> NOTIFY=NEVER")[0][:9], "555 5.5.4")
 
+    @pytest.mark.rfc("5321", "4.1.1.3")
     def test_emptyRecipient(self):
         """
         RCPT TO:<> is a syntax error.
@@ -414,6 +479,7 @@ class DataTests(SynchronousTestCase):
     The DATA phase: termination, unstuffing, sizes, storage.
     """
 
+    @pytest.mark.rfc("5321", "4.5.2")
     def test_message(self):
         """
         A message is stored dot-unstuffed with LF endings, and 250 names
@@ -427,6 +493,7 @@ class DataTests(SynchronousTestCase):
         self.assertEqual(message.body, b"Subject: hi\n\n.leading dot\nend\n")
         self.assertIn(message.envelope.queueId, replies[3])
 
+    @pytest.mark.rfc("5321", "4.5.2")
     def test_dataInPieces(self):
         """
         Data split at any byte gives the same message.
@@ -438,6 +505,8 @@ class DataTests(SynchronousTestCase):
             s.protocol.dataReceived(data[i : i + 1])
         self.assertEqual(s.store.messages[0].body, b"a\n.b\nc\n")
 
+    @pytest.mark.rfc("5321", "4.1.1.4")
+    @pytest.mark.rfc("5321", "2.3.8")
     def test_smuggling(self):
         """
         A bare LF or bare CR before a dot never ends the data: what follows
@@ -453,6 +522,7 @@ class DataTests(SynchronousTestCase):
             self.assertEqual(len(s.store.messages), 1)
             self.assertIn(b"MAIL FROM:<evil@x.example>\n", s.store.messages[0].body)
 
+    @pytest.mark.rfc("2920", "3.1")
     def test_pipelinedAfterData(self):
         """
         Commands pipelined after the end of data are answered after the
@@ -462,6 +532,7 @@ class DataTests(SynchronousTestCase):
         replies = s.codes(TRANSACTION + "x\r\n.\r\nMAIL FROM:<a@b.example>\r\nQUIT\r\n")
         self.assertEqual([r[:3] for r in replies], ["250", "250", "354", "250", "250", "221"])
 
+    @pytest.mark.rfc("5321", "6.1")
     def test_replyOnlyAfterStorage(self):
         """
         The 250 goes out only once the store says the message is durable,
@@ -485,6 +556,8 @@ class DataTests(SynchronousTestCase):
         self.assertEqual(replies[4], "250 2.0.0 Ok")
         self.flushLoggedErrors(OSError)
 
+    @pytest.mark.rfc("1870", "6.3")
+    @pytest.mark.rfc("3463", "3.4")
     def test_tooBig(self):
         """
         A body past the size limit gets 552 5.3.4 after the data, and what
@@ -508,6 +581,7 @@ class DataTests(SynchronousTestCase):
         self.assertEqual(replies[-1][:3], "250")
         self.assertEqual(s.store.messages[0].body, line + b"\nMAIL FROM:<a@b.example>\n")
 
+    @pytest.mark.rfc("5321", "6.3")
     def test_tooManyHops(self):
         """
         More Received headers than the hop limit: 554 5.4.6.
@@ -518,6 +592,7 @@ class DataTests(SynchronousTestCase):
         s2 = Server(maxHops=3).greeted()
         self.assertEqual(s2.codes(TRANSACTION + headers + ".\r\n")[3][:3], "250")
 
+    @pytest.mark.rfc("5321", "4.4")
     def test_receivedHeader(self):
         """
         The Received header names the HELO name, the client address, our
@@ -549,6 +624,7 @@ class LimitTests(SynchronousTestCase):
     Line length, timeouts, error counts and connection limits.
     """
 
+    @pytest.mark.rfc("5321", "4.5.3.1.4")
     def test_longCommandLine(self):
         """
         A command line over 512 octets gets 500 5.5.2 and the session goes on.
@@ -567,6 +643,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(replies[0][:9], "500 5.5.2")
         self.assertTrue(s.closed)
 
+    @pytest.mark.rfc("5321", "4.5.3.2.7")
     def test_commandTimeout(self):
         """
         Idle past the command timeout: 421 4.4.2 and close.
@@ -578,6 +655,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(s.output()[0][:9], "421 4.4.2")
         self.assertTrue(s.closed)
 
+    @pytest.mark.rfc("5321", "4.5.3.2.7")
     def test_dataTimeout(self):
         """
         Idle in DATA past the data timeout: 421 4.4.2, close, nothing kept.
@@ -590,6 +668,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(s.output()[0][:9], "421 4.4.2")
         self.assertTrue(s.store.started[0].aborted)
 
+    @pytest.mark.rfc("5321", "3.8")
     def test_badCommands(self):
         """
         After 20 bad commands the session gets 421 4.7.0 and is closed.
@@ -600,6 +679,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(replies[-1][:9], "421 4.7.0")
         self.assertTrue(s.closed)
 
+    @pytest.mark.rfc("5321", "3.8")
     def test_tooManyConnectionsPerIp(self):
         """
         Past the per-address limit a connection gets 421 4.7.0 and is closed;
@@ -614,6 +694,7 @@ class LimitTests(SynchronousTestCase):
         protocol, transport = s.connect()
         self.assertEqual(transport.value()[:3], b"220")
 
+    @pytest.mark.rfc("5321", "3.8")
     def test_tooManyConnections(self):
         """
         Past the global limit a connection gets 421 4.7.0.
@@ -636,6 +717,7 @@ class StartTLSTests(SynchronousTestCase):
         s.output()
         return s
 
+    @pytest.mark.rfc("3207", "4")
     def test_advertised(self):
         """
         EHLO lists STARTTLS when a certificate is configured.
@@ -643,6 +725,7 @@ class StartTLSTests(SynchronousTestCase):
         s = self.server()
         self.assertIn("250-STARTTLS", s.send("EHLO client.example\r\n"))
 
+    @pytest.mark.rfc("3207", "4.2")
     def test_pipelinedCommandsDiscarded(self):
         """
         Commands pipelined after STARTTLS in the clear get no reply and are
@@ -654,6 +737,7 @@ class StartTLSTests(SynchronousTestCase):
         self.assertEqual(len(s.tlsStarted), 1)
         self.assertEqual(s.codes("NOOP\r\n"), ["250 2.0.0 Ok"])
 
+    @pytest.mark.rfc("3207", "4.2")
     def test_sessionReset(self):
         """
         After STARTTLS the session is back to before EHLO: a MAIL given in
@@ -667,6 +751,48 @@ class StartTLSTests(SynchronousTestCase):
         self.assertNotIn("250-STARTTLS", lines)
         self.assertEqual(s.codes("STARTTLS\r\n")[0][:9], "503 5.5.1")
 
+    @pytest.mark.rfc("5321", "4.4")
+    def test_handshakeRecorded(self):
+        """
+        When the handshake is done (the protocol is an
+        L{IHandshakeListener}), the negotiated version and cipher go to the
+        session and into the Received header.
+        """
+        s = self.server()
+        s.codes("EHLO client.example\r\nSTARTTLS\r\n")
+
+        class Handle:
+            def get_protocol_version_name(self):
+                return "TLSv1.3"
+
+            def get_cipher_name(self):
+                return "TLS_AES_128_GCM_SHA256"
+
+            def get_cipher_bits(self):
+                return 128
+
+        s.transport.getHandle = Handle
+        s.protocol.handshakeCompleted()
+        s.codes("EHLO client.example\r\n" + TRANSACTION + "x\r\n.\r\n")
+        self.assertIn(
+            b"(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256 (128/128 bits))",
+            s.store.messages[0].envelope.received,
+        )
+
+    def test_handshakeUnreadable(self):
+        """
+        A TLS session whose version cannot be read is logged, and the
+        Received header still says ESMTPS, without a version.
+        """
+        s = self.server()
+        s.codes("EHLO client.example\r\nSTARTTLS\r\n")
+        s.protocol.handshakeCompleted()
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        s.codes("EHLO client.example\r\n" + TRANSACTION + "x\r\n.\r\n")
+        received = s.store.messages[0].envelope.received
+        self.assertIn(b" with ESMTPS id ", received)
+        self.assertNotIn(b"(using", received)
+
     def test_receivedSaysESMTPS(self):
         """
         A message received after STARTTLS and EHLO is recorded as ESMTPS.
@@ -676,6 +802,7 @@ class StartTLSTests(SynchronousTestCase):
         s.codes("EHLO client.example\r\n" + TRANSACTION + "x\r\n.\r\n")
         self.assertIn(b" with ESMTPS id ", s.store.messages[0].envelope.received)
 
+    @pytest.mark.rfc("3207", "4")
     def test_argument(self):
         """
         STARTTLS takes no argument.
@@ -785,3 +912,46 @@ class ValidatorTimeoutTests(SynchronousTestCase):
         self.assertEqual(s.output(), [])
         s.clock.advance(2)
         self.assertEqual(s.output(), ["451 4.3.0 Error: temporary failure checking the recipient, try again later", "250 2.0.0 Ok"])
+
+
+class LogTests(SynchronousTestCase):
+    """
+    The protocol writes the log lines of a connection, the transaction's
+    made from the session's record, in the server's namespace.
+    """
+
+    def lines(self, events) -> list[tuple[str, str]]:
+        """
+        The namespace and text of each event.
+        """
+        return [(e["log_namespace"], formatEvent(e)) for e in events]
+
+    def test_transactionLine(self):
+        """
+        One line per transaction: queue ID, client, HELO name, sender, each
+        recipient's verdict and who gave it, size and result.
+        """
+        with capturedLogs() as events:
+            s = Server().greeted()
+            s.codes(TRANSACTION + "hello\r\n.\r\n")
+        queueId = s.store.messages[0].envelope.queueId
+        self.assertIn(
+            (
+                "smtpmx.server.SMTPServerProtocol",
+                f"{queueId}: client=[127.0.0.1] helo=client.example from=<sender@remote.example> "
+                f"to=[<alice@example.org> 250 2.1.5 by dict] size=6 result=250 2.0.0 Ok: queued as {queueId}",
+            ),
+            self.lines(events),
+        )
+
+    def test_tooManyErrorsLine(self):
+        """
+        The bad-command limit is logged once, when its 421 is sent.
+        """
+        with capturedLogs() as events:
+            s = Server().greeted()
+            s.codes("BAD\r\n" * 20)
+        self.assertEqual(
+            [line for line in self.lines(events) if "too many errors" in line[1]],
+            [("smtpmx.server.SMTPServerProtocol", "too many errors from [127.0.0.1]")],
+        )
