@@ -86,6 +86,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._closing = False
         self._counted = False
         self._transportPaused = False
+        self._heldWhilePaused = 0
         self._abortCall = None
 
     # Connection life.
@@ -202,6 +203,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         if self._waiting:
             return
         self.paused = False
+        self._heldWhilePaused = 0
         if self._transportPaused:
             self._transportPaused = False
             self.transport.resumeProducing()
@@ -256,9 +258,14 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             return
         self.resetTimeout()
         super().dataReceived(data)
-        if self.paused and len(self._buffer) > MAX_BUFFERED_LINE:
-            # Pipelining is bounded: stop reading until we catch up.
-            self._pauseTransport()
+        if self.paused:
+            # Pipelining is bounded: count what may wait for us (all of
+            # this chunk, at most), and stop reading once it passes one long
+            # line.  What is left when we resume was counted before, so the
+            # line buffer stays within a few times this.
+            self._heldWhilePaused += len(data)
+            if self._heldWhilePaused > MAX_BUFFERED_LINE:
+                self._pauseTransport()
 
     def lineReceived(self, line: bytes) -> None:
         """

@@ -367,7 +367,7 @@ class DataPhaseTests(SynchronousTestCase):
         self.assertIsNone(leftover)
 
     @pytest.mark.rfc("1870", "6.3")
-    @pytest.mark.rfc("3463", "3.4")
+    @pytest.mark.rfc("3463", "3")
     def test_tooBig(self):
         """
         Past the size limit the message is thrown away, the rest is read to
