@@ -2,16 +2,20 @@
 Build C{docs/rfc-conformance.rst}: every requirement of
 C{docs/rfc-requirements.toml} with the tests that check it.
 
-A test names the RFC section it checks with a marker::
+A test names what it checks with a marker: the RFC, the section, and the
+ids of the catalogue's requirements of that section that the test
+checks::
 
-    @pytest.mark.rfc("5321", "4.5.2")
+    @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-2")
     def test_leadingDot(self): ...
 
-The marker covers every requirement the catalogue lists for that section;
-a third argument, a requirement id (C{"5321-4.5.2-2"}), narrows it to that
-one.  A marker on a class applies to each of its tests, and a module's
-C{pytestmark} to each test of the module.  The markers are read from the
-source with L{ast}, so nothing is imported or run.
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-1", "5321-4.4-3")
+    def test_receivedLine(self): ...
+
+A marker without ids covers every requirement of its section.  A marker on
+a class applies to each of its tests, and a module's C{pytestmark} to
+each test of the module.  The markers are read from the source with
+L{ast}, so nothing is imported or run.
 
 Run from anywhere::
 
@@ -75,14 +79,15 @@ class Marker:
 
     @ivar test: the test's pytest node id, C{tests/file.py::Class::test}.
     @ivar where: C{file:line} of the marker, for error messages.
-    @ivar requirement: the requirement id given as third argument, if any.
+    @ivar requirements: the requirement ids given after the section, if
+        any.
     """
 
     test: str
     where: str
     rfc: str
     section: str
-    requirement: Optional[str] = None
+    requirements: tuple[str, ...] = ()
 
 
 @dataclass
@@ -92,7 +97,8 @@ class Coverage:
     the catalogue.
 
     @ivar tests: requirement id to the sorted node ids of its tests.
-    @ivar errors: one line per marker that matches no requirement.
+    @ivar errors: one line per marker that matches no requirement or
+        names a requirement of another section.
     """
 
     tests: dict[str, list[str]] = field(default_factory=dict)
@@ -151,11 +157,11 @@ def _markerArguments(call: ast.Call, where: str) -> tuple[str, ...]:
     """
     The string arguments of one C{rfc} marker.
 
-    @raise ValueError: they are not two or three string literals.
+    @raise ValueError: they are not two or more string literals.
     """
     args = call.args
-    if call.keywords or not 2 <= len(args) <= 3:
-        raise ValueError(f"{where}: pytest.mark.rfc takes (rfc, section[, requirement id])")
+    if call.keywords or len(args) < 2:
+        raise ValueError(f"{where}: pytest.mark.rfc takes (rfc, section[, requirement id, ...])")
     values = []
     for a in args:
         if not (isinstance(a, ast.Constant) and isinstance(a.value, str)):
@@ -213,7 +219,8 @@ def findMarkers(testsDir: Path = TESTS, root: Path = ROOT) -> list[Marker]:
 
     @param testsDir: the directory of C{test_*.py} files.
     @param root: node ids are relative to it.
-    @raise ValueError: a marker's arguments are not 2 or 3 string literals.
+    @raise ValueError: a marker's arguments are not 2 or more string
+        literals.
     """
     markers = []
     for path in sorted(testsDir.rglob("test_*.py")):
@@ -224,14 +231,17 @@ def findMarkers(testsDir: Path = TESTS, root: Path = ROOT) -> list[Marker]:
             nodeId = "::".join([relative] + parts)
             for call in moduleLevel + inherited + list(_markersIn(function.decorator_list)):
                 where = f"{relative}:{call.lineno}"
-                args = _markerArguments(call, where)
-                markers.append(Marker(nodeId, where, *args))
+                rfc, section, *ids = _markerArguments(call, where)
+                markers.append(Marker(nodeId, where, rfc, section, tuple(ids)))
     return markers
 
 
 def match(requirements: Sequence[Requirement], markers: Iterable[Marker]) -> Coverage:
     """
     Pair markers with the requirements they name.
+
+    A marker covers the requirements whose ids it gives; one without ids
+    covers every requirement of its section.
 
     @return: the tests of every requirement (an empty list for one no test
         checks) and an error for each marker naming an (RFC, section) or a
@@ -243,20 +253,23 @@ def match(requirements: Sequence[Requirement], markers: Iterable[Marker]) -> Cov
     for r in requirements:
         bySection.setdefault((r.rfc, r.section), []).append(r)
     for m in markers:
-        named = bySection.get((m.rfc, m.section))
-        if not named:
+        inSection = bySection.get((m.rfc, m.section))
+        if not inSection:
             coverage.errors.append(
                 f"{m.where}: {m.test}: RFC {m.rfc} section {m.section} is not in docs/rfc-requirements.toml"
             )
             continue
-        if m.requirement is not None:
-            r = byId.get(m.requirement)
+        named = []
+        for requirementId in m.requirements:
+            r = byId.get(requirementId)
             if r is None or (r.rfc, r.section) != (m.rfc, m.section):
                 coverage.errors.append(
-                    f"{m.where}: {m.test}: no requirement {m.requirement} in RFC {m.rfc} section {m.section}"
+                    f"{m.where}: {m.test}: no requirement {requirementId} in RFC {m.rfc} section {m.section}"
                 )
-                continue
-            named = [r]
+            else:
+                named.append(r)
+        if not m.requirements:
+            named = inSection
         for r in named:
             if m.test not in coverage.tests[r.id]:
                 coverage.tests[r.id].append(m.test)
@@ -309,8 +322,9 @@ def render(requirements: Sequence[Requirement], coverage: Coverage) -> str:
         "Each requirement (MUST, MUST NOT, REQUIRED, SHOULD, SHOULD NOT) of the",
         "RFCs smtpmx implements that bears on a receiving MX or a relay, in our",
         "words, with the tests that check it.  A test names what it checks with",
-        '``@pytest.mark.rfc("5321", "4.5.2")``; a marker covers every requirement',
-        "of that section, or only the one whose id it gives as third argument.",
+        '``@pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-2")``: the RFC, the',
+        "section, and the ids of the requirements it checks (without ids, it",
+        "covers every requirement of the section).",
         '"Applies to" says which side of smtpmx the requirement binds: the',
         "server that receives mail, the relay that sends it on (and sends",
         "bounces), or both.  A note says how smtpmx meets a requirement, where",

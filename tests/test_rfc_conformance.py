@@ -182,6 +182,24 @@ class ScriptTests(SynchronousTestCase):
         self.assertEqual(coverage.tests["5321-4.5.2-1"], [])
         self.assertEqual(coverage.tests["5321-4.5.2-2"], ["tests/test_x.py::test_unstuff"])
 
+    def test_severalIds(self) -> None:
+        """
+        A marker may name several requirements of its section, each after
+        the section.
+        """
+        _, coverage = self.coverage(
+            """
+            import pytest
+
+            @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1", "5321-4.5.2-2")
+            def test_roundTrip():
+                pass
+            """
+        )
+        self.assertEqual(coverage.errors, [])
+        self.assertEqual(coverage.tests["5321-4.5.2-1"], ["tests/test_x.py::test_roundTrip"])
+        self.assertEqual(coverage.tests["5321-4.5.2-2"], ["tests/test_x.py::test_roundTrip"])
+
     def test_classAndModuleMarkers(self) -> None:
         """
         A marker on a class applies to each of its tests, async ones too,
