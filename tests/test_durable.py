@@ -219,7 +219,7 @@ class FileTests(SynchronousTestCase):
         self.assertIsNone(durable.removeFile(path))
         self.assertIsInstance(durable.removeFile(self.root), OSError)
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-1")
     def test_writeDurably(self) -> None:
         """
         A file written durably is complete at its name, fsynced along with

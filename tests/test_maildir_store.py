@@ -503,7 +503,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         self.assertTrue(verifyObject(IIncomingMessage, message))
         self.assertTrue(verifyObject(ITwoPhaseMessage, message))
 
-    @pytest.mark.rfc("5321", "4.4")
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-7")
     def test_single(self) -> None:
         """
         A message for one recipient is one private file in C{new/},
@@ -539,7 +539,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         for sub in ("tmp", "new", "cur"):
             self.assertTrue(os.path.isdir(os.path.join(self.root, "example.org", "bob", sub)))
 
-    @pytest.mark.rfc("5321", "4.4")
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-7")
     def test_nullSender(self) -> None:
         """
         A bounce (null reverse-path) gets C{Return-Path: <>}.
@@ -648,7 +648,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         self.assertEqual(self.runner.calls, 1)
         self.assertEqual(len(self.delivered("example.org", "carol")), 1)
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-1")
     def test_fsync(self) -> None:
         """
         Every file is fsynced before any C{new/} directory, and each
@@ -744,7 +744,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
             ]
         )
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-3")
     def test_renameFails(self) -> None:
         """
         When the second copy cannot be moved into C{new/}, the first copy,
@@ -807,7 +807,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         self.assertEqual(error.errno, errno.ENOSPC)
         self.assertNothingLeft()
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-3")
     def test_directoryFsyncFails(self) -> None:
         """
         When a C{new/} directory cannot be fsynced, the copies already

@@ -558,7 +558,7 @@ class AtomicSaveTests(SynchronousTestCase, QueueTestMixin):
         self.assertRaises(OSError, self.queue.save, self.new)
         self.assertOld()
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-1")
     def test_crashBeforeRename(self) -> None:
         """
         A crash after the new state was written but before it replaced the
@@ -850,7 +850,7 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         self.assertEqual(self.content("0A1B2C"), RECEIVED + chunk * total)
         self.assertEqual(self.queue.load("0A1B2C").size, len(RECEIVED) + len(chunk) * total)
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-1")
     def test_fsyncOrder(self) -> None:
         """
         The message file is fsynced before the state that commits it is
@@ -1030,7 +1030,6 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         self.assertEqual(len(self.announced), 1)
         self.assertEqual(message.queued, self.announced[0])
 
-    @pytest.mark.rfc("5321", "6.1")
     def test_crashWhilePrepared(self) -> None:
         """
         A crash between prepare and commit leaves a message that was never

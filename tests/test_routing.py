@@ -135,7 +135,6 @@ class RoutingStoreTests(SynchronousTestCase):
         self.assertEqual([r.address for r in self.queue.load("0A1B2C").recipients], ["dave@example.net"])
         self.assertEqual(self.runner.calls, 1)
 
-    @pytest.mark.rfc("5321", "6.1")
     def test_mixed(self) -> None:
         """
         A message for local and remote recipients is filed in each local
@@ -186,7 +185,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.assertTrue(self.delivered("bob")[0].endswith(chunk * written))
         self.assertEqual(self.queue.load("0A1B2C").size, len(RECEIVED) + len(chunk) * written)
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-3")
     def test_maildirFails(self) -> None:
         """
         When the local copies cannot be filed, the message is not queued
@@ -208,7 +207,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.failureResultOf(message.finish(), OSError)
         self.assertNothingStored()
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-3")
     def test_queuePrepareFails(self) -> None:
         """
         When the message cannot be written to the queue, nothing is filed
@@ -229,7 +228,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.failureResultOf(message.finish(), OSError)
         self.assertNothingStored()
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-3")
     def test_queueCommitFails(self) -> None:
         """
         When the message cannot be committed to the queue after the local

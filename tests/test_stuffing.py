@@ -126,7 +126,7 @@ class DotStufferTests(SynchronousTestCase):
         self.assertEqual(stuffer.feed(b".def\n"), b"..def\r\n")
         self.assertEqual(stuffer.end(), b".\r\n")
 
-    @pytest.mark.rfc("5321", "4.5.2")
+    @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1")
     def test_dotLinesAroundRealChunkSizes(self) -> None:
         """
         A C{.} line at every offset around 16 KiB and 64 KiB, with the
@@ -151,7 +151,7 @@ class DotStufferTests(SynchronousTestCase):
         """
         self.assertEqual(stuff(message, cuts), stuff(message))
 
-    @pytest.mark.rfc("5321", "4.5.2")
+    @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1")
     @pytest.mark.rfc("5321", "2.3.8", "5321-2.3.8-2")
     @settings(max_examples=300, deadline=None)
     @given(_messages, st.lists(st.integers(min_value=0, max_value=400), max_size=12))
