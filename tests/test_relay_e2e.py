@@ -235,9 +235,10 @@ class RouteTests(RelayTestCase):
             ],
         )
 
-    @pytest.mark.rfc("5321", "2.4")
-    @pytest.mark.rfc("5321", "4.4")
-    @pytest.mark.rfc("5321", "4.5.2")
+    @pytest.mark.rfc("5321", "2.4", "5321-2.4-1")
+    @pytest.mark.rfc("5321", "4.4", "5321-4.4-1", "5321-4.4-8")
+    @pytest.mark.rfc("5321", "4.5.4.1", "5321-4.5.4.1-7")
+    @pytest.mark.rfc("5321", "2.3.8", "5321-2.3.8-2")
     def test_oneTransactionForRecipientsSharingANextHop(self) -> None:
         """
         A message from a trusted client to three recipients at one remote
@@ -274,7 +275,7 @@ class RouteTests(RelayTestCase):
         self.assertTrue(data.endswith(b"\n\nHello.\n"), data[-50:])
         self.assertLeavesQueue(queueId)
 
-    @pytest.mark.rfc("5321", "4.5.2")
+    @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1")
     @pytest.mark.rfc("6152", "2")
     def test_bodyArrivesByteForByte(self) -> None:
         """
@@ -301,8 +302,8 @@ class RouteTests(RelayTestCase):
         self.assertTrue(transaction.data.endswith(b"\n\n" + body.replace(b"\r\n", b"\n")), transaction.data[-300:])
         self.assertLeavesQueue(queueId)
 
-    @pytest.mark.rfc("5321", "4.5.5")
-    @pytest.mark.rfc("3464", "2")
+    @pytest.mark.rfc("5321", "4.5.5", "5321-4.5.5-1")
+    @pytest.mark.rfc("3464", "2", "3464-2-1", "3464-2-2", "3464-2-4")
     def test_bounceToRemoteSenderIsRelayed(self) -> None:
         """
         A bounce for a remote sender is relayed to the sender's next hop
@@ -386,7 +387,7 @@ class RouteTests(RelayTestCase):
         self.assertEqual(transaction.accepted, ["Dave@remote.example"])
         self.assertLeavesQueue(queueId)
 
-    @pytest.mark.rfc("5321", "4.5.4.1")
+    @pytest.mark.rfc("5321", "4.5.4.1", "5321-4.5.4.1-1")
     def test_temporaryFailureIsRetried(self) -> None:
         """
         A next hop that answers 4xx the first time gets the message on a
@@ -400,8 +401,8 @@ class RouteTests(RelayTestCase):
         self.assertGreaterEqual(self.retrySink.connections(), 2)
         self.assertLeavesQueue(queueId)
 
-    @pytest.mark.rfc("5321", "6.1")
-    @pytest.mark.rfc("3464", "2")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-2")
+    @pytest.mark.rfc("3464", "2", "3464-2-1", "3464-2-2", "3464-2-3")
     def test_permanentFailureBouncesThatRecipient(self) -> None:
         """
         A 5xx reply to one recipient bounces that recipient alone: the
@@ -442,8 +443,8 @@ class RouteTests(RelayTestCase):
         self.assertIn(messageId, report.as_string())
         self.assertLeavesQueue(queueId)
 
-    @pytest.mark.rfc("5321", "4.5.5")
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "4.5.5", "5321-4.5.5-2")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-3")
     def test_noBounceForNullReversePath(self) -> None:
         """
         A message with the null reverse-path that meets a 5xx is dropped
@@ -486,8 +487,7 @@ class ExpiryTests(RelayTestCase):
             ],
         )
 
-    @pytest.mark.rfc("5321", "4.5.4.1")
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-2")
     def test_expiredMessageBounces(self) -> None:
         """
         A message that cannot be delivered before --max-queue-age runs out
@@ -561,7 +561,7 @@ class MXTests(RelayTestCase):
         queueId = queueIdOf(dataReply)
         return queueId, waitForTransactions(self.sink, messageId)
 
-    @pytest.mark.rfc("5321", "5.1")
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-1")
     def test_deliveredToMX(self) -> None:
         """
         Mail for a domain is delivered to the host its MX record names.
@@ -570,7 +570,7 @@ class MXTests(RelayTestCase):
         self.assertEqual([t.accepted for t in found], [["Grace@mx.example.test"]], self.server.log()[-3000:])
         self.assertLeavesQueue(queueId)
 
-    @pytest.mark.rfc("5321", "5.1")
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-7")
     def test_nextMXWhenFirstIsDown(self) -> None:
         """
         When the most preferred MX does not answer, the next one gets the
@@ -580,7 +580,7 @@ class MXTests(RelayTestCase):
         self.assertEqual([t.accepted for t in found], [["heidi@fallback.example.test"]], self.server.log()[-3000:])
         self.assertLeavesQueue(queueId)
 
-    @pytest.mark.rfc("7505", "3")
+    @pytest.mark.rfc("7505", "3", "7505-3-1")
     def test_nullMXBounces(self) -> None:
         """
         Mail for a domain with a null MX (RFC 7505) bounces at once to its
@@ -599,7 +599,7 @@ class MXTests(RelayTestCase):
         self.assertLeavesQueue(queueId)
         self.assertEqual(transactionsFor(self.sink, messageId), [])
 
-    @pytest.mark.rfc("5321", "5.1")
+    @pytest.mark.rfc("5321", "5.1", "5321-5.1-4")
     def test_implicitMX(self) -> None:
         """
         Mail for a domain with no MX record but an A record goes to that
@@ -615,7 +615,7 @@ class CrashTests(SynchronousTestCase):
     The queue across a kill -9.
     """
 
-    @pytest.mark.rfc("5321", "6.1")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-1")
     def test_killNineLosesAndDuplicatesNothing(self) -> None:
         """
         Twenty messages acknowledged while the next hop is down survive a
