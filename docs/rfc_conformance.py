@@ -12,7 +12,10 @@ checks::
     @pytest.mark.rfc("5321", "4.4", "5321-4.4-1", "5321-4.4-3")
     def test_receivedLine(self): ...
 
-A marker without ids covers every requirement of its section.  A marker on
+The ids are required when the catalogue lists more than one requirement
+for the section, so that a test is counted only for what it checks; a
+marker naming such a section without ids is an error.  A section with a
+single requirement may be named alone (C{rfc("7505", "3")}).  A marker on
 a class applies to each of its tests, and a module's C{pytestmark} to
 each test of the module.  The markers are read from the source with
 L{ast}, so nothing is imported or run.
@@ -97,8 +100,9 @@ class Coverage:
     the catalogue.
 
     @ivar tests: requirement id to the sorted node ids of its tests.
-    @ivar errors: one line per marker that matches no requirement or
-        names a requirement of another section.
+    @ivar errors: one line per marker that matches no requirement, names
+        a requirement of another section, or names a section of several
+        requirements without saying which.
     """
 
     tests: dict[str, list[str]] = field(default_factory=dict)
@@ -241,11 +245,12 @@ def match(requirements: Sequence[Requirement], markers: Iterable[Marker]) -> Cov
     Pair markers with the requirements they name.
 
     A marker covers the requirements whose ids it gives; one without ids
-    covers every requirement of its section.
+    covers its section's requirement when the section has only one.
 
     @return: the tests of every requirement (an empty list for one no test
         checks) and an error for each marker naming an (RFC, section) or a
-        requirement id the catalogue does not have.
+        requirement id the catalogue does not have, or naming a section
+        of several requirements without their ids.
     """
     coverage = Coverage({r.id: [] for r in requirements})
     bySection: dict[tuple[str, str], list[Requirement]] = {}
@@ -269,6 +274,13 @@ def match(requirements: Sequence[Requirement], markers: Iterable[Marker]) -> Cov
             else:
                 named.append(r)
         if not m.requirements:
+            if len(inSection) > 1:
+                ids = ", ".join(r.id for r in inSection)
+                coverage.errors.append(
+                    f"{m.where}: {m.test}: RFC {m.rfc} section {m.section} has {len(inSection)} "
+                    f"requirements; name the ids the test checks ({ids})"
+                )
+                continue
             named = inSection
         for r in named:
             if m.test not in coverage.tests[r.id]:
@@ -323,8 +335,8 @@ def render(requirements: Sequence[Requirement], coverage: Coverage) -> str:
         "RFCs smtpmx implements that bears on a receiving MX or a relay, in our",
         "words, with the tests that check it.  A test names what it checks with",
         '``@pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-2")``: the RFC, the',
-        "section, and the ids of the requirements it checks (without ids, it",
-        "covers every requirement of the section).",
+        "section, and the ids of the requirements it checks (the ids may be left",
+        "out only for a section with a single requirement).",
         '"Applies to" says which side of smtpmx the requirement binds: the',
         "server that receives mail, the relay that sends it on (and sends",
         "bounces), or both.  A note says how smtpmx meets a requirement, where",
@@ -385,7 +397,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Rewrite C{docs/rfc-conformance.rst}, or with C{--check} only compare.
 
     @return: the exit status: 1 when a marker names nothing in the
-        catalogue or, with C{--check}, when the file is out of date.
+        catalogue or a section of several requirements without their ids,
+        or, with C{--check}, when the file is out of date.
     """
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check that the table is current")

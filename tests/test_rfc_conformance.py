@@ -147,9 +147,11 @@ class ScriptTests(SynchronousTestCase):
         markers = conformance.findMarkers(self.root / "tests", self.root)
         return requirements, conformance.match(requirements, markers)
 
-    def test_sectionCoversItsRequirements(self) -> None:
+    def test_sectionOfSeveralNeedsIds(self) -> None:
         """
-        A marker naming a section covers every requirement of that section.
+        A marker naming only a section the catalogue lists several
+        requirements for covers none of them: it is an error naming the
+        file, the line and the ids to choose from.
         """
         _, coverage = self.coverage(
             """
@@ -161,10 +163,31 @@ class ScriptTests(SynchronousTestCase):
                     pass
             """
         )
+        self.assertEqual(len(coverage.errors), 1)
+        self.assertIn("tests/test_x.py:5", coverage.errors[0])
+        self.assertIn("DotTests::test_dots", coverage.errors[0])
+        self.assertIn("5321-4.5.2-1, 5321-4.5.2-2", coverage.errors[0])
+        self.assertEqual(coverage.tests["5321-4.5.2-1"], [])
+        self.assertEqual(coverage.tests["5321-4.5.2-2"], [])
+
+    def test_sectionOfOneStandsAlone(self) -> None:
+        """
+        A marker may name only a section the catalogue lists a single
+        requirement for; it covers that requirement.
+        """
+        catalogue = CATALOGUE[: CATALOGUE.index('[[requirement]]\nid = "7505-3-2"')]
+        self.catalogue.write_text(catalogue)
+        _, coverage = self.coverage(
+            """
+            import pytest
+
+            @pytest.mark.rfc("7505", "3")
+            def test_nullMx():
+                pass
+            """
+        )
         self.assertEqual(coverage.errors, [])
-        self.assertEqual(coverage.tests["5321-4.5.2-1"], ["tests/test_x.py::DotTests::test_dots"])
-        self.assertEqual(coverage.tests["5321-4.5.2-2"], ["tests/test_x.py::DotTests::test_dots"])
-        self.assertEqual(coverage.tests["7505-3-1"], [])
+        self.assertEqual(coverage.tests["7505-3-1"], ["tests/test_x.py::test_nullMx"])
 
     def test_requirementIdNarrows(self) -> None:
         """
@@ -179,6 +202,7 @@ class ScriptTests(SynchronousTestCase):
                 pass
             """
         )
+        self.assertEqual(coverage.errors, [])
         self.assertEqual(coverage.tests["5321-4.5.2-1"], [])
         self.assertEqual(coverage.tests["5321-4.5.2-2"], ["tests/test_x.py::test_unstuff"])
 
@@ -210,9 +234,9 @@ class ScriptTests(SynchronousTestCase):
             import pytest
             from pytest import mark
 
-            pytestmark = [mark.rfc("7505", "3")]
+            pytestmark = [mark.rfc("7505", "3", "7505-3-1")]
 
-            @pytest.mark.rfc("5321", "4.5.2")
+            @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1")
             class T:
                 def test_a(self):
                     pass
@@ -227,6 +251,7 @@ class ScriptTests(SynchronousTestCase):
         self.assertEqual(coverage.errors, [])
         both = ["tests/test_x.py::T::test_a", "tests/test_x.py::T::test_b"]
         self.assertEqual(coverage.tests["5321-4.5.2-1"], both)
+        self.assertEqual(coverage.tests["5321-4.5.2-2"], [])
         self.assertEqual(coverage.tests["7505-3-1"], both)
 
     def test_unknownSection(self) -> None:
