@@ -463,6 +463,9 @@ class AnyValidatorTests(ServerTestCase):
 
     @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-2")
     @pytest.mark.rfc("6152", "2")
+    @pytest.mark.rfc("5321", "4.5.3.1.6")
+    @pytest.mark.rfc("5321", "4.5.3.1.7")
+    @pytest.mark.rfc("6152", "3", "6152-3-1")
     def test_largeMessage(self):
         """
         A 10 MB message, with dot-stuffed lines, 8-bit text and a 100 kB
@@ -496,6 +499,7 @@ class AnyValidatorTests(ServerTestCase):
         self.assertEqual(self.server.tmpFiles("example.org", user), [])
 
     @pytest.mark.rfc("1870", "6.1")
+    @pytest.mark.rfc("1870", "4")
     def test_sizeParameterTooBig(self):
         """
         MAIL FROM with a SIZE above --max-message-size is refused at once

@@ -277,6 +277,7 @@ class RouteTests(RelayTestCase):
 
     @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1")
     @pytest.mark.rfc("6152", "2")
+    @pytest.mark.rfc("6152", "3", "6152-3-1")
     def test_bodyArrivesByteForByte(self) -> None:
         """
         Lines that start with a dot, a line that is only a dot, 8-bit text

@@ -318,6 +318,7 @@ class MailTests(SynchronousTestCase):
 
     @pytest.mark.rfc("6152", "2")
     @pytest.mark.rfc("5321", "2.4", "5321-2.4-2", "5321-2.4-3")
+    @pytest.mark.rfc("6531", "3.5")
     def test_bodyAndSmtputf8(self):
         """
         BODY=8BITMIME and SMTPUTF8 are accepted; a UTF-8 address needs
@@ -454,6 +455,7 @@ class RecipientTests(SynchronousTestCase):
 
     @pytest.mark.rfc("5321", "4.5.3.1.8", "5321-4.5.3.1.8-2")
     @pytest.mark.rfc("3463", "3")
+    @pytest.mark.rfc("5321", "4.5.3.1.9", "5321-4.5.3.1.9-1")
     def test_tooManyRecipients(self):
         """
         Past the recipient limit RCPT gets 452 4.5.3.
