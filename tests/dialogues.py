@@ -50,7 +50,11 @@ class Dialogue:
         line, or a tuple of lines sent in one write, without line endings
         (a message's text in one step may hold CRLFs); one expected code,
         or a tuple of them, one per reply.
-    @ivar rfc: (RFC number, section) pairs the dialogue checks.
+    @ivar rfc: the arguments of the C{rfc} markers of the dialogue's
+        tests: (RFC number, section, the ids of the requirements of
+        C{docs/rfc-requirements.toml} it checks), the ids left out only
+        for a section of a single requirement.  C{docs/rfc_conformance.py}
+        reads them from this file's source, so they are literals.
     @ivar closes: whether the server closes the connection after the
         last step.
     """
@@ -58,7 +62,7 @@ class Dialogue:
     name: str
     doc: str
     steps: tuple[tuple[Lines, Codes], ...]
-    rfc: tuple[tuple[str, str], ...] = ()
+    rfc: tuple[tuple[str, ...], ...] = ()
     closes: bool = False
 
     def exchanges(self) -> list[tuple[bytes, list[str]]]:
@@ -99,26 +103,30 @@ DIALOGUES = (
         "ehloTransaction",
         "EHLO, MAIL, RCPT, DATA, the message, QUIT: a whole session.",
         (EHLO, FROM, TO_ALICE, ("DATA", "354"), MESSAGE, ("QUIT", "221 2.0.0")),
-        rfc=(("5321", "3.3"), ("5321", "4.1.1.4"), ("5321", "4.1.1.10")),
+        rfc=(
+            ("5321", "4.5.1", "5321-4.5.1-1"),
+            ("5321", "4.1.1.4", "5321-4.1.1.4-3"),
+            ("5321", "4.1.1.10", "5321-4.1.1.10-1"),
+        ),
         closes=True,
     ),
     Dialogue(
         "heloTransaction",
         "HELO greets without extensions and a transaction can follow.",
         (("HELO client.example", "250"), FROM, TO_ALICE, ("DATA", "354"), MESSAGE),
-        rfc=(("5321", "4.1.1.1"),),
+        rfc=(("5321", "4.1.1.1", "5321-4.1.1.1-1"), ("5321", "4.5.1", "5321-4.5.1-1")),
     ),
     Dialogue(
         "greetingNeedsName",
         "EHLO and HELO without a name are a syntax error.",
         (("EHLO", "501 5.5.4"), ("HELO", "501 5.5.4"), EHLO),
-        rfc=(("5321", "4.1.1.1"), ("3463", "3.6")),
+        rfc=(("5321", "4.1.4", "5321-4.1.4-3"), ("3463", "3")),
     ),
     Dialogue(
         "mailBeforeHelo",
         "MAIL before EHLO/HELO is out of sequence.",
         (("MAIL FROM:<a@remote.example>", "503 5.5.1"), EHLO, FROM),
-        rfc=(("5321", "4.1.4"),),
+        rfc=(("5321", "4.1.4", "5321-4.1.4-8"), ("3463", "3")),
     ),
     Dialogue(
         "commandOrder",
@@ -131,19 +139,23 @@ DIALOGUES = (
             ("MAIL FROM:<other@remote.example>", "503 5.5.1"),
             TO_ALICE,
         ),
-        rfc=(("5321", "4.1.4"), ("5321", "3.3")),
+        rfc=(
+            ("5321", "4.1.4", "5321-4.1.4-8"),
+            ("5321", "4.1.1.3", "5321-4.1.1.3-3"),
+            ("3463", "3"),
+        ),
     ),
     Dialogue(
         "dataWithoutRecipients",
         "DATA when no recipient was accepted gets 554 5.5.1.",
         (EHLO, FROM, ("DATA", "554 5.5.1"), ("RSET", "250 2.0.0")),
-        rfc=(("5321", "3.3"), ("2920", "3.1")),
+        rfc=(("2920", "3.2", "2920-3.2-2"), ("5321", "4.1.1.5", "5321-4.1.1.5-2")),
     ),
     Dialogue(
         "unknownCommand",
         "An unknown command gets 500 5.5.2, and the session goes on.",
         (EHLO, ("FROB", "500 5.5.2"), ("NOOP", "250 2.0.0")),
-        rfc=(("5321", "4.2.4"), ("3463", "3.6")),
+        rfc=(("5321", "4.2.4", "5321-4.2.4-1"), ("5321", "3.8", "5321-3.8-1"), ("3463", "3")),
     ),
     Dialogue(
         "badArguments",
@@ -158,7 +170,7 @@ DIALOGUES = (
             ("RCPT TO:<>", "501 5.5.4"),
             ("DATA now", "501 5.5.4"),
         ),
-        rfc=(("5321", "4.1.1.2"), ("5321", "4.1.1.3"), ("3463", "3.6")),
+        rfc=(("5321", "4.1.4", "5321-4.1.4-7"), ("3463", "3")),
     ),
     Dialogue(
         "noopRsetVrfyHelp",
@@ -173,20 +185,25 @@ DIALOGUES = (
             ("VRFY alice", "252 2.0.0"),
             ("HELP", "214 2.0.0"),
         ),
-        rfc=(("5321", "4.1.1.5"), ("5321", "4.1.1.9"), ("5321", "3.5.3"), ("5321", "4.1.1.8")),
+        rfc=(
+            ("5321", "4.1.1.9", "5321-4.1.1.9-1"),
+            ("5321", "4.1.1.5", "5321-4.1.1.5-1", "5321-4.1.1.5-2", "5321-4.1.1.5-3"),
+            ("5321", "3.5.3", "5321-3.5.3-1", "5321-3.5.3-2"),
+            ("5321", "4.1.1.8", "5321-4.1.1.8-1"),
+            ("5321", "4.5.1", "5321-4.5.1-1"),
+        ),
     ),
     Dialogue(
         "quit",
         "QUIT gets 221 and the server closes the connection.",
         (EHLO, ("QUIT", "221 2.0.0")),
-        rfc=(("5321", "4.1.1.10"),),
+        rfc=(("5321", "4.1.1.10", "5321-4.1.1.10-1"),),
         closes=True,
     ),
     Dialogue(
         "nullPath",
         "The null reverse-path <> is a valid sender (bounces).",
         (EHLO, ("MAIL FROM:<>", "250 2.1.0"), TO_ALICE, ("DATA", "354"), MESSAGE),
-        rfc=(("5321", "4.5.5"), ("5321", "4.1.1.2")),
     ),
     Dialogue(
         "sourceRoute",
@@ -196,7 +213,7 @@ DIALOGUES = (
             ("MAIL FROM:<@relay.example:sender@remote.example>", "250 2.1.0"),
             ("RCPT TO:<@mx.example.org:alice@example.org>", "250 2.1.5"),
         ),
-        rfc=(("5321", "4.1.1.3"), ("5321", "C")),
+        rfc=(("5321", "4.1.1.3", "5321-4.1.1.3-1"), ("5321", "C", "5321-C-1")),
     ),
     Dialogue(
         "sizeDeclared",
@@ -206,13 +223,13 @@ DIALOGUES = (
             ("MAIL FROM:<sender@remote.example> SIZE=3000", "552 5.3.4"),
             ("MAIL FROM:<sender@remote.example> SIZE=1000", "250 2.1.0"),
         ),
-        rfc=(("1870", "6.1"), ("3463", "3.4")),
+        rfc=(("1870", "6.1", "1870-6.1-1"), ("3463", "3")),
     ),
     Dialogue(
         "sizeExceeded",
         "A message larger than the limit gets 552 5.3.4 at its end; the session goes on.",
         (EHLO, FROM, TO_ALICE, ("DATA", "354"), BIG_MESSAGE, ("NOOP", "250 2.0.0")),
-        rfc=(("1870", "6.3"), ("3463", "3.4")),
+        rfc=(("1870", "6.3", "1870-6.3-1"), ("3463", "3")),
     ),
     Dialogue(
         "tooManyRecipients",
@@ -226,7 +243,11 @@ DIALOGUES = (
             ("DATA", "354"),
             MESSAGE,
         ),
-        rfc=(("5321", "4.5.3.1.8"), ("5321", "4.5.3.1.10"), ("3463", "3.5")),
+        rfc=(
+            ("5321", "4.5.3.1.8", "5321-4.5.3.1.8-2"),
+            ("5321", "4.5.3.1.9", "5321-4.5.3.1.9-1"),
+            ("3463", "3"),
+        ),
     ),
     Dialogue(
         "tooManyErrors",
@@ -234,7 +255,7 @@ DIALOGUES = (
         (EHLO,)
         + (("FROB", "500 5.5.2"),) * 19
         + ((("FROB", "NOOP"), ("500 5.5.2", "421 4.7.0")),),
-        rfc=(("5321", "3.8"), ("3463", "3.8")),
+        rfc=(("5321", "3.8", "5321-3.8-2"),),
         closes=True,
     ),
     Dialogue(
@@ -257,7 +278,10 @@ DIALOGUES = (
                 ("250 2.0.0", "250 2.0.0", "221 2.0.0"),
             ),
         ),
-        rfc=(("2920", "3.1"), ("2920", "3.2")),
+        rfc=(
+            ("2920", "3.2", "2920-3.2-1", "2920-3.2-5"),
+            ("5321", "4.1.1.11", "5321-4.1.1.11-1"),
+        ),
         closes=True,
     ),
     Dialogue(
@@ -268,7 +292,7 @@ DIALOGUES = (
             ("MAIL FROM:<jörg@remote.example>", "553 5.6.7"),
             ("MAIL FROM:<jörg@remote.example> SMTPUTF8", "250 2.1.0"),
         ),
-        rfc=(("6531", "3.4"),),
+        rfc=(("6531", "3.5", "6531-3.5-1"), ("6531", "3.3", "6531-3.3-1")),
     ),
     Dialogue(
         "eightBitMime",
@@ -280,7 +304,11 @@ DIALOGUES = (
             ("RSET", "250 2.0.0"),
             ("MAIL FROM:<sender@remote.example> BODY=7BIT", "250 2.1.0"),
         ),
-        rfc=(("6152", "2"),),
+        rfc=(
+            ("6152", "2", "6152-2-1"),
+            ("5321", "2.4", "5321-2.4-2"),
+            ("5321", "4.1.4", "5321-4.1.4-7"),
+        ),
     ),
 )
 
