@@ -17,8 +17,17 @@ for the section, so that a test is counted only for what it checks; a
 marker naming such a section without ids is an error.  A section with a
 single requirement may be named alone (C{rfc("7505", "3")}).  A marker on
 a class applies to each of its tests, and a module's C{pytestmark} to
-each test of the module.  The markers are read from the source with
-L{ast}, so nothing is imported or run.
+each test of the module.
+
+The scripted dialogues of C{tests/dialogues.py} carry their markers as
+data, C{Dialogue(name, ..., rfc=(("5321", "4.1.4", "5321-4.1.4-8"), ...))},
+each entry the arguments of one marker under the same rule.  A test that
+runs them, C{@pytest.mark.parametrize("dialogue", dialogues.parameters())},
+covers each dialogue's requirements under its parametrized id,
+C{tests/test_session.py::test_dialogue[mailBeforeHelo]}.
+
+The markers are read from the source with L{ast}, so nothing is imported
+or run.
 
 Run from anywhere::
 
@@ -42,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT / "docs" / "rfc-requirements.toml"
 TABLE = ROOT / "docs" / "rfc-conformance.rst"
 TESTS = ROOT / "tests"
+DIALOGUES = "dialogues.py"
 REGENERATE = "python docs/rfc_conformance.py"
 
 LEVELS = ("MUST", "MUST NOT", "REQUIRED", "SHOULD", "SHOULD NOT")
@@ -217,9 +227,91 @@ def _tests(tree: ast.Module) -> Iterator[tuple[list[str], FunctionNode, list[ast
     yield from walk(tree.body, [], [])
 
 
+def _runsDialogues(function: FunctionNode) -> bool:
+    """
+    Whether a test is parametrized with the scripted dialogues,
+    C{@pytest.mark.parametrize("dialogue", dialogues.parameters())}.
+    """
+    for node in function.decorator_list:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr != "parametrize" or len(node.args) < 2:
+            continue
+        values = node.args[1]
+        if (
+            isinstance(values, ast.Call)
+            and isinstance(values.func, ast.Attribute)
+            and values.func.attr == "parameters"
+            and isinstance(values.func.value, ast.Name)
+            and values.func.value.id == "dialogues"
+        ):
+            return True
+    return False
+
+
+def _isDialogue(node: ast.AST) -> bool:
+    """
+    Whether C{node} is a call C{Dialogue(...)}.
+    """
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "Dialogue"
+    )
+
+
+def _literalString(node: Optional[ast.expr], where: str, what: str) -> str:
+    """
+    The value of a string literal.
+
+    @raise ValueError: C{node} is missing or not a string literal.
+    """
+    if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+        raise ValueError(f"{where}: {what} must be a string literal")
+    return node.value
+
+
+def dialogueMarkers(path: Path, root: Path = ROOT) -> list[tuple[str, str, tuple[str, ...]]]:
+    """
+    The C{rfc} entries of every C{Dialogue(...)} in C{path}, read with
+    L{ast}.
+
+    @param path: C{tests/dialogues.py}.
+    @param root: the C{file:line} of each entry is relative to it.
+    @raise ValueError: a dialogue's name is not a string literal, its
+        C{rfc} is not a tuple of tuples, or an entry is not 2 or more
+        string literals.
+    @return: (dialogue name, C{file:line} of the entry, the entry's
+        arguments) for each entry, in the file's order.
+    """
+    relative = path.relative_to(root).as_posix()
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for call in sorted((n for n in ast.walk(tree) if _isDialogue(n)), key=lambda n: n.lineno):
+        assert isinstance(call, ast.Call)
+        where = f"{relative}:{call.lineno}"
+        keywords = {k.arg: k.value for k in call.keywords}
+        name = _literalString(call.args[0] if call.args else keywords.get("name"), where, "a dialogue's name")
+        rfc = call.args[3] if len(call.args) > 3 else keywords.get("rfc")
+        if rfc is None:
+            continue
+        if not isinstance(rfc, (ast.Tuple, ast.List)):
+            raise ValueError(f"{where}: {name}: rfc must be a tuple of (rfc, section[, requirement id, ...])")
+        for entry in rfc.elts:
+            entryWhere = f"{relative}:{entry.lineno}"
+            if not isinstance(entry, (ast.Tuple, ast.List)) or len(entry.elts) < 2:
+                raise ValueError(f"{entryWhere}: {name}: an rfc entry is (rfc, section[, requirement id, ...])")
+            values = tuple(_literalString(e, entryWhere, "rfc entries") for e in entry.elts)
+            found.append((name, entryWhere, values))
+    return found
+
+
 def findMarkers(testsDir: Path = TESTS, root: Path = ROOT) -> list[Marker]:
     """
-    Every C{rfc} marker on a test under C{testsDir}, read with L{ast}.
+    Every C{rfc} marker on a test under C{testsDir}, read with L{ast}:
+    the decorators and C{pytestmark}s of the C{test_*.py} files, and the
+    C{rfc} entries of the dialogues of C{dialogues.py} for each test that
+    runs them.
 
     @param testsDir: the directory of C{test_*.py} files.
     @param root: node ids are relative to it.
@@ -227,16 +319,24 @@ def findMarkers(testsDir: Path = TESTS, root: Path = ROOT) -> list[Marker]:
         literals.
     """
     markers = []
+    runners = []
     for path in sorted(testsDir.rglob("test_*.py")):
         relative = path.relative_to(root).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         moduleLevel = _moduleMarkers(tree)
         for parts, function, inherited in _tests(tree):
             nodeId = "::".join([relative] + parts)
+            if _runsDialogues(function):
+                runners.append(nodeId)
             for call in moduleLevel + inherited + list(_markersIn(function.decorator_list)):
                 where = f"{relative}:{call.lineno}"
                 rfc, section, *ids = _markerArguments(call, where)
                 markers.append(Marker(nodeId, where, rfc, section, tuple(ids)))
+    script = testsDir / DIALOGUES
+    if script.exists():
+        for name, where, (rfc, section, *ids) in dialogueMarkers(script, root):
+            for runner in runners:
+                markers.append(Marker(f"{runner}[{name}]", where, rfc, section, tuple(ids)))
     return markers
 
 

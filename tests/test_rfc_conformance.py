@@ -105,6 +105,25 @@ class RepositoryTableTests(SynchronousTestCase):
             f"docs/rfc-conformance.rst is out of date; rebuild it with: {conformance.REGENERATE}",
         )
 
+    def test_dialogueMarkersAreRead(self) -> None:
+        """
+        The script reads the C{rfc} entries of the dialogues of
+        C{tests/dialogues.py} exactly as they are at run time, and lists
+        them for each of the three tests that run the dialogues.
+        """
+        from tests import dialogues
+
+        read: dict[str, list[tuple[str, ...]]] = {}
+        for name, _, entry in conformance.dialogueMarkers(ROOT / "tests" / "dialogues.py"):
+            read.setdefault(name, []).append(entry)
+        self.assertEqual(read, {d.name: list(d.rfc) for d in dialogues.DIALOGUES if d.rfc})
+        tests = {m.test for m in conformance.findMarkers()}
+        for d in dialogues.DIALOGUES:
+            if not d.rfc:
+                continue
+            for runner in ("test_session.py", "test_server.py", "test_dialogues_e2e.py"):
+                self.assertIn(f"tests/{runner}::test_dialogue[{d.name}]", tests)
+
     def test_catalogueIsValid(self) -> None:
         """
         The catalogue loads: every requirement has its fields, a known
@@ -146,6 +165,116 @@ class ScriptTests(SynchronousTestCase):
         requirements = conformance.loadCatalogue(self.catalogue)
         markers = conformance.findMarkers(self.root / "tests", self.root)
         return requirements, conformance.match(requirements, markers)
+
+    def dialogueCoverage(self, dialogues: str):
+        """
+        Write C{dialogues} as C{tests/dialogues.py}, with a test module
+        whose two tests run the dialogues, and match the markers.
+        """
+        (self.root / "tests" / "dialogues.py").write_text(textwrap.dedent(dialogues))
+        return self.coverage(
+            """
+            import pytest
+            from tests import dialogues
+
+            @pytest.mark.parametrize("dialogue", dialogues.parameters())
+            def test_dialogue(dialogue):
+                pass
+
+            class T:
+                @pytest.mark.parametrize("dialogue", dialogues.parameters())
+                def test_played(self, dialogue):
+                    pass
+
+                @pytest.mark.parametrize("n", [1, 2])
+                def test_other(self, n):
+                    pass
+            """
+        )
+
+    def test_dialogueMarkers(self) -> None:
+        """
+        The C{rfc} entries of each C{Dialogue(...)} of C{tests/dialogues.py}
+        are markers of every test parametrized with
+        C{dialogues.parameters()}, under the dialogue's name as the
+        parameter id; a dialogue without entries covers nothing.
+        """
+        _, coverage = self.dialogueCoverage(
+            """
+            DIALOGUES = (
+                Dialogue(
+                    "unstuff",
+                    "Dots are removed.",
+                    (),
+                    rfc=(("5321", "4.5.2", "5321-4.5.2-2"), ("7505", "3", "7505-3-1")),
+                ),
+                Dialogue(name="plain", doc="No markers.", steps=()),
+                Dialogue("stuff", "Positional.", (), (("5321", "4.5.2", "5321-4.5.2-1"),)),
+            )
+            """
+        )
+        self.assertEqual(coverage.errors, [])
+        self.assertEqual(
+            coverage.tests["5321-4.5.2-2"],
+            ["tests/test_x.py::T::test_played[unstuff]", "tests/test_x.py::test_dialogue[unstuff]"],
+        )
+        self.assertEqual(coverage.tests["7505-3-1"], coverage.tests["5321-4.5.2-2"])
+        self.assertEqual(
+            coverage.tests["5321-4.5.2-1"],
+            ["tests/test_x.py::T::test_played[stuff]", "tests/test_x.py::test_dialogue[stuff]"],
+        )
+
+    def test_dialogueSectionOfSeveralNeedsIds(self) -> None:
+        """
+        A dialogue's entry follows the rule of a decorator: naming only a
+        section of several requirements, or a section the catalogue
+        lacks, is an error giving C{tests/dialogues.py} and the entry's
+        line, for each test that runs the dialogue.
+        """
+        _, coverage = self.dialogueCoverage(
+            """
+            DIALOGUES = (
+                Dialogue(
+                    "dots",
+                    "Dots.",
+                    (),
+                    rfc=(
+                        ("5321", "4.5.2"),
+                        ("3463", "3.4"),
+                    ),
+                ),
+            )
+            """
+        )
+        self.assertEqual(len(coverage.errors), 4)
+        several = [e for e in coverage.errors if "4.5.2" in e]
+        self.assertEqual(len(several), 2)
+        for e in several:
+            self.assertTrue(e.startswith("tests/dialogues.py:8: "), e)
+            self.assertIn("5321-4.5.2-1, 5321-4.5.2-2", e)
+        self.assertIn("tests/test_x.py::test_dialogue[dots]", " ".join(several))
+        self.assertIn("tests/test_x.py::T::test_played[dots]", " ".join(several))
+        unknown = [e for e in coverage.errors if "3463" in e]
+        self.assertTrue(all(e.startswith("tests/dialogues.py:9: ") for e in unknown), unknown)
+        self.assertIn("RFC 3463 section 3.4 is not in", unknown[0])
+        self.assertEqual(coverage.tests["5321-4.5.2-1"], [])
+
+    def test_dialogueNonLiteral(self) -> None:
+        """
+        A dialogue's name and C{rfc} entries must be literals the script
+        can read without running anything; otherwise it raises naming the
+        file and line.
+        """
+        for dialogues, line in (
+            ('RFC = (("7505", "3"),)\nDialogue("a", "", (), rfc=RFC)\n', 2),
+            ('S = "3"\nDialogue("a", "", (), rfc=(\n    ("7505", S),\n))\n', 3),
+            ('Dialogue("a", "", (), rfc=(("7505",),))\n', 1),
+            ('N = "a"\nDialogue(N, "", (), rfc=(("7505", "3"),))\n', 2),
+        ):
+            (self.root / "tests" / "dialogues.py").write_text(dialogues)
+            with self.assertRaises(ValueError) as raised:
+                conformance.dialogueMarkers(self.root / "tests" / "dialogues.py", self.root)
+            self.assertIn(f"tests/dialogues.py:{line}:", str(raised.exception))
 
     def test_sectionOfSeveralNeedsIds(self) -> None:
         """
