@@ -18,12 +18,16 @@ class IRecipientValidator(Interface):
         """
         Give a verdict on C{recipient}.
 
-        @param session: the SMTP session asking; it has C{clientHost} (the
-            client's IP address as text), C{heloName}, C{reversePath} (an
+        @param session: not the SMTP session but its transaction's
+            L{smtpmx.validation.ValidationContext}, a frozen value taken
+            when MAIL was accepted: C{clientHost} (the client's IP address
+            as text), C{heloName}, C{reversePath} (an
             L{smtpmx.address.Address} or L{None} for the null path C{<>}),
             C{config} (the server's L{smtpmx.config.Config}) and
             C{runBlocking(f, *args, **kwargs)}, which runs C{f} in the
             server's thread pool and returns a L{Deferred} of its result.
+            L{smtpmx.testing.validationContext} builds one for tests; see
+            C{docs/plugins.rst}.
         @param recipient: the forward-path, an L{smtpmx.address.Address}.
 
         @return: an L{smtpmx.validation.Accept}, an
