@@ -65,7 +65,7 @@ def received(
     Our C{Received:} trace header (RFC 5321 section 4.4), folded over a few
     lines the way Postfix writes it.
 
-    @param protocol: C{SMTP}, C{ESMTP} or C{ESMTPS} (RFC 3848).
+    @param protocol: C{SMTP}, C{ESMTP}, C{SMTPS} or C{ESMTPS} (RFC 3848).
     @param when: the time of receipt, in seconds since the epoch.
     @param tls: the TLS version and cipher, when the session used TLS.
     @param recipient: the one recipient, named in a C{for} clause; none
