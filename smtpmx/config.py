@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from smtpmx.address import isValidDomain
+from smtpmx.relay.tlspolicy import TLSPolicy
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ _FILE_ALIASES = {
     "routes": "route",
 }
 
-RELAY_TLS_MODES = ("none", "may", "verify")
+RELAY_TLS_MODES = tuple(policy.value for policy in TLSPolicy)
 
 
 def readConfigFile(path: str) -> dict[str, Any]:

@@ -450,7 +450,7 @@ def buildService(
 
     @param reactor: the reactor to listen, time and run threads with.
     """
-    from smtpmx.relay.client import deliver
+    from smtpmx.relay.transaction import deliver
     from smtpmx.relay.nexthop import makeResolver
     from smtpmx.relay.queue import Queue, QueueStore
     from smtpmx.relay.service import RelayService

@@ -1,5 +1,5 @@
 """
-Tests for L{smtpmx.relay.client}: the relay client against the recording
+Tests for the relay client (L{smtpmx.relay.transaction} on L{smtpmx.relay.protocol}) against the recording
 sink of L{tests.sink}, over real loopback connections.
 """
 
@@ -17,13 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from zope.interface import implementer
 
-from smtpmx.relay.client import (
-    ClientProtocol,
-    RecipientResult,
-    TransactionResult,
-    deliver,
-    parseEnhanced,
-)
+from smtpmx.relay.protocol import ClientProtocol, parseEnhanced
+from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, RecipientResult, deliver
 from smtpmx.relay.nexthop import NextHop
 from tests import certs
 from tests.sink import Sink
@@ -76,10 +71,11 @@ class _RelayTestMixin:
         Deliver the message to the sink on C{port}.
         """
         messageFile = messageFile or self.messageFile
-        return deliver(
-            reactor, NextHop("127.0.0.1", port, name), "relay.test", sender, list(recipients),
-            messageFile, os.path.getsize(messageFile), runBlocking, tlsMode, trustRoot, timeouts,
+        request = DeliveryRequest(
+            NextHop("127.0.0.1", port, name), "relay.test", sender, recipients,
+            messageFile, os.path.getsize(messageFile), tlsMode, trustRoot, timeouts,
         )
+        return deliver(request, reactor=reactor, runBlocking=runBlocking)
 
 
 class DeliverTests(_RelayTestMixin, TestCase):
@@ -95,11 +91,11 @@ class DeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink()
         recipients = ["Alice@Example.COM", "bob@example.com", "CAROL.x@example.com"]
         result = await self.deliver(port, recipients)
-        self.assertIsInstance(result, TransactionResult)
+        self.assertIsInstance(result, DeliveryResult)
         self.assertTrue(result.connected)
         self.assertEqual(list(result.recipients), recipients)
         for r in recipients:
-            self.assertIsNone(result.recipients[r].permanent)
+            self.assertIs(result.recipients[r].disposition, Disposition.DELIVERED)
             self.assertEqual(result.recipients[r].code, 250)
         self.assertEqual(len(sink.transactions), 1)
         transaction = sink.transactions[0]
@@ -130,12 +126,12 @@ class DeliverTests(_RelayTestMixin, TestCase):
             "gone@example.com": "550 5.1.1 no such user",
         })
         result = await self.deliver(port, ["ok@example.com", "busy@example.com", "gone@example.com"])
-        self.assertEqual(result.recipients["ok@example.com"].permanent, None)
+        self.assertIs(result.recipients["ok@example.com"].disposition, Disposition.DELIVERED)
         self.assertEqual(
-            result.recipients["busy@example.com"], RecipientResult(450, "4.2.0", "4.2.0 busy, try later", False)
+            result.recipients["busy@example.com"], RecipientResult(450, "4.2.0", "4.2.0 busy, try later", Disposition.TEMPORARY)
         )
         self.assertEqual(
-            result.recipients["gone@example.com"], RecipientResult(550, "5.1.1", "5.1.1 no such user", True)
+            result.recipients["gone@example.com"], RecipientResult(550, "5.1.1", "5.1.1 no such user", Disposition.PERMANENT)
         )
         self.assertEqual(sink.transactions[0].accepted, ["ok@example.com"])
 
@@ -145,7 +141,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink(rcptReplies={"gone@example.com": "550 5.1.1 no such user"})
         result = await self.deliver(port, ["gone@example.com"])
-        self.assertTrue(result.recipients["gone@example.com"].permanent)
+        self.assertIs(result.recipients["gone@example.com"].disposition, Disposition.PERMANENT)
         self.assertNotIn("DATA", [c for c, _ in sink.sessions[0].commands])
 
     async def test_mailRefused(self) -> None:
@@ -155,11 +151,11 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink(replies={"MAIL": "553 5.7.1 sender rejected"})
         result = await self.deliver(port, ["a@example.com", "b@example.com"])
-        self.assertEqual({r.permanent for r in result.recipients.values()}, {True})
+        self.assertEqual({r.disposition for r in result.recipients.values()}, {Disposition.PERMANENT})
         self.assertEqual(result.recipients["a@example.com"].code, 553)
         sink, port = self.startSink(replies={"MAIL": "451 4.3.0 try later"})
         result = await self.deliver(port, ["a@example.com", "b@example.com"])
-        self.assertEqual({r.permanent for r in result.recipients.values()}, {False})
+        self.assertEqual({r.disposition for r in result.recipients.values()}, {Disposition.TEMPORARY})
 
     async def test_dataRefused(self) -> None:
         """
@@ -171,7 +167,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         )
         result = await self.deliver(port, ["a@example.com", "busy@example.com"])
         self.assertEqual(result.recipients["a@example.com"].code, 554)
-        self.assertTrue(result.recipients["a@example.com"].permanent)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.PERMANENT)
         self.assertEqual(result.recipients["busy@example.com"].code, 450)
 
     async def test_finalReply(self) -> None:
@@ -181,7 +177,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(finalReply="452 4.3.1 insufficient storage")
         result = await self.deliver(port, ["a@example.com", "b@example.com"])
         self.assertEqual(
-            set(result.recipients.values()), {RecipientResult(452, "4.3.1", "4.3.1 insufficient storage", False)}
+            set(result.recipients.values()), {RecipientResult(452, "4.3.1", "4.3.1 insufficient storage", Disposition.TEMPORARY)}
         )
         self.assertEqual(sink.transactions[0].data, MESSAGE)
 
@@ -192,7 +188,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink(replies={"EHLO": "502 5.5.2 what?"})
         result = await self.deliver(port)
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         commands = [c for c, _ in sink.sessions[0].commands]
         self.assertEqual(commands[:3], ["EHLO relay.test", "HELO relay.test", "MAIL FROM:<sender@example.org>"])
         self.assertEqual(sink.transactions[0].mailParameters, [])
@@ -249,7 +245,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         message = b"".join(parts) + b"x" * 3_000_000 + b"\n.\nlast line without newline"
         sink, port = self.startSink()
         result = await self.deliver(port, messageFile=self.writeMessage(message, "big"))
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertEqual(sink.transactions[0].data, message + b"\n")
 
     async def test_connectionRefused(self) -> None:
@@ -262,7 +258,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port, ["a@example.com"])
         self.assertFalse(result.connected)
         self.assertIn("connect", result.error)
-        self.assertEqual(result.recipients["a@example.com"].permanent, False)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.TEMPORARY)
 
     async def test_greetingRefused(self) -> None:
         """
@@ -272,7 +268,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port)
         self.assertFalse(result.connected)
         self.assertIn("554", result.error)
-        self.assertFalse(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
 
     async def test_silentServer(self) -> None:
         """
@@ -295,7 +291,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port, ["a@example.com", "b@example.com"], timeouts={**SHORT, "command": 0.5})
         self.assertTrue(result.connected)
         for r in result.recipients.values():
-            self.assertEqual(r.permanent, False)
+            self.assertIs(r.disposition, Disposition.TEMPORARY)
             self.assertIn("timeout", r.text)
 
     async def test_finalDotTimeout(self) -> None:
@@ -307,7 +303,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         started = reactor.seconds()
         result = await self.deliver(port, timeouts={**SHORT, "finalDot": 0.5})
         self.assertLess(reactor.seconds() - started, 5)
-        self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
         self.assertIn("end of data", result.recipients["rcpt@example.com"].text)
 
     async def test_garbledReply(self) -> None:
@@ -316,7 +312,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink(replies={"RCPT": "hello there\x00"})
         result = await self.deliver(port, ["a@example.com"])
-        self.assertEqual(result.recipients["a@example.com"].permanent, False)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.TEMPORARY)
         self.assertIn("garbled", result.recipients["a@example.com"].text)
 
     async def test_garbledGreeting(self) -> None:
@@ -334,13 +330,14 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink()
         result = await self.deliver(port, messageFile=self.writeMessage(b"x", "gone"), timeouts=SHORT)
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         os.remove(os.path.join(self.directory, "gone"))
-        result = await deliver(
-            reactor, NextHop("127.0.0.1", port, "localhost"), "relay.test", "", ["a@example.com"],
-            os.path.join(self.directory, "gone"), 1, runBlocking, "none", None, SHORT,
+        request = DeliveryRequest(
+            NextHop("127.0.0.1", port, "localhost"), "relay.test", "", ["a@example.com"],
+            os.path.join(self.directory, "gone"), 1, "none", None, SHORT,
         )
-        self.assertEqual(result.recipients["a@example.com"].permanent, False)
+        result = await deliver(request, reactor=reactor, runBlocking=runBlocking)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.TEMPORARY)
         self.assertEqual(len(sink.transactions), 1)
 
 
@@ -366,7 +363,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         )
         self.expired = certs.makeExpiredCertificate(self.authority, self.directory)
 
-    async def deliverTLS(self, certificate, tlsMode: str) -> tuple[Sink, TransactionResult]:
+    async def deliverTLS(self, certificate, tlsMode: str) -> tuple[Sink, DeliveryResult]:
         """
         Deliver to a sink offering STARTTLS with C{certificate}.
         """
@@ -380,7 +377,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         CA delivers over TLS, verified.
         """
         sink, result = await self.deliverTLS(self.good, "verify")
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertTrue(result.verified)
         self.assertTrue(result.tls.startswith("TLSv1."), result.tls)
         self.assertTrue(sink.transactions[0].tls)
@@ -398,7 +395,7 @@ class TLSTests(_RelayTestMixin, TestCase):
             sink, result = await self.deliverTLS(certificate, "verify")
             self.assertFalse(result.connected, certificate)
             self.assertIn("TLS handshake failed", result.error)
-            self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+            self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
             self.assertEqual(sink.transactions, [])
             commands = [c for session in sink.sessions for c, tls in session.commands]
             self.assertFalse([c for c in commands if c.startswith(("MAIL", "RCPT", "DATA"))], (certificate, commands))
@@ -420,7 +417,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         """
         for certificate in (self.good, self.unknownCA, self.wrongName, self.expired):
             sink, result = await self.deliverTLS(certificate, "may")
-            self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+            self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
             self.assertFalse(result.verified)
             self.assertIsNotNone(result.tls)
             self.assertTrue(sink.transactions[0].tls)
@@ -431,7 +428,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink()
         result = await self.deliver(port, tlsMode="may")
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertIsNone(result.tls)
 
     async def test_none(self) -> None:
@@ -439,7 +436,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         C{none} never starts TLS, even when offered.
         """
         sink, result = await self.deliverTLS(self.good, "none")
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertIsNone(result.tls)
         self.assertNotIn("STARTTLS", [c for c, _ in sink.sessions[0].commands])
         self.assertFalse(sink.transactions[0].tls)
@@ -452,7 +449,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(certificate=self.good)
         sink.tlsOptions = _BrokenOptions()
         result = await self.deliver(port, tlsMode="may")
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertIsNone(result.tls)
         self.assertEqual(len(sink.sessions), 2)
 

@@ -14,7 +14,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smtpmx.relay.client import ClientProtocol, SessionPool, TransactionResult, _PooledSession, deliver
+from smtpmx.relay.pool import PooledSession, SessionPool
+from smtpmx.relay.protocol import ClientProtocol
+from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, deliver
 from smtpmx.relay.nexthop import NextHop
 from tests import certs
 from tests.test_relay_client import MESSAGE, SHORT, _RelayTestMixin, runBlocking
@@ -54,18 +56,18 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         """
         Deliver the message to the sink on C{port} through C{pool}.
         """
-        return deliver(
-            reactor, NextHop("127.0.0.1", port, name), "relay.test", "sender@example.org", list(recipients),
-            self.messageFile, os.path.getsize(self.messageFile), runBlocking, tlsMode, trustRoot, timeouts,
-            pool=pool,
+        request = DeliveryRequest(
+            NextHop("127.0.0.1", port, name), "relay.test", "sender@example.org", recipients,
+            self.messageFile, os.path.getsize(self.messageFile), tlsMode, trustRoot, timeouts,
         )
+        return deliver(request, reactor=reactor, runBlocking=runBlocking, pool=pool)
 
-    def assertDelivered(self, result: TransactionResult, recipient: str = "rcpt@example.com") -> None:
+    def assertDelivered(self, result: DeliveryResult, recipient: str = "rcpt@example.com") -> None:
         """
         The transaction reached the next hop and delivered to C{recipient}.
         """
         self.assertTrue(result.connected)
-        self.assertIsNone(result.recipients[recipient].permanent, result.recipients[recipient])
+        self.assertIs(result.recipients[recipient].disposition, Disposition.DELIVERED, result.recipients[recipient])
 
     async def test_twoTransactionsOneConnection(self) -> None:
         """
@@ -149,7 +151,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliverPooled(pool, port)
         self.assertTrue(result.connected)
         self.assertEqual(result.connectionUse, 1)
-        self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
         self.assertEqual(len(sink.sessions), 2)
         self.assertEqual(pool.idleCount(), 0)
 
@@ -197,7 +199,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(hang=["."])
         pool = self.makePool()
         result = await self.deliverPooled(pool, port, timeouts={**SHORT, "finalDot": 0.3})
-        self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
         self.assertEqual(pool.idleCount(), 0)
         sink.hang = set()
         self.assertDelivered(await self.deliverPooled(pool, port))
@@ -224,7 +226,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(rcptReplies={"busy@example.com": "451 4.3.0 try later"})
         pool = self.makePool()
         result = await self.deliverPooled(pool, port, ["busy@example.com"])
-        self.assertEqual(result.recipients["busy@example.com"].permanent, False)
+        self.assertIs(result.recipients["busy@example.com"].disposition, Disposition.TEMPORARY)
         self.assertEqual(pool.idleCount(), 0)
         self.assertDelivered(await self.deliverPooled(pool, port))
         self.assertEqual(len(sink.sessions), 2)
@@ -238,7 +240,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(rcptReplies={"gone@example.com": "550 5.1.1 no such user"})
         pool = self.makePool()
         result = await self.deliverPooled(pool, port, ["gone@example.com", "a@example.com"])
-        self.assertTrue(result.recipients["gone@example.com"].permanent)
+        self.assertIs(result.recipients["gone@example.com"].disposition, Disposition.PERMANENT)
         self.assertDelivered(result, "a@example.com")
         self.assertDelivered(await self.deliverPooled(pool, port))
         self.assertEqual(len(sink.sessions), 1)
@@ -307,8 +309,7 @@ class SessionPoolClockTests(SynchronousTestCase):
         self.protocol = ClientProtocol(self.clock)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
-        self.session = _PooledSession(("h", 25, "h", "none", "me", None), self.protocol, {}, None, False, 30.0)
-        self.protocol._closed.addBoth(lambda _: self.pool._lost(self.session))
+        self.session = PooledSession(("h", 25, "h", "none", "me", None), self.protocol, {}, None, False, 30.0)
 
     def closeConnection(self) -> None:
         """

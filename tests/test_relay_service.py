@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes
-from smtpmx.relay.client import RecipientResult, TransactionResult
+from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
 from smtpmx.relay.queue import PENDING, Queue, QueuedMessage, QueuedRecipient
 from smtpmx.relay.service import RelayService
 
@@ -37,19 +37,23 @@ class FakeDeliver:
         self.hold = False
         self.held: list[Deferred] = []
 
-    def __call__(self, reactor, hop, heloName, sender, recipients, messageFile, size, runBlocking, tlsMode, trustRoot,
-                 *, pool=None):
-        with open(messageFile, "rb") as f:
+    def __call__(self, request: DeliveryRequest, *, reactor, runBlocking, pool=None):
+        """
+        Record one call of L{smtpmx.relay.transaction.deliver}: its
+        request, the message as read from its file, and the pool given.
+        """
+        hop = request.hop
+        with open(request.messageFile, "rb") as f:
             data = f.read()
-        self.calls.append(dict(hop=(hop.host, hop.port), sender=sender, recipients=list(recipients), data=data,
-                               pool=pool))
+        self.calls.append(dict(hop=(hop.host, hop.port), sender=request.sender, recipients=list(request.recipients),
+                               data=data, pool=pool, request=request))
         if hop.host in self.down:
-            return succeed(TransactionResult(connected=False, error="connection refused", remoteMta=hop.name))
-        result = TransactionResult(remoteMta=hop.name)
-        for r in recipients:
+            return succeed(DeliveryResult(connected=False, error="connection refused", remoteMta=hop.name))
+        result = DeliveryResult(remoteMta=hop.name)
+        for r in request.recipients:
             code, text = self.replies.get(r.lower(), (250, "2.0.0 Ok"))
-            permanent = None if code < 400 else code >= 500
-            result.recipients[r] = RecipientResult(code, text.split(" ")[0] if "." in text.split(" ")[0] else None, text, permanent)
+            enhanced = text.split(" ")[0] if "." in text.split(" ")[0] else None
+            result.recipients[r] = RecipientResult(code, enhanced, text, Disposition.ofCode(code))
         if self.hold:
             d = Deferred()
             self.held.append((d, result))
@@ -293,7 +297,8 @@ class RelayServiceTests(SynchronousTestCase):
         """
         from twisted.internet.testing import StringTransport
 
-        from smtpmx.relay.client import ClientProtocol, _PooledSession
+        from smtpmx.relay.pool import PooledSession
+        from smtpmx.relay.protocol import ClientProtocol
 
         self.enqueue("a@client.example", "x@remote.example")
         pool = self.service.pool
@@ -301,7 +306,7 @@ class RelayServiceTests(SynchronousTestCase):
         protocol = ClientProtocol(self.clock)
         transport = StringTransport()
         protocol.makeConnection(transport)
-        pool.release(_PooledSession(("h",), protocol, {}, None, False, 30.0), True)
+        pool.release(PooledSession(("h",), protocol, {}, None, False, 30.0), True)
         self.assertEqual(pool.idleCount(), 1)
 
         d = self.service.stopService()
