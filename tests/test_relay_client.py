@@ -12,13 +12,28 @@ import tempfile
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import dataclasses
+
+import pytest
 from zope.interface import implementer
 
-from smtpmx.relay.protocol import ClientProtocol, parseEnhanced
-from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, RecipientResult, deliver
+from smtpmx.config import RELAY_TLS_MODES
+
+from smtpmx.relay.protocol import ClientProtocol, SessionError, parseEnhanced
+from smtpmx.relay.tlspolicy import TLSPolicy
+from smtpmx.relay.transaction import (
+    DEFAULT_TIMEOUTS,
+    DeliveryRequest,
+    DeliveryResult,
+    Disposition,
+    RecipientResult,
+    deliver,
+)
 from smtpmx.relay.nexthop import NextHop
 from tests import certs
 from tests.sink import Sink
@@ -108,6 +123,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         self.assertEqual(result.remoteMta, "localhost")
         self.assertEqual(sink.sessions[0].commands[-1][0], "QUIT")
 
+    @pytest.mark.rfc("5321", "4.1.1.2")
     async def test_nullSender(self) -> None:
         """
         The null reverse-path goes out as C{MAIL FROM:<>}.
@@ -116,6 +132,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         await self.deliver(port, sender="")
         self.assertTrue(sink.sessions[0].commands[1][0].startswith("MAIL FROM:<> "))
 
+    @pytest.mark.rfc("5321", "4.2.1")
     async def test_perRecipientReplies(self) -> None:
         """
         Each recipient gets its own outcome: a 4xx is temporary, a 5xx
@@ -144,6 +161,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         self.assertIs(result.recipients["gone@example.com"].disposition, Disposition.PERMANENT)
         self.assertNotIn("DATA", [c for c, _ in sink.sessions[0].commands])
 
+    @pytest.mark.rfc("5321", "4.2.1")
     async def test_mailRefused(self) -> None:
         """
         A 5xx to MAIL is a permanent failure for every recipient; a 4xx a
@@ -157,6 +175,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port, ["a@example.com", "b@example.com"])
         self.assertEqual({r.disposition for r in result.recipients.values()}, {Disposition.TEMPORARY})
 
+    @pytest.mark.rfc("5321", "4.2.1")
     async def test_dataRefused(self) -> None:
         """
         A 5xx to DATA is a permanent failure for the accepted recipients;
@@ -170,6 +189,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         self.assertIs(result.recipients["a@example.com"].disposition, Disposition.PERMANENT)
         self.assertEqual(result.recipients["busy@example.com"].code, 450)
 
+    @pytest.mark.rfc("5321", "4.1.1.4")
     async def test_finalReply(self) -> None:
         """
         The reply to the end of data decides for every accepted recipient.
@@ -181,6 +201,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         )
         self.assertEqual(sink.transactions[0].data, MESSAGE)
 
+    @pytest.mark.rfc("5321", "3.2")
     async def test_heloFallback(self) -> None:
         """
         A server that refuses EHLO with a 5xx gets HELO, and the message
@@ -193,6 +214,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         self.assertEqual(commands[:3], ["EHLO relay.test", "HELO relay.test", "MAIL FROM:<sender@example.org>"])
         self.assertEqual(sink.transactions[0].mailParameters, [])
 
+    @pytest.mark.rfc("1870", "6")
     async def test_size(self) -> None:
         """
         C{SIZE=} is sent when the server offers SIZE, and only then.
@@ -204,6 +226,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         await self.deliver(port)
         self.assertFalse([p for p in sink.transactions[0].mailParameters if p.startswith("SIZE")])
 
+    @pytest.mark.rfc("2920", "3.1")
     async def test_pipelining(self) -> None:
         """
         With PIPELINING, MAIL and every RCPT go out in one write.
@@ -217,6 +240,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
             batches,
         )
 
+    @pytest.mark.rfc("2920", "3.1")
     async def test_noPipelining(self) -> None:
         """
         Without PIPELINING, each command waits for the reply to the one
@@ -229,6 +253,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
             self.assertEqual(len(batch), 1, batch)
         self.assertEqual(sink.transactions[0].recipients, ["a@example.com", "b@example.com"])
 
+    @pytest.mark.rfc("5321", "4.5.2")
     async def test_dotsAtChunkBoundaries(self) -> None:
         """
         A large message with C{.} lines just before, at and after every
@@ -247,6 +272,29 @@ class DeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port, messageFile=self.writeMessage(message, "big"))
         self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertEqual(sink.transactions[0].data, message + b"\n")
+
+    @pytest.mark.rfc("6531", "3.2")
+    async def test_nonAsciiWithoutSMTPUTF8(self) -> None:
+        """
+        A non-ASCII address cannot go to a next hop that does not offer
+        SMTPUTF8: a permanent failure (553 5.6.7) for every recipient, and
+        no MAIL is sent.
+        """
+        sink, port = self.startSink()
+        result = await self.deliver(port, ["jos\u00e9@example.com", "ascii@example.com"])
+        self.assertTrue(result.connected)
+        for r in result.recipients.values():
+            self.assertEqual((r.code, r.enhanced, r.disposition), (553, "5.6.7", Disposition.PERMANENT))
+        self.assertFalse([c for c, _ in sink.sessions[0].commands if c.startswith("MAIL")])
+
+    async def test_duplicateRecipientsSentOnce(self) -> None:
+        """
+        A recipient given twice is sent one RCPT.
+        """
+        sink, port = self.startSink()
+        result = await self.deliver(port, ["a@example.com", "a@example.com"])
+        self.assertEqual(list(result.recipients), ["a@example.com"])
+        self.assertEqual(sink.transactions[0].recipients, ["a@example.com"])
 
     async def test_connectionRefused(self) -> None:
         """
@@ -270,6 +318,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         self.assertIn("554", result.error)
         self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
 
+    @pytest.mark.rfc("5321", "4.5.3.2.1")
     async def test_silentServer(self) -> None:
         """
         A server that never greets is a temporary failure within the
@@ -282,6 +331,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         self.assertFalse(result.connected)
         self.assertIn("timeout", result.error)
 
+    @pytest.mark.rfc("5321", "4.5.3.2.3")
     async def test_rcptTimeout(self) -> None:
         """
         A RCPT that is never answered is a temporary failure for every
@@ -294,6 +344,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
             self.assertIs(r.disposition, Disposition.TEMPORARY)
             self.assertIn("timeout", r.text)
 
+    @pytest.mark.rfc("5321", "4.5.3.2.6")
     async def test_finalDotTimeout(self) -> None:
         """
         An end of data that is never answered is a temporary failure
@@ -371,6 +422,8 @@ class TLSTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port, tlsMode=tlsMode, trustRoot=self.authority.path)
         return sink, result
 
+    @pytest.mark.rfc("3207", "4.1")
+    @pytest.mark.rfc("3207", "4.2")
     async def test_verifyGood(self) -> None:
         """
         C{verify} with a certificate for the next hop's name from a trusted
@@ -384,7 +437,10 @@ class TLSTests(_RelayTestMixin, TestCase):
         self.assertEqual(sink.transactions[0].data, MESSAGE)
         commands = [c for c, tls in sink.sessions[0].commands if not tls]
         self.assertEqual(commands, ["EHLO relay.test", "STARTTLS"])
+        # What was learnt in clear is forgotten: EHLO again over TLS.
+        self.assertEqual([c for c, tls in sink.sessions[0].commands if tls][0], "EHLO relay.test")
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_verifyBad(self) -> None:
         """
         C{verify} defers delivery (temporary, next hop) for a certificate
@@ -400,6 +456,7 @@ class TLSTests(_RelayTestMixin, TestCase):
             commands = [c for session in sink.sessions for c, tls in session.commands]
             self.assertFalse([c for c in commands if c.startswith(("MAIL", "RCPT", "DATA"))], (certificate, commands))
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_verifyWithoutStartTLS(self) -> None:
         """
         C{verify} against a server that does not offer STARTTLS defers, and
@@ -411,6 +468,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         self.assertIn("STARTTLS", result.error)
         self.assertEqual(sink.transactions, [])
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_mayDeliversWhatever(self) -> None:
         """
         C{may} delivers over TLS, unverified, whatever the certificate.
@@ -422,6 +480,7 @@ class TLSTests(_RelayTestMixin, TestCase):
             self.assertIsNotNone(result.tls)
             self.assertTrue(sink.transactions[0].tls)
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_mayInClear(self) -> None:
         """
         C{may} against a server without STARTTLS delivers in clear.
@@ -441,6 +500,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         self.assertNotIn("STARTTLS", [c for c, _ in sink.sessions[0].commands])
         self.assertFalse(sink.transactions[0].tls)
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_mayFallsBackWhenHandshakeFails(self) -> None:
         """
         C{may}: when the TLS handshake fails, the message goes in clear on
@@ -474,6 +534,7 @@ class ParsingTests(SynchronousTestCase):
     Tests for reply parsing.
     """
 
+    @pytest.mark.rfc("2034", "4")
     def test_enhanced(self) -> None:
         """
         An enhanced code is split off only when its class matches the reply.
@@ -483,6 +544,7 @@ class ParsingTests(SynchronousTestCase):
         self.assertEqual(parseEnhanced(250, "2.0.0"), ("2.0.0", ""))
         self.assertEqual(parseEnhanced(250, "2.0.0.1 no"), (None, "2.0.0.1 no"))
 
+    @pytest.mark.rfc("5321", "4.2.1")
     def test_multiline(self) -> None:
         """
         A multi-line reply is one reply, its lines kept.
@@ -513,6 +575,7 @@ class ParsingTests(SynchronousTestCase):
         self.failureResultOf(d)
         self.assertTrue(transport.disconnecting or transport.disconnected)
 
+    @pytest.mark.rfc("5321", "4.5.3.2.2")
     def test_timeout(self) -> None:
         """
         A reply that does not come in time fails the wait.
@@ -528,3 +591,187 @@ class ParsingTests(SynchronousTestCase):
         self.assertNoResult(d)
         clock.advance(2)
         self.assertIn("timeout", str(self.failureResultOf(d).value))
+
+
+class DeliveryRequestTests(SynchronousTestCase):
+    """
+    L{DeliveryRequest}: the one frozen value L{deliver} takes.
+    """
+
+    def request(self, **kwargs) -> DeliveryRequest:
+        """
+        A request with plain defaults, changed by C{kwargs}.
+        """
+        fields = dict(
+            hop=NextHop("127.0.0.1", 25, "mx.example"), heloName="relay.test", sender="s@example.org",
+            recipients=["a@example.com"], messageFile="/nonexistent", size=10,
+        )
+        fields.update(kwargs)
+        return DeliveryRequest(**fields)
+
+    def test_frozen(self) -> None:
+        """
+        A request cannot be changed, and its recipients are a tuple (a
+        caller's list changing later does not change it).
+        """
+        recipients = ["a@example.com"]
+        request = self.request(recipients=recipients)
+        recipients.append("b@example.com")
+        self.assertEqual(request.recipients, ("a@example.com",))
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            request.sender = "other@example.org"
+
+    @pytest.mark.rfc("5321", "4.5.3.2")
+    def test_timeouts(self) -> None:
+        """
+        The timeouts given override the defaults, which are RFC 5321's
+        minimums (5 minutes for a command, 10 for the end of data).
+        """
+        request = self.request(timeouts={"command": 2})
+        self.assertEqual(request.timeouts["command"], 2)
+        self.assertEqual(request.timeouts["finalDot"], 600)
+        self.assertEqual(set(request.timeouts), set(DEFAULT_TIMEOUTS))
+        self.assertEqual(
+            (DEFAULT_TIMEOUTS["greeting"], DEFAULT_TIMEOUTS["command"], DEFAULT_TIMEOUTS["dataBlock"]),
+            (300, 300, 180),
+        )
+        self.assertEqual(self.request().tlsPolicy, TLSPolicy.MAY)
+
+    def test_unknownTLSPolicy(self) -> None:
+        """
+        A TLS mode that is not one of the policy's is a temporary failure
+        of the next hop (never an exception, never a connection).
+        """
+        result = self.successResultOf(
+            deliver(self.request(tlsPolicy="sometimes"), reactor=Clock(), runBlocking=None)
+        )
+        self.assertFalse(result.connected)
+        self.assertIn("unknown TLS mode", result.error)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.TEMPORARY)
+
+
+class DispositionTests(SynchronousTestCase):
+    """
+    L{Disposition}: what a reply code means for a recipient.
+    """
+
+    @pytest.mark.rfc("5321", "4.2.1")
+    def test_ofCode(self) -> None:
+        """
+        2xx is delivered, 4xx a temporary failure, 5xx a permanent one.
+        """
+        self.assertIs(Disposition.ofCode(250), Disposition.DELIVERED)
+        self.assertIs(Disposition.ofCode(251), Disposition.DELIVERED)
+        self.assertIs(Disposition.ofCode(421), Disposition.TEMPORARY)
+        self.assertIs(Disposition.ofCode(451), Disposition.TEMPORARY)
+        self.assertIs(Disposition.ofCode(550), Disposition.PERMANENT)
+        self.assertIs(Disposition.ofCode(554), Disposition.PERMANENT)
+
+
+class TLSPolicyTests(SynchronousTestCase):
+    """
+    L{TLSPolicy}: the modes of C{--relay-tls} and what each decides.
+    """
+
+    def test_values(self) -> None:
+        """
+        The policy's values are the configuration's modes, and a value
+        gives its member.
+        """
+        self.assertEqual(RELAY_TLS_MODES, ("none", "may", "verify"))
+        self.assertEqual(tuple(p.value for p in TLSPolicy), RELAY_TLS_MODES)
+        self.assertIs(TLSPolicy("verify"), TLSPolicy.VERIFY)
+        self.assertIs(TLSPolicy(TLSPolicy.MAY), TLSPolicy.MAY)
+
+    @pytest.mark.rfc("3207", "4.1")
+    def test_decisions(self) -> None:
+        """
+        C{none} never starts TLS; C{may} starts it, needs no verified
+        certificate and falls back to clear; C{verify} requires it,
+        verified, and never falls back.
+        """
+        decisions = {
+            policy: (policy.wantsTLS, policy.requiresTLS, policy.verifiesCertificate, policy.retriesInClear)
+            for policy in TLSPolicy
+        }
+        self.assertEqual(decisions, {
+            TLSPolicy.NONE: (False, False, False, False),
+            TLSPolicy.MAY: (True, False, False, True),
+            TLSPolicy.VERIFY: (True, True, True, False),
+        })
+
+
+class ProtocolSurfaceTests(SynchronousTestCase):
+    """
+    The public surface of L{ClientProtocol} that the transaction and the
+    pool use: in step, the error it failed with, closed, abort.
+    """
+
+    def setUp(self) -> None:
+        """
+        A protocol on a string transport and a clock.
+        """
+        self.clock = Clock()
+        self.transport = StringTransport()
+        self.protocol = ClientProtocol(self.clock)
+        self.protocol.makeConnection(self.transport)
+
+    def test_inStep(self) -> None:
+        """
+        A connected, quiet session is in step; one the next hop said
+        something to unasked (a 421 while idle) is not.
+        """
+        self.assertTrue(self.protocol.inStep)
+        self.assertIsNone(self.protocol.error)
+        self.protocol.dataReceived(b"421 4.4.2 idle too long\r\n")
+        self.assertFalse(self.protocol.inStep)
+
+    def test_partialReplyNotInStep(self) -> None:
+        """
+        A session in the middle of a multi-line reply is not in step.
+        """
+        self.protocol.dataReceived(b"250-part\r\n")
+        self.assertFalse(self.protocol.inStep)
+
+    def test_errorSticks(self) -> None:
+        """
+        After a timeout the session has an error, every later wait fails
+        with it, and it is no longer in step.
+        """
+        d = self.protocol.expect(1, "RSET")
+        self.clock.advance(1)
+        error = self.failureResultOf(d, SessionError).value
+        self.assertIs(self.protocol.error, error)
+        self.assertIs(self.failureResultOf(self.protocol.expect(1, "MAIL"), SessionError).value, error)
+        self.assertFalse(self.protocol.inStep)
+
+    def test_abort(self) -> None:
+        """
+        L{ClientProtocol.abort} drops the connection at once.
+        """
+        self.protocol.abort()
+        self.assertTrue(self.transport.disconnected)
+
+    def test_whenClosed(self) -> None:
+        """
+        L{ClientProtocol.whenClosed} fires once the connection is lost,
+        and at once after that; the waits pending fail.
+        """
+        closed = self.protocol.whenClosed()
+        waiting = self.protocol.expect(10, "DATA")
+        self.assertNoResult(closed)
+        self.protocol.connectionLost(None)
+        self.successResultOf(closed)
+        self.successResultOf(self.protocol.whenClosed())
+        self.assertIn("connection closed", str(self.failureResultOf(waiting, SessionError).value))
+        self.assertFalse(self.protocol.inStep)
+
+    def test_tcpNoDelay(self) -> None:
+        """
+        Nagle's algorithm is turned off on connecting.
+        """
+        calls = []
+        transport = StringTransport()
+        transport.setTcpNoDelay = calls.append
+        ClientProtocol(self.clock).makeConnection(transport)
+        self.assertEqual(calls, [True])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
@@ -69,6 +70,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         self.assertTrue(result.connected)
         self.assertIs(result.recipients[recipient].disposition, Disposition.DELIVERED, result.recipients[recipient])
 
+    @pytest.mark.rfc("5321", "4.1.1.5")
     async def test_twoTransactionsOneConnection(self) -> None:
         """
         Two transactions in a row to the same next hop share one
@@ -155,6 +157,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         self.assertEqual(len(sink.sessions), 2)
         self.assertEqual(pool.idleCount(), 0)
 
+    @pytest.mark.rfc("5321", "4.1.1.5")
     async def test_rsetRefused(self) -> None:
         """
         A cached session whose RSET is not answered 250 is closed (with
@@ -167,6 +170,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         self.assertEqual(len(sink.sessions), 2)
         self.assertEqual([c for c, _ in sink.sessions[0].commands][-2:], ["RSET", "QUIT"])
 
+    @pytest.mark.rfc("5321", "4.5.3.2")
     async def test_rsetTimeout(self) -> None:
         """
         A cached session that does not answer RSET in time is dropped and
@@ -205,6 +209,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         self.assertDelivered(await self.deliverPooled(pool, port))
         self.assertEqual(len(sink.sessions), 2)
 
+    @pytest.mark.rfc("5321", "3.8")
     async def test_notReusedAfter421(self) -> None:
         """
         After a C{421} (the next hop is closing the connection) the session
@@ -273,6 +278,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         self.assertEqual(pool.idleCount(), 0)
         self.assertEqual(sink.sessions[0].commands[-1][0], "QUIT")
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_verifiedSessionReused(self) -> None:
         """
         A cached C{verify} session is still TLS and verified: the second
@@ -318,6 +324,7 @@ class SessionPoolClockTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.protocol.connectionLost(None)
 
+    @pytest.mark.rfc("5321", "4.1.1.10")
     def test_idleTimerQuits(self) -> None:
         """
         Once the idle timeout passes, the session is sent QUIT, closed
@@ -353,6 +360,7 @@ class SessionPoolClockTests(SynchronousTestCase):
         self.assertIsNone(self.pool.take(self.session.key))
         self.assertEqual(self.pool.idleCount(), 0)
 
+    @pytest.mark.rfc("5321", "4.1.1.10")
     def test_closeQuitsIdle(self) -> None:
         """
         Closing the pool sends QUIT to idle sessions and fires once they
@@ -407,3 +415,78 @@ class SessionPoolClockTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")
         self.closeConnection()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SessionPoolLimitTests(SynchronousTestCase):
+    """
+    L{SessionPool.limited}: the caps on simultaneous transactions, in all
+    and to one destination.
+    """
+
+    def setUp(self) -> None:
+        """
+        A pool with small caps and a record of the transactions running.
+        """
+        self.pool = SessionPool(Clock(), maxConnections=3, maxPerDestination=2)
+        self.running: list[tuple[str, Deferred]] = []
+
+    def start(self, destination: tuple[str, int]) -> Deferred:
+        """
+        Start a transaction to C{destination} that runs until its
+        L{Deferred} in C{self.running} is fired.
+        """
+
+        def transaction(name: str) -> Deferred:
+            d = Deferred()
+            self.running.append((name, d))
+            return d
+
+        return self.pool.limited(destination, transaction, destination[0])
+
+    def finish(self, name: str) -> None:
+        """
+        End the oldest running transaction to C{name}.
+        """
+        for entry in self.running:
+            if entry[0] == name:
+                self.running.remove(entry)
+                entry[1].callback(None)
+                return
+        raise AssertionError(f"nothing running for {name}")
+
+    def test_perDestination(self) -> None:
+        """
+        At most C{maxPerDestination} transactions run to one destination;
+        the next starts when one ends.
+        """
+        results = [self.start(("a", 25)) for _ in range(3)]
+        self.assertEqual([name for name, _ in self.running], ["a", "a"])
+        self.finish("a")
+        self.successResultOf(results[0])
+        self.assertEqual([name for name, _ in self.running], ["a", "a"])
+
+    def test_global(self) -> None:
+        """
+        At most C{maxConnections} run in all; a destination waiting for a
+        busy destination holds no global slot.
+        """
+        for destination in [("a", 25)] * 3 + [("b", 25), ("c", 25), ("d", 25)]:
+            self.start(destination)
+        self.assertEqual(sorted(name for name, _ in self.running), ["a", "a", "b"])
+        self.finish("b")
+        self.assertEqual(sorted(name for name, _ in self.running), ["a", "a", "c"])
+        self.finish("a")
+        self.assertEqual(sorted(name for name, _ in self.running), ["a", "c", "d"])
+
+    def test_defaults(self) -> None:
+        """
+        By default 10 transactions run to one destination and 50 in all.
+        """
+        pool = SessionPool(Clock())
+        self.pool = pool
+        for n in range(12):
+            self.start(("a", 25))
+        self.assertEqual(len(self.running), 10)
+        for n in range(60):
+            self.start((f"h{n}", 25))
+        self.assertEqual(len(self.running), 50)

@@ -13,12 +13,14 @@ import os
 import shutil
 import tempfile
 
+import pytest
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes
+from smtpmx.relay.tlspolicy import TLSPolicy
 from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
 from smtpmx.relay.queue import PENDING, Queue, QueuedMessage, QueuedRecipient
 from smtpmx.relay.service import RelayService
@@ -127,6 +129,7 @@ class RelayServiceTests(SynchronousTestCase):
         )
         self.assertEqual(self.queue.ids(), [])
 
+    @pytest.mark.rfc("5321", "4.5.4.1")
     def test_retryOnTemporaryFailure(self):
         """
         A 4xx is retried on the schedule, then delivered.
@@ -144,6 +147,7 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.deliver.calls), 2)
         self.assertEqual(self.queue.ids(), [])
 
+    @pytest.mark.rfc("5321", "4.5.4.1")
     def test_unreachable(self):
         """
         When no next hop can be reached, the recipients stay pending with
@@ -155,6 +159,8 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertEqual(message.recipients[0].state, PENDING)
         self.assertIn("connection refused", message.recipients[0].lastReply)
 
+    @pytest.mark.rfc("5321", "4.5.5")
+    @pytest.mark.rfc("3464", "2")
     def test_bounceToRemoteSender(self):
         """
         A 5xx bounces only the failed recipient; the bounce is queued to
@@ -185,6 +191,7 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertTrue(data.startswith(b"Return-Path: <>\nDelivered-To: Someone@example.org\n"))
         self.assertIn(b"report-type=delivery-status", data)
 
+    @pytest.mark.rfc("5321", "4.5.5")
     def test_noBounceForNullSender(self):
         """
         A message from <> that fails is dropped, never bounced.
@@ -194,6 +201,7 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.deliver.calls), 1)
         self.assertEqual(self.queue.ids(), [])
 
+    @pytest.mark.rfc("5321", "4.5.4.1")
     def test_expiry(self):
         """
         Past the maximum queue age the remaining recipients bounce.
@@ -288,6 +296,44 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertEqual(self.queue.ids(), [])
         new = os.path.join(self.config.maildirRoot, "example.org", "someone", "new")
         self.assertEqual(len(os.listdir(new)), 1)
+
+    def test_request(self):
+        """
+        Each transaction gets one request: our hostname for EHLO, the
+        message's reverse-path, size and file, and the configured TLS
+        policy and trust roots.
+        """
+        self.config = dataclasses.replace(self.config, relayTls="verify", caCerts="/etc/ca.pem")
+        self.service.config = self.config
+        message = self.enqueue("a@client.example", "x@remote.example")
+        request = self.deliver.calls[0]["request"]
+        self.assertIsInstance(request, DeliveryRequest)
+        self.assertEqual(
+            (request.hop.host, request.hop.port, request.heloName, request.sender, request.recipients),
+            ("127.0.0.3", 2525, "mx.example.org", "a@client.example", ("x@remote.example",)),
+        )
+        self.assertEqual((request.size, request.messageFile), (message.size, self.queue.messagePath("M1")))
+        self.assertEqual((TLSPolicy(request.tlsPolicy), request.trustRoot), (TLSPolicy.VERIFY, "/etc/ca.pem"))
+
+    def test_connectionCaps(self):
+        """
+        At most 10 transactions run at once to one next hop; the others
+        wait for one to end.
+        """
+        self.deliver.hold = True
+        for n in range(12):
+            self.enqueue("a@client.example", "x@remote.example", messageId=f"M{n}")
+        self.assertEqual(len(self.deliver.calls), 10)
+        d, result = self.deliver.held.pop(0)
+        d.callback(result)
+        self.assertEqual(len(self.deliver.calls), 11)
+        self.enqueue("a@client.example", "y@other.example", messageId="O1")
+        self.assertEqual(len(self.deliver.calls), 12)
+        while self.deliver.held:
+            d, result = self.deliver.held.pop(0)
+            d.callback(result)
+        self.assertEqual(len(self.deliver.calls), 13)
+        self.assertEqual(self.queue.ids(), [])
 
     def test_connectionCacheGivenAndClosed(self):
         """
