@@ -437,6 +437,9 @@ class SessionPoolLimitTests(SynchronousTestCase):
         """
 
         def transaction(name: str) -> Deferred:
+            """
+            A transaction that runs until told to end.
+            """
             d = Deferred()
             self.running.append((name, d))
             return d

@@ -33,6 +33,9 @@ class FakeDeliver:
     """
 
     def __init__(self) -> None:
+        """
+        No calls yet; everything delivered and nothing held by default.
+        """
         self.calls: list[dict] = []
         self.replies: dict[str, tuple[int, str]] = {}
         self.down: set[str] = set()
@@ -69,6 +72,10 @@ class RelayServiceTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
+        """
+        A started service on a real queue in a temporary directory, a
+        Clock, and the fake transaction.
+        """
         self.dir = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.dir)
         self.clock = Clock()
@@ -242,6 +249,9 @@ class RelayServiceTests(SynchronousTestCase):
         del self.deliver.replies["bob@remote.example"]
 
         def flushNow(message):
+            """
+            What C{smtpmx-queue flush} does: every pending recipient due.
+            """
             for r in message.pending():
                 r.nextAttempt = 0
 
@@ -283,6 +293,9 @@ class RelayServiceTests(SynchronousTestCase):
         from smtpmx.relay import service as serviceModule
 
         def diskFull(path, data):
+            """
+            A Maildir delivery on a full disk.
+            """
             raise OSError(28, "No space left on device")
 
         self.patch(serviceModule, "deliverBytes", diskFull)

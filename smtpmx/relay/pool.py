@@ -61,6 +61,10 @@ class PooledSession:
 
     def __init__(self, key: tuple, protocol: ClientProtocol, extensions: dict[str, str],
                  tls: Optional[str], verified: bool, quitTimeout: float) -> None:
+        """
+        A session that has carried no transaction yet; the arguments are
+        the attributes of the same names.
+        """
         self.key = key
         self.protocol = protocol
         self.extensions = extensions
@@ -225,6 +229,9 @@ class SessionPool:
         self._closing.add(d)
 
         def closed(result):
+            """
+            The connection is closed: L{close} need not wait for it.
+            """
             self._closing.discard(d)
             return result
 

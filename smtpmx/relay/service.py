@@ -253,6 +253,9 @@ class RelayService(Service):
         bounced: dict[str, str] = {}
 
         def record(found: list[tuple[QueuedRecipient, RecipientAttempt]]) -> None:
+            """
+            Apply what a lookup or a transaction found, now.
+            """
             now = self.clock.seconds()
             for r, attempt in found:
                 status = self._record(r, attempt, now)
@@ -273,6 +276,10 @@ class RelayService(Service):
             byDomain[r.address.rpartition("@")[2].lower()].append(r)
 
         async def lookUp(domain: str, recipients: list[QueuedRecipient]) -> Optional[list[NextHop]]:
+            """
+            The next hops of one domain, or L{None} once the failure to find
+            them is recorded for its recipients.
+            """
             found = await self._resolve(message, domain, recipients)
             if isinstance(found, RecipientAttempt):
                 record([(r, found) for r in recipients])
@@ -289,6 +296,9 @@ class RelayService(Service):
             groups.setdefault(key, (hops, []))[1].extend(recipients)
 
         async def transact(hops: list[NextHop], recipients: list[QueuedRecipient]) -> None:
+            """
+            One transaction for the recipients sharing C{hops}, recorded.
+            """
             record(await self._tryHops(message, recipients, hops))
 
         await _gather([transact(hops, rs) for hops, rs in groups.values()])
@@ -492,10 +502,13 @@ async def _gather(coroutines: list) -> list:
     """
     Run coroutines side by side; their results in order.  The first
     failure is raised once all are done (L{gatherResults} with
-    C{consumeErrors}).
+    C{consumeErrors}).  One coroutine alone (one domain, one next hop: the
+    common case) is simply awaited.
     """
     if not coroutines:
         return []
+    if len(coroutines) == 1:
+        return [await coroutines[0]]
     return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
 
 

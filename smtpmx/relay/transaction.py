@@ -296,9 +296,15 @@ class _OneConnection(Factory):
     noisy = False
 
     def __init__(self, protocol: ClientProtocol) -> None:
+        """
+        @param protocol: the protocol of the one connection.
+        """
         self._protocol = protocol
 
     def buildProtocol(self, addr) -> ClientProtocol:
+        """
+        The one protocol, whatever the address.
+        """
         return self._protocol
 
 
@@ -313,6 +319,9 @@ class _Attempt:
 
     def __init__(self, request: DeliveryRequest, reactor, runBlocking: Callable[..., Deferred],
                  pool: Optional[SessionPool]) -> None:
+        """
+        The arguments of L{deliver}.
+        """
         self.request = request
         self.reactor = reactor
         self.runBlocking = runBlocking
