@@ -462,7 +462,7 @@ def buildService(
     @param reactor: the reactor to listen, time and run threads with.
     """
     from smtpmx.delivery.maildir import MaildirStore
-    from smtpmx.relay.client import deliver
+    from smtpmx.relay.transaction import deliver
     from smtpmx.relay.nexthop import makeResolver
     from smtpmx.relay.intake import QueueStore
     from smtpmx.relay.queue import Queue

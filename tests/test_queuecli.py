@@ -11,7 +11,8 @@ from typing import Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import queuecli
-from smtpmx.relay.queue import Queue, QueuedMessage, QueuedRecipient
+from smtpmx.relay.queue import Queue
+from smtpmx.relay.queueformat import QueuedMessage, QueuedRecipient
 from tests.test_maildir_store import makeDirectory
 
 NOW = 1700000000.0

@@ -1,5 +1,5 @@
 """
-Tests for L{smtpmx.relay.client}: the relay client against the recording
+Tests for the relay client (L{smtpmx.relay.transaction} on L{smtpmx.relay.protocol}) against the recording
 sink of L{tests.sink}, over real loopback connections.
 """
 
@@ -12,17 +12,27 @@ import tempfile
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import dataclasses
+
+import pytest
 from zope.interface import implementer
 
-from smtpmx.relay.client import (
-    ClientProtocol,
+from smtpmx.config import ConfigError, loadConfig
+
+from smtpmx.relay.protocol import ClientProtocol, SessionError, parseEnhanced
+from smtpmx.relay.tlspolicy import TLSPolicy
+from smtpmx.relay.transaction import (
+    DEFAULT_TIMEOUTS,
+    DeliveryRequest,
+    DeliveryResult,
+    Disposition,
     RecipientResult,
-    TransactionResult,
     deliver,
-    parseEnhanced,
 )
 from smtpmx.relay.nexthop import NextHop
 from tests import certs
@@ -76,10 +86,11 @@ class _RelayTestMixin:
         Deliver the message to the sink on C{port}.
         """
         messageFile = messageFile or self.messageFile
-        return deliver(
-            reactor, NextHop("127.0.0.1", port, name), "relay.test", sender, list(recipients),
-            messageFile, os.path.getsize(messageFile), runBlocking, tlsMode, trustRoot, timeouts,
+        request = DeliveryRequest(
+            NextHop("127.0.0.1", port, name), "relay.test", sender, recipients,
+            messageFile, os.path.getsize(messageFile), tlsMode, trustRoot, timeouts,
         )
+        return deliver(request, reactor=reactor, runBlocking=runBlocking)
 
 
 class DeliverTests(_RelayTestMixin, TestCase):
@@ -95,11 +106,11 @@ class DeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink()
         recipients = ["Alice@Example.COM", "bob@example.com", "CAROL.x@example.com"]
         result = await self.deliver(port, recipients)
-        self.assertIsInstance(result, TransactionResult)
+        self.assertIsInstance(result, DeliveryResult)
         self.assertTrue(result.connected)
         self.assertEqual(list(result.recipients), recipients)
         for r in recipients:
-            self.assertIsNone(result.recipients[r].permanent)
+            self.assertIs(result.recipients[r].disposition, Disposition.DELIVERED)
             self.assertEqual(result.recipients[r].code, 250)
         self.assertEqual(len(sink.transactions), 1)
         transaction = sink.transactions[0]
@@ -112,6 +123,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         self.assertEqual(result.remoteMta, "localhost")
         self.assertEqual(sink.sessions[0].commands[-1][0], "QUIT")
 
+    @pytest.mark.rfc("5321", "4.5.5", "5321-4.5.5-3")
     async def test_nullSender(self) -> None:
         """
         The null reverse-path goes out as C{MAIL FROM:<>}.
@@ -120,6 +132,8 @@ class DeliverTests(_RelayTestMixin, TestCase):
         await self.deliver(port, sender="")
         self.assertTrue(sink.sessions[0].commands[1][0].startswith("MAIL FROM:<> "))
 
+    @pytest.mark.rfc("5321", "4.2.1", "5321-4.2.1-1", "5321-4.2.1-2")
+    @pytest.mark.rfc("2920", "3.1", "2920-3.1-1")
     async def test_perRecipientReplies(self) -> None:
         """
         Each recipient gets its own outcome: a 4xx is temporary, a 5xx
@@ -130,12 +144,12 @@ class DeliverTests(_RelayTestMixin, TestCase):
             "gone@example.com": "550 5.1.1 no such user",
         })
         result = await self.deliver(port, ["ok@example.com", "busy@example.com", "gone@example.com"])
-        self.assertEqual(result.recipients["ok@example.com"].permanent, None)
+        self.assertIs(result.recipients["ok@example.com"].disposition, Disposition.DELIVERED)
         self.assertEqual(
-            result.recipients["busy@example.com"], RecipientResult(450, "4.2.0", "4.2.0 busy, try later", False)
+            result.recipients["busy@example.com"], RecipientResult(450, "4.2.0", "4.2.0 busy, try later", Disposition.TEMPORARY)
         )
         self.assertEqual(
-            result.recipients["gone@example.com"], RecipientResult(550, "5.1.1", "5.1.1 no such user", True)
+            result.recipients["gone@example.com"], RecipientResult(550, "5.1.1", "5.1.1 no such user", Disposition.PERMANENT)
         )
         self.assertEqual(sink.transactions[0].accepted, ["ok@example.com"])
 
@@ -145,9 +159,11 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink(rcptReplies={"gone@example.com": "550 5.1.1 no such user"})
         result = await self.deliver(port, ["gone@example.com"])
-        self.assertTrue(result.recipients["gone@example.com"].permanent)
+        self.assertIs(result.recipients["gone@example.com"].disposition, Disposition.PERMANENT)
         self.assertNotIn("DATA", [c for c, _ in sink.sessions[0].commands])
 
+    @pytest.mark.rfc("5321", "4.2.1", "5321-4.2.1-1", "5321-4.2.1-2")
+    @pytest.mark.rfc("2920", "3.1", "2920-3.1-1")
     async def test_mailRefused(self) -> None:
         """
         A 5xx to MAIL is a permanent failure for every recipient; a 4xx a
@@ -155,12 +171,14 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink(replies={"MAIL": "553 5.7.1 sender rejected"})
         result = await self.deliver(port, ["a@example.com", "b@example.com"])
-        self.assertEqual({r.permanent for r in result.recipients.values()}, {True})
+        self.assertEqual({r.disposition for r in result.recipients.values()}, {Disposition.PERMANENT})
         self.assertEqual(result.recipients["a@example.com"].code, 553)
         sink, port = self.startSink(replies={"MAIL": "451 4.3.0 try later"})
         result = await self.deliver(port, ["a@example.com", "b@example.com"])
-        self.assertEqual({r.permanent for r in result.recipients.values()}, {False})
+        self.assertEqual({r.disposition for r in result.recipients.values()}, {Disposition.TEMPORARY})
 
+    @pytest.mark.rfc("5321", "4.2.1", "5321-4.2.1-2")
+    @pytest.mark.rfc("2920", "3.1", "2920-3.1-1")
     async def test_dataRefused(self) -> None:
         """
         A 5xx to DATA is a permanent failure for the accepted recipients;
@@ -171,9 +189,11 @@ class DeliverTests(_RelayTestMixin, TestCase):
         )
         result = await self.deliver(port, ["a@example.com", "busy@example.com"])
         self.assertEqual(result.recipients["a@example.com"].code, 554)
-        self.assertTrue(result.recipients["a@example.com"].permanent)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.PERMANENT)
         self.assertEqual(result.recipients["busy@example.com"].code, 450)
 
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-5")
+    @pytest.mark.rfc("5321", "4.2.1", "5321-4.2.1-1")
     async def test_finalReply(self) -> None:
         """
         The reply to the end of data decides for every accepted recipient.
@@ -181,10 +201,12 @@ class DeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(finalReply="452 4.3.1 insufficient storage")
         result = await self.deliver(port, ["a@example.com", "b@example.com"])
         self.assertEqual(
-            set(result.recipients.values()), {RecipientResult(452, "4.3.1", "4.3.1 insufficient storage", False)}
+            set(result.recipients.values()), {RecipientResult(452, "4.3.1", "4.3.1 insufficient storage", Disposition.TEMPORARY)}
         )
         self.assertEqual(sink.transactions[0].data, MESSAGE)
 
+    @pytest.mark.rfc("5321", "3.2", "5321-3.2-2")
+    @pytest.mark.rfc("5321", "4.1.1.1", "5321-4.1.1.1-2", "5321-4.1.1.1-3")
     async def test_heloFallback(self) -> None:
         """
         A server that refuses EHLO with a 5xx gets HELO, and the message
@@ -192,11 +214,12 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink(replies={"EHLO": "502 5.5.2 what?"})
         result = await self.deliver(port)
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         commands = [c for c, _ in sink.sessions[0].commands]
         self.assertEqual(commands[:3], ["EHLO relay.test", "HELO relay.test", "MAIL FROM:<sender@example.org>"])
         self.assertEqual(sink.transactions[0].mailParameters, [])
 
+    @pytest.mark.rfc("1870", "6")
     async def test_size(self) -> None:
         """
         C{SIZE=} is sent when the server offers SIZE, and only then.
@@ -208,6 +231,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         await self.deliver(port)
         self.assertFalse([p for p in sink.transactions[0].mailParameters if p.startswith("SIZE")])
 
+    @pytest.mark.rfc("2920", "3.1", "2920-3.1-2")
     async def test_pipelining(self) -> None:
         """
         With PIPELINING, MAIL and every RCPT go out in one write.
@@ -221,6 +245,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
             batches,
         )
 
+    @pytest.mark.rfc("5321", "4.3.1", "5321-4.3.1-1")
     async def test_noPipelining(self) -> None:
         """
         Without PIPELINING, each command waits for the reply to the one
@@ -233,6 +258,8 @@ class DeliverTests(_RelayTestMixin, TestCase):
             self.assertEqual(len(batch), 1, batch)
         self.assertEqual(sink.transactions[0].recipients, ["a@example.com", "b@example.com"])
 
+    @pytest.mark.rfc("5321", "4.5.2", "5321-4.5.2-1")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-6")
     async def test_dotsAtChunkBoundaries(self) -> None:
         """
         A large message with C{.} lines just before, at and after every
@@ -249,8 +276,31 @@ class DeliverTests(_RelayTestMixin, TestCase):
         message = b"".join(parts) + b"x" * 3_000_000 + b"\n.\nlast line without newline"
         sink, port = self.startSink()
         result = await self.deliver(port, messageFile=self.writeMessage(message, "big"))
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertEqual(sink.transactions[0].data, message + b"\n")
+
+    @pytest.mark.rfc("6531", "3.2")
+    async def test_nonAsciiWithoutSMTPUTF8(self) -> None:
+        """
+        A non-ASCII address cannot go to a next hop that does not offer
+        SMTPUTF8: a permanent failure (553 5.6.7) for every recipient, and
+        no MAIL is sent.
+        """
+        sink, port = self.startSink()
+        result = await self.deliver(port, ["jos\u00e9@example.com", "ascii@example.com"])
+        self.assertTrue(result.connected)
+        for r in result.recipients.values():
+            self.assertEqual((r.code, r.enhanced, r.disposition), (553, "5.6.7", Disposition.PERMANENT))
+        self.assertFalse([c for c, _ in sink.sessions[0].commands if c.startswith("MAIL")])
+
+    async def test_duplicateRecipientsSentOnce(self) -> None:
+        """
+        A recipient given twice is sent one RCPT.
+        """
+        sink, port = self.startSink()
+        result = await self.deliver(port, ["a@example.com", "a@example.com"])
+        self.assertEqual(list(result.recipients), ["a@example.com"])
+        self.assertEqual(sink.transactions[0].recipients, ["a@example.com"])
 
     async def test_connectionRefused(self) -> None:
         """
@@ -262,7 +312,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port, ["a@example.com"])
         self.assertFalse(result.connected)
         self.assertIn("connect", result.error)
-        self.assertEqual(result.recipients["a@example.com"].permanent, False)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.TEMPORARY)
 
     async def test_greetingRefused(self) -> None:
         """
@@ -272,8 +322,9 @@ class DeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port)
         self.assertFalse(result.connected)
         self.assertIn("554", result.error)
-        self.assertFalse(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
 
+    @pytest.mark.rfc("5321", "4.5.3.2", "5321-4.5.3.2-1")
     async def test_silentServer(self) -> None:
         """
         A server that never greets is a temporary failure within the
@@ -286,6 +337,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         self.assertFalse(result.connected)
         self.assertIn("timeout", result.error)
 
+    @pytest.mark.rfc("5321", "4.5.3.2", "5321-4.5.3.2-1")
     async def test_rcptTimeout(self) -> None:
         """
         A RCPT that is never answered is a temporary failure for every
@@ -295,9 +347,10 @@ class DeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port, ["a@example.com", "b@example.com"], timeouts={**SHORT, "command": 0.5})
         self.assertTrue(result.connected)
         for r in result.recipients.values():
-            self.assertEqual(r.permanent, False)
+            self.assertIs(r.disposition, Disposition.TEMPORARY)
             self.assertIn("timeout", r.text)
 
+    @pytest.mark.rfc("5321", "4.5.3.2", "5321-4.5.3.2-1")
     async def test_finalDotTimeout(self) -> None:
         """
         An end of data that is never answered is a temporary failure
@@ -307,7 +360,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         started = reactor.seconds()
         result = await self.deliver(port, timeouts={**SHORT, "finalDot": 0.5})
         self.assertLess(reactor.seconds() - started, 5)
-        self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
         self.assertIn("end of data", result.recipients["rcpt@example.com"].text)
 
     async def test_garbledReply(self) -> None:
@@ -316,7 +369,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink(replies={"RCPT": "hello there\x00"})
         result = await self.deliver(port, ["a@example.com"])
-        self.assertEqual(result.recipients["a@example.com"].permanent, False)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.TEMPORARY)
         self.assertIn("garbled", result.recipients["a@example.com"].text)
 
     async def test_garbledGreeting(self) -> None:
@@ -334,13 +387,14 @@ class DeliverTests(_RelayTestMixin, TestCase):
         """
         sink, port = self.startSink()
         result = await self.deliver(port, messageFile=self.writeMessage(b"x", "gone"), timeouts=SHORT)
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         os.remove(os.path.join(self.directory, "gone"))
-        result = await deliver(
-            reactor, NextHop("127.0.0.1", port, "localhost"), "relay.test", "", ["a@example.com"],
-            os.path.join(self.directory, "gone"), 1, runBlocking, "none", None, SHORT,
+        request = DeliveryRequest(
+            NextHop("127.0.0.1", port, "localhost"), "relay.test", "", ["a@example.com"],
+            os.path.join(self.directory, "gone"), 1, "none", None, SHORT,
         )
-        self.assertEqual(result.recipients["a@example.com"].permanent, False)
+        result = await deliver(request, reactor=reactor, runBlocking=runBlocking)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.TEMPORARY)
         self.assertEqual(len(sink.transactions), 1)
 
 
@@ -366,7 +420,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         )
         self.expired = certs.makeExpiredCertificate(self.authority, self.directory)
 
-    async def deliverTLS(self, certificate, tlsMode: str) -> tuple[Sink, TransactionResult]:
+    async def deliverTLS(self, certificate, tlsMode: str) -> tuple[Sink, DeliveryResult]:
         """
         Deliver to a sink offering STARTTLS with C{certificate}.
         """
@@ -374,20 +428,26 @@ class TLSTests(_RelayTestMixin, TestCase):
         result = await self.deliver(port, tlsMode=tlsMode, trustRoot=self.authority.path)
         return sink, result
 
+    @pytest.mark.rfc("3207", "4.1")
+    @pytest.mark.rfc("3207", "4.2", "3207-4.2-2")
     async def test_verifyGood(self) -> None:
         """
         C{verify} with a certificate for the next hop's name from a trusted
         CA delivers over TLS, verified.
         """
         sink, result = await self.deliverTLS(self.good, "verify")
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertTrue(result.verified)
         self.assertTrue(result.tls.startswith("TLSv1."), result.tls)
         self.assertTrue(sink.transactions[0].tls)
         self.assertEqual(sink.transactions[0].data, MESSAGE)
         commands = [c for c, tls in sink.sessions[0].commands if not tls]
         self.assertEqual(commands, ["EHLO relay.test", "STARTTLS"])
+        # What was learnt in clear is forgotten: EHLO again over TLS.
+        self.assertEqual([c for c, tls in sink.sessions[0].commands if tls][0], "EHLO relay.test")
 
+    @pytest.mark.rfc("3207", "4.1")
+    @pytest.mark.rfc("3207", "6")
     async def test_verifyBad(self) -> None:
         """
         C{verify} defers delivery (temporary, next hop) for a certificate
@@ -398,11 +458,13 @@ class TLSTests(_RelayTestMixin, TestCase):
             sink, result = await self.deliverTLS(certificate, "verify")
             self.assertFalse(result.connected, certificate)
             self.assertIn("TLS handshake failed", result.error)
-            self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+            self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
             self.assertEqual(sink.transactions, [])
             commands = [c for session in sink.sessions for c, tls in session.commands]
             self.assertFalse([c for c in commands if c.startswith(("MAIL", "RCPT", "DATA"))], (certificate, commands))
 
+    @pytest.mark.rfc("3207", "4.1")
+    @pytest.mark.rfc("3207", "6")
     async def test_verifyWithoutStartTLS(self) -> None:
         """
         C{verify} against a server that does not offer STARTTLS defers, and
@@ -414,24 +476,26 @@ class TLSTests(_RelayTestMixin, TestCase):
         self.assertIn("STARTTLS", result.error)
         self.assertEqual(sink.transactions, [])
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_mayDeliversWhatever(self) -> None:
         """
         C{may} delivers over TLS, unverified, whatever the certificate.
         """
         for certificate in (self.good, self.unknownCA, self.wrongName, self.expired):
             sink, result = await self.deliverTLS(certificate, "may")
-            self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+            self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
             self.assertFalse(result.verified)
             self.assertIsNotNone(result.tls)
             self.assertTrue(sink.transactions[0].tls)
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_mayInClear(self) -> None:
         """
         C{may} against a server without STARTTLS delivers in clear.
         """
         sink, port = self.startSink()
         result = await self.deliver(port, tlsMode="may")
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertIsNone(result.tls)
 
     async def test_none(self) -> None:
@@ -439,11 +503,12 @@ class TLSTests(_RelayTestMixin, TestCase):
         C{none} never starts TLS, even when offered.
         """
         sink, result = await self.deliverTLS(self.good, "none")
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertIsNone(result.tls)
         self.assertNotIn("STARTTLS", [c for c, _ in sink.sessions[0].commands])
         self.assertFalse(sink.transactions[0].tls)
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_mayFallsBackWhenHandshakeFails(self) -> None:
         """
         C{may}: when the TLS handshake fails, the message goes in clear on
@@ -452,7 +517,7 @@ class TLSTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(certificate=self.good)
         sink.tlsOptions = _BrokenOptions()
         result = await self.deliver(port, tlsMode="may")
-        self.assertIsNone(result.recipients["rcpt@example.com"].permanent)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertIsNone(result.tls)
         self.assertEqual(len(sink.sessions), 2)
 
@@ -477,6 +542,7 @@ class ParsingTests(SynchronousTestCase):
     Tests for reply parsing.
     """
 
+    @pytest.mark.rfc("2034", "4")
     def test_enhanced(self) -> None:
         """
         An enhanced code is split off only when its class matches the reply.
@@ -516,6 +582,7 @@ class ParsingTests(SynchronousTestCase):
         self.failureResultOf(d)
         self.assertTrue(transport.disconnecting or transport.disconnected)
 
+    @pytest.mark.rfc("5321", "4.5.3.2", "5321-4.5.3.2-1")
     def test_timeout(self) -> None:
         """
         A reply that does not come in time fails the wait.
@@ -531,3 +598,195 @@ class ParsingTests(SynchronousTestCase):
         self.assertNoResult(d)
         clock.advance(2)
         self.assertIn("timeout", str(self.failureResultOf(d).value))
+
+
+class DeliveryRequestTests(SynchronousTestCase):
+    """
+    L{DeliveryRequest}: the one frozen value L{deliver} takes.
+    """
+
+    def request(self, **kwargs) -> DeliveryRequest:
+        """
+        A request with plain defaults, changed by C{kwargs}.
+        """
+        fields = dict(
+            hop=NextHop("127.0.0.1", 25, "mx.example"), heloName="relay.test", sender="s@example.org",
+            recipients=["a@example.com"], messageFile="/nonexistent", size=10,
+        )
+        fields.update(kwargs)
+        return DeliveryRequest(**fields)
+
+    def test_frozen(self) -> None:
+        """
+        A request cannot be changed, and its recipients are a tuple (a
+        caller's list changing later does not change it).
+        """
+        recipients = ["a@example.com"]
+        request = self.request(recipients=recipients)
+        recipients.append("b@example.com")
+        self.assertEqual(request.recipients, ("a@example.com",))
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            request.sender = "other@example.org"
+
+    @pytest.mark.rfc("5321", "4.5.3.2", "5321-4.5.3.2-2")
+    @pytest.mark.rfc("5321", "4.5.3.2.1")
+    @pytest.mark.rfc("5321", "4.5.3.2.2")
+    @pytest.mark.rfc("5321", "4.5.3.2.3")
+    @pytest.mark.rfc("5321", "4.5.3.2.4")
+    @pytest.mark.rfc("5321", "4.5.3.2.5")
+    @pytest.mark.rfc("5321", "4.5.3.2.6")
+    def test_timeouts(self) -> None:
+        """
+        The timeouts given override the defaults, which are RFC 5321's
+        minimums (5 minutes for a command, 10 for the end of data).
+        """
+        request = self.request(timeouts={"command": 2})
+        self.assertEqual(request.timeouts["command"], 2)
+        self.assertEqual(request.timeouts["finalDot"], 600)
+        self.assertEqual(set(request.timeouts), set(DEFAULT_TIMEOUTS))
+        self.assertEqual(
+            (DEFAULT_TIMEOUTS["greeting"], DEFAULT_TIMEOUTS["command"], DEFAULT_TIMEOUTS["dataBlock"]),
+            (300, 300, 180),
+        )
+        self.assertEqual(self.request().tlsPolicy, TLSPolicy.MAY)
+
+    def test_unknownTLSPolicy(self) -> None:
+        """
+        A TLS mode that is not one of the policy's is a temporary failure
+        of the next hop (never an exception, never a connection).
+        """
+        result = self.successResultOf(
+            deliver(self.request(tlsPolicy="sometimes"), reactor=Clock(), runBlocking=None)
+        )
+        self.assertFalse(result.connected)
+        self.assertIn("unknown TLS mode", result.error)
+        self.assertIs(result.recipients["a@example.com"].disposition, Disposition.TEMPORARY)
+
+
+class DispositionTests(SynchronousTestCase):
+    """
+    L{Disposition}: what a reply code means for a recipient.
+    """
+
+    @pytest.mark.rfc("5321", "4.2.1", "5321-4.2.1-1", "5321-4.2.1-2")
+    def test_ofCode(self) -> None:
+        """
+        2xx is delivered, 4xx a temporary failure, 5xx a permanent one.
+        """
+        self.assertIs(Disposition.ofCode(250), Disposition.DELIVERED)
+        self.assertIs(Disposition.ofCode(251), Disposition.DELIVERED)
+        self.assertIs(Disposition.ofCode(421), Disposition.TEMPORARY)
+        self.assertIs(Disposition.ofCode(451), Disposition.TEMPORARY)
+        self.assertIs(Disposition.ofCode(550), Disposition.PERMANENT)
+        self.assertIs(Disposition.ofCode(554), Disposition.PERMANENT)
+
+
+class TLSPolicyTests(SynchronousTestCase):
+    """
+    L{TLSPolicy}: the modes of C{--relay-tls} and what each decides.
+    """
+
+    def test_values(self) -> None:
+        """
+        The policy's values are the modes C{--relay-tls} accepts, and a
+        value gives its member.
+        """
+        self.assertEqual(tuple(p.value for p in TLSPolicy), ("none", "may", "verify"))
+        for policy in TLSPolicy:
+            self.assertEqual(loadConfig({}, {"relay-tls": policy.value.upper()}).relayTls, policy.value)
+        self.assertRaises(ConfigError, loadConfig, {}, {"relay-tls": "sometimes"})
+        self.assertIs(TLSPolicy("verify"), TLSPolicy.VERIFY)
+        self.assertIs(TLSPolicy(TLSPolicy.MAY), TLSPolicy.MAY)
+
+    @pytest.mark.rfc("3207", "4.1")
+    def test_decisions(self) -> None:
+        """
+        C{none} never starts TLS; C{may} starts it, needs no verified
+        certificate and falls back to clear; C{verify} requires it,
+        verified, and never falls back.
+        """
+        decisions = {
+            policy: (policy.wantsTLS, policy.requiresTLS, policy.verifiesCertificate, policy.retriesInClear)
+            for policy in TLSPolicy
+        }
+        self.assertEqual(decisions, {
+            TLSPolicy.NONE: (False, False, False, False),
+            TLSPolicy.MAY: (True, False, False, True),
+            TLSPolicy.VERIFY: (True, True, True, False),
+        })
+
+
+class ProtocolSurfaceTests(SynchronousTestCase):
+    """
+    The public surface of L{ClientProtocol} that the transaction and the
+    pool use: in step, the error it failed with, closed, abort.
+    """
+
+    def setUp(self) -> None:
+        """
+        A protocol on a string transport and a clock.
+        """
+        self.clock = Clock()
+        self.transport = StringTransport()
+        self.protocol = ClientProtocol(self.clock)
+        self.protocol.makeConnection(self.transport)
+
+    def test_inStep(self) -> None:
+        """
+        A connected, quiet session is in step; one the next hop said
+        something to unasked (a 421 while idle) is not.
+        """
+        self.assertTrue(self.protocol.inStep)
+        self.assertIsNone(self.protocol.error)
+        self.protocol.dataReceived(b"421 4.4.2 idle too long\r\n")
+        self.assertFalse(self.protocol.inStep)
+
+    def test_partialReplyNotInStep(self) -> None:
+        """
+        A session in the middle of a multi-line reply is not in step.
+        """
+        self.protocol.dataReceived(b"250-part\r\n")
+        self.assertFalse(self.protocol.inStep)
+
+    def test_errorSticks(self) -> None:
+        """
+        After a timeout the session has an error, every later wait fails
+        with it, and it is no longer in step.
+        """
+        d = self.protocol.expect(1, "RSET")
+        self.clock.advance(1)
+        error = self.failureResultOf(d, SessionError).value
+        self.assertIs(self.protocol.error, error)
+        self.assertIs(self.failureResultOf(self.protocol.expect(1, "MAIL"), SessionError).value, error)
+        self.assertFalse(self.protocol.inStep)
+
+    def test_abort(self) -> None:
+        """
+        L{ClientProtocol.abort} drops the connection at once.
+        """
+        self.protocol.abort()
+        self.assertTrue(self.transport.disconnected)
+
+    def test_whenClosed(self) -> None:
+        """
+        L{ClientProtocol.whenClosed} fires once the connection is lost,
+        and at once after that; the waits pending fail.
+        """
+        closed = self.protocol.whenClosed()
+        waiting = self.protocol.expect(10, "DATA")
+        self.assertNoResult(closed)
+        self.protocol.connectionLost(None)
+        self.successResultOf(closed)
+        self.successResultOf(self.protocol.whenClosed())
+        self.assertIn("connection closed", str(self.failureResultOf(waiting, SessionError).value))
+        self.assertFalse(self.protocol.inStep)
+
+    def test_tcpNoDelay(self) -> None:
+        """
+        Nagle's algorithm is turned off on connecting.
+        """
+        calls = []
+        transport = StringTransport()
+        transport.setTcpNoDelay = calls.append
+        ClientProtocol(self.clock).makeConnection(transport)
+        self.assertEqual(calls, [True])

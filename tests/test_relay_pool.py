@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smtpmx.relay.client import ClientProtocol, SessionPool, TransactionResult, _PooledSession, deliver
+from smtpmx.relay.pool import PooledSession, SessionPool
+from smtpmx.relay.protocol import ClientProtocol
+from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, deliver
 from smtpmx.relay.nexthop import NextHop
 from tests import certs
 from tests.test_relay_client import MESSAGE, SHORT, _RelayTestMixin, runBlocking
@@ -54,19 +57,20 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         """
         Deliver the message to the sink on C{port} through C{pool}.
         """
-        return deliver(
-            reactor, NextHop("127.0.0.1", port, name), "relay.test", "sender@example.org", list(recipients),
-            self.messageFile, os.path.getsize(self.messageFile), runBlocking, tlsMode, trustRoot, timeouts,
-            pool=pool,
+        request = DeliveryRequest(
+            NextHop("127.0.0.1", port, name), "relay.test", "sender@example.org", recipients,
+            self.messageFile, os.path.getsize(self.messageFile), tlsMode, trustRoot, timeouts,
         )
+        return deliver(request, reactor=reactor, runBlocking=runBlocking, pool=pool)
 
-    def assertDelivered(self, result: TransactionResult, recipient: str = "rcpt@example.com") -> None:
+    def assertDelivered(self, result: DeliveryResult, recipient: str = "rcpt@example.com") -> None:
         """
         The transaction reached the next hop and delivered to C{recipient}.
         """
         self.assertTrue(result.connected)
-        self.assertIsNone(result.recipients[recipient].permanent, result.recipients[recipient])
+        self.assertIs(result.recipients[recipient].disposition, Disposition.DELIVERED, result.recipients[recipient])
 
+    @pytest.mark.rfc("5321", "4.1.4", "5321-4.1.4-6", "5321-4.1.4-9")
     async def test_twoTransactionsOneConnection(self) -> None:
         """
         Two transactions in a row to the same next hop share one
@@ -136,6 +140,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         self.assertEqual(sink.sessions[0].commands[-1][0], "RSET")
         self.assertEqual(len(sink.transactions), 2)
 
+    @pytest.mark.rfc("5321", "3.8", "5321-3.8-3")
     async def test_lostBeforeDataTriedAfresh(self) -> None:
         """
         A cached connection lost after RSET but before DATA (so nothing
@@ -149,10 +154,11 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         result = await self.deliverPooled(pool, port)
         self.assertTrue(result.connected)
         self.assertEqual(result.connectionUse, 1)
-        self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
         self.assertEqual(len(sink.sessions), 2)
         self.assertEqual(pool.idleCount(), 0)
 
+    @pytest.mark.rfc("5321", "4.1.4", "5321-4.1.4-9")
     async def test_rsetRefused(self) -> None:
         """
         A cached session whose RSET is not answered 250 is closed (with
@@ -165,6 +171,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         self.assertEqual(len(sink.sessions), 2)
         self.assertEqual([c for c, _ in sink.sessions[0].commands][-2:], ["RSET", "QUIT"])
 
+    @pytest.mark.rfc("5321", "4.5.3.2", "5321-4.5.3.2-1")
     async def test_rsetTimeout(self) -> None:
         """
         A cached session that does not answer RSET in time is dropped and
@@ -197,7 +204,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(hang=["."])
         pool = self.makePool()
         result = await self.deliverPooled(pool, port, timeouts={**SHORT, "finalDot": 0.3})
-        self.assertEqual(result.recipients["rcpt@example.com"].permanent, False)
+        self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.TEMPORARY)
         self.assertEqual(pool.idleCount(), 0)
         sink.hang = set()
         self.assertDelivered(await self.deliverPooled(pool, port))
@@ -224,7 +231,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(rcptReplies={"busy@example.com": "451 4.3.0 try later"})
         pool = self.makePool()
         result = await self.deliverPooled(pool, port, ["busy@example.com"])
-        self.assertEqual(result.recipients["busy@example.com"].permanent, False)
+        self.assertIs(result.recipients["busy@example.com"].disposition, Disposition.TEMPORARY)
         self.assertEqual(pool.idleCount(), 0)
         self.assertDelivered(await self.deliverPooled(pool, port))
         self.assertEqual(len(sink.sessions), 2)
@@ -238,7 +245,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         sink, port = self.startSink(rcptReplies={"gone@example.com": "550 5.1.1 no such user"})
         pool = self.makePool()
         result = await self.deliverPooled(pool, port, ["gone@example.com", "a@example.com"])
-        self.assertTrue(result.recipients["gone@example.com"].permanent)
+        self.assertIs(result.recipients["gone@example.com"].disposition, Disposition.PERMANENT)
         self.assertDelivered(result, "a@example.com")
         self.assertDelivered(await self.deliverPooled(pool, port))
         self.assertEqual(len(sink.sessions), 1)
@@ -271,6 +278,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         self.assertEqual(pool.idleCount(), 0)
         self.assertEqual(sink.sessions[0].commands[-1][0], "QUIT")
 
+    @pytest.mark.rfc("3207", "4.1")
     async def test_verifiedSessionReused(self) -> None:
         """
         A cached C{verify} session is still TLS and verified: the second
@@ -307,8 +315,7 @@ class SessionPoolClockTests(SynchronousTestCase):
         self.protocol = ClientProtocol(self.clock)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
-        self.session = _PooledSession(("h", 25, "h", "none", "me", None), self.protocol, {}, None, False, 30.0)
-        self.protocol._closed.addBoth(lambda _: self.pool._lost(self.session))
+        self.session = PooledSession(("h", 25, "h", "none", "me", None), self.protocol, {}, None, False, 30.0)
 
     def closeConnection(self) -> None:
         """
@@ -317,6 +324,8 @@ class SessionPoolClockTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.protocol.connectionLost(None)
 
+    @pytest.mark.rfc("5321", "4.1.1.10", "5321-4.1.1.10-3")
+    @pytest.mark.rfc("5321", "4.1.4", "5321-4.1.4-9")
     def test_idleTimerQuits(self) -> None:
         """
         Once the idle timeout passes, the session is sent QUIT, closed
@@ -352,6 +361,8 @@ class SessionPoolClockTests(SynchronousTestCase):
         self.assertIsNone(self.pool.take(self.session.key))
         self.assertEqual(self.pool.idleCount(), 0)
 
+    @pytest.mark.rfc("5321", "4.1.1.10", "5321-4.1.1.10-3")
+    @pytest.mark.rfc("5321", "4.1.4", "5321-4.1.4-9")
     def test_closeQuitsIdle(self) -> None:
         """
         Closing the pool sends QUIT to idle sessions and fires once they
@@ -406,3 +417,81 @@ class SessionPoolClockTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")
         self.closeConnection()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SessionPoolLimitTests(SynchronousTestCase):
+    """
+    L{SessionPool.limited}: the caps on simultaneous transactions, in all
+    and to one destination.
+    """
+
+    def setUp(self) -> None:
+        """
+        A pool with small caps and a record of the transactions running.
+        """
+        self.pool = SessionPool(Clock(), maxConnections=3, maxPerDestination=2)
+        self.running: list[tuple[str, Deferred]] = []
+
+    def start(self, destination: tuple[str, int]) -> Deferred:
+        """
+        Start a transaction to C{destination} that runs until its
+        L{Deferred} in C{self.running} is fired.
+        """
+
+        def transaction(name: str) -> Deferred:
+            """
+            A transaction that runs until told to end.
+            """
+            d = Deferred()
+            self.running.append((name, d))
+            return d
+
+        return self.pool.limited(destination, transaction, destination[0])
+
+    def finish(self, name: str) -> None:
+        """
+        End the oldest running transaction to C{name}.
+        """
+        for entry in self.running:
+            if entry[0] == name:
+                self.running.remove(entry)
+                entry[1].callback(None)
+                return
+        raise AssertionError(f"nothing running for {name}")
+
+    def test_perDestination(self) -> None:
+        """
+        At most C{maxPerDestination} transactions run to one destination;
+        the next starts when one ends.
+        """
+        results = [self.start(("a", 25)) for _ in range(3)]
+        self.assertEqual([name for name, _ in self.running], ["a", "a"])
+        self.finish("a")
+        self.successResultOf(results[0])
+        self.assertEqual([name for name, _ in self.running], ["a", "a"])
+
+    def test_global(self) -> None:
+        """
+        At most C{maxConnections} run in all; a destination waiting for a
+        busy destination holds no global slot.
+        """
+        for destination in [("a", 25)] * 3 + [("b", 25), ("c", 25), ("d", 25)]:
+            self.start(destination)
+        self.assertEqual(sorted(name for name, _ in self.running), ["a", "a", "b"])
+        self.finish("b")
+        self.assertEqual(sorted(name for name, _ in self.running), ["a", "a", "c"])
+        self.finish("a")
+        self.assertEqual(sorted(name for name, _ in self.running), ["a", "c", "d"])
+
+    def test_defaults(self) -> None:
+        """
+        By default 10 transactions run to one destination and 50 in all.
+        """
+        pool = SessionPool(Clock())
+        self.pool = pool
+        for n in range(12):
+            self.start(("a", 25))
+        self.assertEqual(len(self.running), 10)
+        for n in range(60):
+            self.start((f"h{n}", 25))
+        self.assertEqual(len(self.running), 50)

@@ -13,14 +13,17 @@ import os
 import shutil
 import tempfile
 
+import pytest
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes
-from smtpmx.relay.client import RecipientResult, TransactionResult
-from smtpmx.relay.queue import PENDING, Queue, QueuedMessage, QueuedRecipient
+from smtpmx.relay.tlspolicy import TLSPolicy
+from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
+from smtpmx.relay.queue import Queue
+from smtpmx.relay.queueformat import PENDING, QueuedMessage, QueuedRecipient
 from smtpmx.relay.service import RelayService
 
 
@@ -31,25 +34,32 @@ class FakeDeliver:
     """
 
     def __init__(self) -> None:
+        """
+        No calls yet; everything delivered and nothing held by default.
+        """
         self.calls: list[dict] = []
         self.replies: dict[str, tuple[int, str]] = {}
         self.down: set[str] = set()
         self.hold = False
         self.held: list[Deferred] = []
 
-    def __call__(self, reactor, hop, heloName, sender, recipients, messageFile, size, runBlocking, tlsMode, trustRoot,
-                 *, pool=None):
-        with open(messageFile, "rb") as f:
+    def __call__(self, request: DeliveryRequest, *, reactor, runBlocking, pool=None):
+        """
+        Record one call of L{smtpmx.relay.transaction.deliver}: its
+        request, the message as read from its file, and the pool given.
+        """
+        hop = request.hop
+        with open(request.messageFile, "rb") as f:
             data = f.read()
-        self.calls.append(dict(hop=(hop.host, hop.port), sender=sender, recipients=list(recipients), data=data,
-                               pool=pool))
+        self.calls.append(dict(hop=(hop.host, hop.port), sender=request.sender, recipients=list(request.recipients),
+                               data=data, pool=pool, request=request))
         if hop.host in self.down:
-            return succeed(TransactionResult(connected=False, error="connection refused", remoteMta=hop.name))
-        result = TransactionResult(remoteMta=hop.name)
-        for r in recipients:
+            return succeed(DeliveryResult(connected=False, error="connection refused", remoteMta=hop.name))
+        result = DeliveryResult(remoteMta=hop.name)
+        for r in request.recipients:
             code, text = self.replies.get(r.lower(), (250, "2.0.0 Ok"))
-            permanent = None if code < 400 else code >= 500
-            result.recipients[r] = RecipientResult(code, text.split(" ")[0] if "." in text.split(" ")[0] else None, text, permanent)
+            enhanced = text.split(" ")[0] if "." in text.split(" ")[0] else None
+            result.recipients[r] = RecipientResult(code, enhanced, text, Disposition.ofCode(code))
         if self.hold:
             d = Deferred()
             self.held.append((d, result))
@@ -63,6 +73,10 @@ class RelayServiceTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
+        """
+        A started service on a real queue in a temporary directory, a
+        Clock, and the fake transaction.
+        """
         self.dir = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.dir)
         self.clock = Clock()
@@ -123,6 +137,8 @@ class RelayServiceTests(SynchronousTestCase):
         )
         self.assertEqual(self.queue.ids(), [])
 
+    @pytest.mark.rfc("5321", "4.5.4.1", "5321-4.5.4.1-1", "5321-4.5.4.1-2")
+    @pytest.mark.rfc("5321", "4.2.1", "5321-4.2.1-1")
     def test_retryOnTemporaryFailure(self):
         """
         A 4xx is retried on the schedule, then delivered.
@@ -140,6 +156,7 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.deliver.calls), 2)
         self.assertEqual(self.queue.ids(), [])
 
+    @pytest.mark.rfc("5321", "4.5.4.1", "5321-4.5.4.1-1")
     def test_unreachable(self):
         """
         When no next hop can be reached, the recipients stay pending with
@@ -151,6 +168,9 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertEqual(message.recipients[0].state, PENDING)
         self.assertIn("connection refused", message.recipients[0].lastReply)
 
+    @pytest.mark.rfc("5321", "4.5.5", "5321-4.5.5-1")
+    @pytest.mark.rfc("3464", "2", "3464-2-1", "3464-2-2", "3464-2-4")
+    @pytest.mark.rfc("5321", "4.2.1", "5321-4.2.1-2")
     def test_bounceToRemoteSender(self):
         """
         A 5xx bounces only the failed recipient; the bounce is queued to
@@ -181,6 +201,7 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertTrue(data.startswith(b"Return-Path: <>\nDelivered-To: Someone@example.org\n"))
         self.assertIn(b"report-type=delivery-status", data)
 
+    @pytest.mark.rfc("5321", "4.5.5", "5321-4.5.5-2")
     def test_noBounceForNullSender(self):
         """
         A message from <> that fails is dropped, never bounced.
@@ -190,6 +211,9 @@ class RelayServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.deliver.calls), 1)
         self.assertEqual(self.queue.ids(), [])
 
+    @pytest.mark.rfc("5321", "4.5.4.1", "5321-4.5.4.1-4")
+    @pytest.mark.rfc("5321", "4.5.5", "5321-4.5.5-1")
+    @pytest.mark.rfc("5321", "6.1", "5321-6.1-2")
     def test_expiry(self):
         """
         Past the maximum queue age the remaining recipients bounce.
@@ -230,6 +254,9 @@ class RelayServiceTests(SynchronousTestCase):
         del self.deliver.replies["bob@remote.example"]
 
         def flushNow(message):
+            """
+            What C{smtpmx-queue flush} does: every pending recipient due.
+            """
             for r in message.pending():
                 r.nextAttempt = 0
 
@@ -271,6 +298,9 @@ class RelayServiceTests(SynchronousTestCase):
         from smtpmx.relay import service as serviceModule
 
         def diskFull(path, data):
+            """
+            A Maildir delivery on a full disk.
+            """
             raise OSError(28, "No space left on device")
 
         self.patch(serviceModule, "deliverBytes", diskFull)
@@ -285,6 +315,45 @@ class RelayServiceTests(SynchronousTestCase):
         new = os.path.join(self.config.maildirRoot, "example.org", "someone", "new")
         self.assertEqual(len(os.listdir(new)), 1)
 
+    @pytest.mark.rfc("5321", "4.1.4", "5321-4.1.4-4")
+    def test_request(self):
+        """
+        Each transaction gets one request: our hostname for EHLO, the
+        message's reverse-path, size and file, and the configured TLS
+        policy and trust roots.
+        """
+        self.config = dataclasses.replace(self.config, relayTls="verify", caCerts="/etc/ca.pem")
+        self.service.config = self.config
+        message = self.enqueue("a@client.example", "x@remote.example")
+        request = self.deliver.calls[0]["request"]
+        self.assertIsInstance(request, DeliveryRequest)
+        self.assertEqual(
+            (request.hop.host, request.hop.port, request.heloName, request.sender, request.recipients),
+            ("127.0.0.3", 2525, "mx.example.org", "a@client.example", ("x@remote.example",)),
+        )
+        self.assertEqual((request.size, request.messageFile), (message.size, self.queue.messagePath("M1")))
+        self.assertEqual((TLSPolicy(request.tlsPolicy), request.trustRoot), (TLSPolicy.VERIFY, "/etc/ca.pem"))
+
+    def test_connectionCaps(self):
+        """
+        At most 10 transactions run at once to one next hop; the others
+        wait for one to end.
+        """
+        self.deliver.hold = True
+        for n in range(12):
+            self.enqueue("a@client.example", "x@remote.example", messageId=f"M{n}")
+        self.assertEqual(len(self.deliver.calls), 10)
+        d, result = self.deliver.held.pop(0)
+        d.callback(result)
+        self.assertEqual(len(self.deliver.calls), 11)
+        self.enqueue("a@client.example", "y@other.example", messageId="O1")
+        self.assertEqual(len(self.deliver.calls), 12)
+        while self.deliver.held:
+            d, result = self.deliver.held.pop(0)
+            d.callback(result)
+        self.assertEqual(len(self.deliver.calls), 13)
+        self.assertEqual(self.queue.ids(), [])
+
     def test_connectionCacheGivenAndClosed(self):
         """
         Every transaction gets the service's connection cache; stopping
@@ -293,7 +362,8 @@ class RelayServiceTests(SynchronousTestCase):
         """
         from twisted.internet.testing import StringTransport
 
-        from smtpmx.relay.client import ClientProtocol, _PooledSession
+        from smtpmx.relay.pool import PooledSession
+        from smtpmx.relay.protocol import ClientProtocol
 
         self.enqueue("a@client.example", "x@remote.example")
         pool = self.service.pool
@@ -301,7 +371,7 @@ class RelayServiceTests(SynchronousTestCase):
         protocol = ClientProtocol(self.clock)
         transport = StringTransport()
         protocol.makeConnection(transport)
-        pool.release(_PooledSession(("h",), protocol, {}, None, False, 30.0), True)
+        pool.release(PooledSession(("h",), protocol, {}, None, False, 30.0), True)
         self.assertEqual(pool.idleCount(), 1)
 
         d = self.service.stopService()

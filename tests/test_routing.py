@@ -20,7 +20,8 @@ from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import LocalMailbox
 from smtpmx.interfaces import IIncomingMessage, IMessageStore
 from smtpmx.relay.intake import QueueStore
-from smtpmx.relay.queue import Queue, QueuedMessage
+from smtpmx.relay.queue import Queue
+from smtpmx.relay.queueformat import QueuedMessage
 from smtpmx.routing import RoutingStore
 from tests.test_maildir_store import CountingRunner, ManualRunner, makeDirectory
 from tests.test_queue import RECEIVED, makeEnvelope

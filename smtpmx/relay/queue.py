@@ -38,29 +38,13 @@ from twisted.logger import Logger
 
 from smtpmx import durable
 from smtpmx.relay.queueformat import (
-    BOUNCED,
-    DELIVERED,
-    PENDING,
     CorruptMessage,
     QueuedMessage,
-    QueuedRecipient,
     checkId,
     decodeMessage,
     encodeMessage,
     isValidId,
 )
-
-# The names the relay service and smtpmx-queue take from here: the queue
-# and the state it holds.
-__all__ = [
-    "BOUNCED",
-    "DELIVERED",
-    "PENDING",
-    "CorruptMessage",
-    "Queue",
-    "QueuedMessage",
-    "QueuedRecipient",
-]
 
 _log = Logger()
 

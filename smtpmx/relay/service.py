@@ -1,16 +1,20 @@
 """
 The relay service: it takes messages from the durable queue to their next
 hops, one transaction per (message, next hop) carrying every recipient
-that shares it, retries on the schedule, and bounces what fails for good.
+that shares it, retries on the schedule, and bounces what fails for good
+(docs/relay.rst).
 
 Connections are reused: the service owns a L{SessionPool} (the connection
-cache) that C{deliver} takes idle sessions from and gives them back to;
-stopping the service closes them.
+cache, which also caps simultaneous transactions) that C{deliver} takes
+idle sessions from and gives them back to; stopping the service closes
+them.
 
 All I/O goes through injected pieces: the queue's blocking methods run in
-the thread runner, DNS through the resolver, SMTP through C{deliver}.  The
-state of each recipient is saved after every attempt, so a crash at any
-moment loses nothing and delivers nothing twice that was recorded as done.
+the thread runner, DNS through the resolver, SMTP through C{deliver}
+(L{smtpmx.relay.transaction.deliver}).  Each attempt returns what it found
+for each recipient (L{RecipientAttempt}) and the state of each recipient is
+saved after every attempt, so a crash at any moment loses nothing and
+delivers nothing twice that was recorded as done.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -31,30 +35,46 @@ from smtpmx.bounce import BounceFailure, headersOf, makeBounce
 from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes, mailboxPath
 from smtpmx.envelope import LocalMailbox
-from smtpmx.relay.client import SessionPool
 from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, resolveNextHops
-from smtpmx.relay.queue import BOUNCED, DELIVERED, PENDING, Queue, QueuedMessage, QueuedRecipient
+from smtpmx.relay.pool import SessionPool
+from smtpmx.relay.queue import Queue
+from smtpmx.relay.queueformat import BOUNCED, DELIVERED, PENDING, QueuedMessage, QueuedRecipient
 from smtpmx.relay.retry import isExpired, nextAttemptDelay
+from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
 
 # How often the queue is looked at for due messages and flush requests.
 POLL_INTERVAL = 1.0
-# Simultaneous transactions in all, and to one next hop.
-GLOBAL_CONNECTIONS = 50
-PER_DESTINATION_CONNECTIONS = 10
 # Bytes of a message read to quote its headers in a bounce.
 HEADER_READ_LIMIT = 64 * 1024
 
+# The word for a disposition in the log line of a recipient, as Postfix
+# logs it.
+_LOGGED_STATUS = {
+    Disposition.DELIVERED: "sent",
+    Disposition.PERMANENT: "bounced",
+    Disposition.TEMPORARY: "deferred",
+}
 
-@dataclass
-class _Outcome:
+
+@dataclass(frozen=True)
+class RecipientAttempt:
     """
-    What became of one recipient in one attempt.
+    What one attempt found for one queued recipient: what its queue state
+    records.
+
+    @ivar disposition: delivered, or a temporary or permanent failure.
+    @ivar reply: the reply, code first, as the queue and a bounce quote it.
+    @ivar status: the enhanced status code (RFC 3463) for a bounce.
+    @ivar remoteMta: the next hop that answered, if one did.
+    @ivar expired: the recipient was given up because the message is too
+        old in the queue (a permanent failure that was no attempt).
     """
 
-    permanent: Optional[bool]  # None: delivered
+    disposition: Disposition
     reply: str
     status: str = "4.0.0"
     remoteMta: Optional[str] = None
+    expired: bool = False
 
 
 class RelayService(Service):
@@ -74,10 +94,22 @@ class RelayService(Service):
         runBlocking: Callable[..., Deferred],
         clock,
         resolver,
-        deliver: Callable[..., Deferred],
+        deliver: Callable[..., Deferred[DeliveryResult]],
         newQueueId: Callable[[], str],
         reactor=None,
     ) -> None:
+        """
+        @param config: the configuration.
+        @param queue: the relay queue.
+        @param runBlocking: runs a blocking callable off the reactor thread.
+        @param clock: the clock for the schedule (L{IReactorTime}).
+        @param resolver: the DNS resolver for MX lookups.
+        @param deliver: L{smtpmx.relay.transaction.deliver} or a fake: called
+            with a L{DeliveryRequest} and C{reactor}, C{runBlocking} and
+            C{pool} keywords, fires with a L{DeliveryResult}.
+        @param newQueueId: makes the queue ID of a bounce.
+        @param reactor: the reactor to connect with; the clock by default.
+        """
         self.config = config
         self.queue = queue
         self.runBlocking = runBlocking
@@ -90,13 +122,6 @@ class RelayService(Service):
         self.access = Access(config.domains, config.relayDomains, config.relayNetworks, config.recipientDelimiter)
         self.messages: dict[str, QueuedMessage] = {}
         self.inFlight: set[str] = set()
-        self._global = DeferredSemaphore(GLOBAL_CONNECTIONS)
-        self._perHop: dict[tuple[str, int], DeferredSemaphore] = defaultdict(
-            lambda: DeferredSemaphore(PER_DESTINATION_CONNECTIONS)
-        )
-        # Status codes of recipients bounced in the attempt under way,
-        # keyed by (message ID, address), for the bounce.
-        self._bounced: dict[tuple[str, str], str] = {}
         self._loop: Optional[LoopingCall] = None
         self._polling = False
         self._flushStarted = 0.0
@@ -153,32 +178,27 @@ class RelayService(Service):
         if self._polling:
             return succeed(None)
         self._polling = True
-        d = self.runBlocking(self.queue.takeFlushRequest)
+        return Deferred.fromCoroutine(self._poll())
 
-        def flushed(requested: bool) -> Optional[Deferred]:
-            if requested:
+    async def _poll(self) -> None:
+        """
+        The work of L{poll}; a failure is logged, never raised.
+        """
+        try:
+            if await self.runBlocking(self.queue.takeFlushRequest):
                 self.log.info("relay queue flush requested")
                 self._flushStarted = self.clock.seconds()
-                return self.runBlocking(self.queue.list).addCallback(self._reload)
-            return None
-
-        def due(_):
+                self._reload(await self.runBlocking(self.queue.list))
             now = self.clock.seconds()
             for message in list(self.messages.values()):
                 if message.id in self.inFlight:
                     continue
                 if any(r.nextAttempt <= now for r in message.pending()) or not message.pending():
                     self._attempt(message)
-
-        def done(result):
+        except Exception:
+            self.log.failure("relay queue poll failed")
+        finally:
             self._polling = False
-            return result
-
-        d.addCallback(flushed)
-        d.addCallback(due)
-        d.addErrback(lambda f: self.log.failure("relay queue poll failed", f))
-        d.addBoth(done)
-        return d
 
     def _reload(self, messages: list[QueuedMessage]) -> None:
         """
@@ -205,236 +225,248 @@ class RelayService(Service):
         if message.id in self.inFlight:
             return succeed(None)
         self.inFlight.add(message.id)
-        d = self._attemptMessage(message)
-        d.addErrback(lambda f: self.log.failure("{id}: relay attempt failed", f, id=message.id))
-        d.addBoth(lambda _: self.inFlight.discard(message.id))
-        return d
+        return Deferred.fromCoroutine(self._attemptInFlight(message))
 
-    def _attemptMessage(self, message: QueuedMessage) -> Deferred:
+    async def _attemptInFlight(self, message: QueuedMessage) -> None:
         """
-        Attempt every due recipient of C{message}, bounce what expired, then settle its state.
+        Attempt C{message}, which is in flight until done; a failure is
+        logged, never raised.
         """
+        try:
+            await self._attemptMessage(message)
+        except Exception:
+            self.log.failure("{id}: relay attempt failed", id=message.id)
+        finally:
+            self.inFlight.discard(message.id)
+
+    async def _attemptMessage(self, message: QueuedMessage) -> None:
+        """
+        Attempt every due recipient of C{message}, one transaction per
+        next hop (recipients of different domains whose next hops are the
+        same share it; docs/relay.rst), bounce what expired or failed for
+        good, then settle its state.
+
+        Each lookup and each transaction returns what it found for its
+        recipients; they are recorded here, as they come.
+        """
+        # The enhanced status of every recipient bounced in this attempt,
+        # by address, for the bounce.
+        bounced: dict[str, str] = {}
+
+        def record(found: list[tuple[QueuedRecipient, RecipientAttempt]]) -> None:
+            """
+            Apply what a lookup or a transaction found, now.
+            """
+            now = self.clock.seconds()
+            for r, attempt in found:
+                status = self._record(r, attempt, now)
+                if status is not None:
+                    bounced[r.address] = status
+
         now = self.clock.seconds()
         due = [r for r in message.pending() if r.nextAttempt <= now]
         if isExpired(message.created, now, self.config.maxQueueAge):
-            for r in message.pending():
-                self._record(message, r, _Outcome(True, r.lastReply or "message expired in the queue", "4.4.7", r.remoteMta), now, expire=True)
+            record([
+                (r, RecipientAttempt(Disposition.PERMANENT, r.lastReply or "message expired in the queue",
+                                     "4.4.7", r.remoteMta, expired=True))
+                for r in message.pending()
+            ])
             due = []
         byDomain: dict[str, list[QueuedRecipient]] = defaultdict(list)
         for r in due:
             byDomain[r.address.rpartition("@")[2].lower()].append(r)
-        lookups = [self._resolve(message, domain, rs) for domain, rs in byDomain.items()]
-        d = gatherResults(lookups, consumeErrors=True) if lookups else succeed([])
-        d.addCallback(lambda resolved: self._attemptHops(message, resolved))
-        d.addCallback(lambda _: self._settle(message))
-        return d
 
-    def _attemptHops(self, message: QueuedMessage, resolved: list) -> Deferred:
-        """
-        One transaction per next hop: recipients of different domains whose
-        next hops are the same share it (SPEC section 6).
-        """
+        async def lookUp(domain: str, recipients: list[QueuedRecipient]) -> Optional[list[NextHop]]:
+            """
+            The next hops of one domain, or L{None} once the failure to find
+            them is recorded for its recipients.
+            """
+            found = await self._resolve(message, domain, recipients)
+            if isinstance(found, RecipientAttempt):
+                record([(r, found) for r in recipients])
+                return None
+            return found
+
+        domains = list(byDomain.items())
+        resolved = await _gather([lookUp(domain, rs) for domain, rs in domains])
         groups: dict[tuple, tuple[list[NextHop], list[QueuedRecipient]]] = {}
-        for item in resolved:
-            if item is None:
+        for hops, (domain, recipients) in zip(resolved, domains):
+            if hops is None:
                 continue
-            hops, recipients = item
             key = tuple((h.host, h.port, h.name) for h in hops)
             groups.setdefault(key, (hops, []))[1].extend(recipients)
-        attempts = [self._tryHops(message, rs, hops, 0, None) for hops, rs in groups.values()]
-        return gatherResults(attempts, consumeErrors=True) if attempts else succeed(None)
 
-    def _resolve(self, message: QueuedMessage, domain: str, recipients: list[QueuedRecipient]) -> Deferred:
+        async def transact(hops: list[NextHop], recipients: list[QueuedRecipient]) -> None:
+            """
+            One transaction for the recipients sharing C{hops}, recorded.
+            """
+            record(await self._tryHops(message, recipients, hops))
+
+        await _gather([transact(hops, rs) for hops, rs in groups.values()])
+        await self._settle(message, bounced)
+
+    async def _resolve(
+        self, message: QueuedMessage, domain: str, recipients: list[QueuedRecipient]
+    ) -> list[NextHop] | RecipientAttempt:
         """
-        The next hops of one domain, with its recipients; L{None} after
-        recording a failure to find them for every recipient.
+        The next hops of one domain, or, when they cannot be found, the
+        failure to record for each of its recipients.
         """
-        d = resolveNextHops(domain, self.config.routes, self.resolver, self.config.relayPort)
+        try:
+            return await resolveNextHops(domain, self.config.routes, self.resolver, self.config.relayPort)
+        except PermanentFailure as e:
+            found = RecipientAttempt(Disposition.PERMANENT, f"554 5.4.4 {e}", "5.4.4")
+        except TemporaryFailure as e:
+            found = RecipientAttempt(Disposition.TEMPORARY, f"451 4.4.3 {e}", "4.4.3")
+        except Exception:
+            self.log.failure("{id}: resolving {domain} failed", id=message.id, domain=domain)
+            found = RecipientAttempt(Disposition.TEMPORARY, "451 4.4.3 next hop lookup failed", "4.4.3")
+        self.log.info("{id}: to={to} relay=none, {reply}", id=message.id, to=_paths(recipients), reply=found.reply)
+        return found
 
-        def unresolved(failure):
-            now = self.clock.seconds()
-            if failure.check(PermanentFailure):
-                outcome = _Outcome(True, f"554 5.4.4 {failure.value}", "5.4.4")
-            elif failure.check(TemporaryFailure):
-                outcome = _Outcome(False, f"451 4.4.3 {failure.value}", "4.4.3")
-            else:
-                self.log.failure("{id}: resolving {domain} failed", failure, id=message.id, domain=domain)
-                outcome = _Outcome(False, "451 4.4.3 next hop lookup failed", "4.4.3")
-            self.log.info("{id}: to={to} relay=none, {reply}", id=message.id, to=_paths(recipients), reply=outcome.reply)
-            for r in recipients:
-                self._record(message, r, outcome, now)
-            return None
-
-        d.addCallbacks(lambda hops: (hops, recipients), unresolved)
-        return d
-
-    def _tryHops(self, message, recipients, hops, index, lastError) -> Deferred:
+    async def _tryHops(
+        self, message: QueuedMessage, recipients: list[QueuedRecipient], hops: list[NextHop]
+    ) -> list[tuple[QueuedRecipient, RecipientAttempt]]:
         """
-        One transaction with C{hops[index]}; on a connection failure, the
-        next hop.
-        """
-        now = self.clock.seconds()
-        if index >= len(hops):
-            reply = f"451 4.4.1 {lastError or 'no next hop could be reached'}"
-            for r in recipients:
-                self._record(message, r, _Outcome(False, reply, "4.4.1"), now)
-            return succeed(None)
-        hop = hops[index]
-        started = self.clock.seconds()
-        semaphore = self._perHop[(hop.host, hop.port)]
+        One transaction with the first next hop that can be reached, in
+        order, within the connection caps.
 
-        def transact() -> Deferred:
-            return self.deliver(
-                self.reactor,
-                hop,
-                self.config.hostname,
-                message.sender,
-                [r.address for r in recipients],
-                self.queue.messagePath(message.id),
-                message.size,
-                self.runBlocking,
-                self.config.relayTls,
-                self.config.caCerts,
-                pool=self.pool,
+        @return: what it found for each recipient.
+        """
+        lastError = None
+        for hop in hops:
+            started = self.clock.seconds()
+            request = DeliveryRequest(
+                hop=hop,
+                heloName=self.config.hostname,
+                sender=message.sender,
+                recipients=tuple(r.address for r in recipients),
+                messageFile=self.queue.messagePath(message.id),
+                size=message.size,
+                tlsPolicy=self.config.relayTls,
+                trustRoot=self.config.caCerts,
             )
-
-        # The per-destination slot first: waiting for a busy destination
-        # must not hold one of the global slots.
-        d = semaphore.run(self._global.run, transact)
-
-        def done(result) -> Optional[Deferred]:
+            result: DeliveryResult = await self.pool.limited(
+                (hop.host, hop.port), self.deliver, request,
+                reactor=self.reactor, runBlocking=self.runBlocking, pool=self.pool,
+            )
             delay = self.clock.seconds() - started
-            if getattr(result, "connected", True) is False:
+            if not result.connected:
                 self.log.info(
                     "{id}: relay={host}[{addr}]:{port} unreachable ({why}), delay={delay:.1f}",
                     id=message.id, host=hop.name, addr=hop.host, port=hop.port,
-                    why=getattr(result, "error", "connection failed"), delay=delay,
+                    why=result.error or "connection failed", delay=delay,
                 )
-                return self._tryHops(message, recipients, hops, index + 1, getattr(result, "error", None))
-            now = self.clock.seconds()
+                lastError = result.error
+                continue
+            found = []
             for r in recipients:
                 rr = result.recipients.get(r.address)
                 if rr is None:
-                    outcome = _Outcome(False, "451 4.4.0 no reply for this recipient", "4.4.0", hop.name)
+                    attempt = RecipientAttempt(
+                        Disposition.TEMPORARY, "451 4.4.0 no reply for this recipient", "4.4.0", hop.name
+                    )
                 else:
-                    outcome = _Outcome(rr.permanent, f"{rr.code} {rr.text}".strip(), _status(rr), hop.name)
-                self._record(message, r, outcome, now)
+                    attempt = RecipientAttempt(rr.disposition, f"{rr.code} {rr.text}".strip(), _status(rr), hop.name)
+                found.append((r, attempt))
                 self.log.info(
                     "{id}: to=<{to}> relay={host}[{addr}]:{port} conn_use={use} delay={delay:.1f} tls={tls} "
                     "verified={verified} status={status} ({reply})",
                     id=message.id, to=r.address, host=hop.name, addr=hop.host, port=hop.port,
-                    use=getattr(result, "connectionUse", 1),
-                    delay=delay, tls=getattr(result, "tls", None) or "none",
-                    verified=getattr(result, "verified", False),
-                    status={None: "sent", True: "bounced", False: "deferred"}[outcome.permanent],
-                    reply=outcome.reply,
+                    use=result.connectionUse, delay=delay, tls=result.tls or "none", verified=result.verified,
+                    status=_LOGGED_STATUS[attempt.disposition], reply=attempt.reply,
                 )
-            return None
+            return found
+        reply = f"451 4.4.1 {lastError or 'no next hop could be reached'}"
+        return [(r, RecipientAttempt(Disposition.TEMPORARY, reply, "4.4.1")) for r in recipients]
 
-        d.addCallback(done)
-        return d
+    def _record(self, r: QueuedRecipient, attempt: RecipientAttempt, now: float) -> Optional[str]:
+        """
+        Apply what an attempt found to one recipient's in-memory state.
 
-    def _record(self, message, r: QueuedRecipient, outcome: _Outcome, now: float, expire: bool = False) -> None:
+        @return: the enhanced status if the recipient is now bounced, else
+            L{None}.
         """
-        Apply one recipient's outcome to the in-memory state.
-        """
-        r.lastReply = outcome.reply
-        r.remoteMta = outcome.remoteMta
-        if outcome.permanent is None:
+        r.lastReply = attempt.reply
+        r.remoteMta = attempt.remoteMta
+        if attempt.disposition is Disposition.DELIVERED:
             r.state = DELIVERED
             r.attempts += 1
-        elif outcome.permanent or expire:
+        elif attempt.disposition is Disposition.PERMANENT:
             r.state = BOUNCED
-            if not expire:
+            if not attempt.expired:
                 r.attempts += 1
-            self._bounced[(message.id, r.address)] = outcome.status
+            return attempt.status
         else:
             r.attempts += 1
             r.nextAttempt = now + nextAttemptDelay(r.attempts, self.config.retrySchedule)
+        return None
 
-    def _settle(self, message: QueuedMessage) -> Deferred:
+    async def _settle(self, message: QueuedMessage, statuses: dict[str, str]) -> None:
         """
         Queue or file the bounce for recipients that failed for good, then
-        record the outcome (L{_store}).  The bounce comes first: a crash in
+        record the state (L{_store}).  The bounce comes first: a crash in
         between may send it twice, but never loses it.
-        """
-        statuses = {
-            r.address: self._bounced.pop((message.id, r.address))
-            for r in message.recipients
-            if (message.id, r.address) in self._bounced
-        }
-        newlyBounced = [r for r in message.recipients if r.address in statuses]
-        d = succeed(None)
-        if newlyBounced:
-            d.addCallback(lambda _: self._bounce(message, newlyBounced, statuses))
 
-            def bounceFailed(failure):
+        @param statuses: the enhanced status of each recipient bounced in
+            this attempt, by address.
+        """
+        newlyBounced = [r for r in message.recipients if r.address in statuses]
+        if newlyBounced:
+            try:
+                await self._bounce(message, newlyBounced, statuses)
+            except Exception:
                 # Never lose a bounce: the recipients stay pending, to be
                 # tried (and, failing again, bounced) later.
-                self.log.failure("{id}: cannot bounce; the recipients stay queued", failure, id=message.id)
+                self.log.failure("{id}: cannot bounce; the recipients stay queued", id=message.id)
                 now = self.clock.seconds()
                 for r in newlyBounced:
                     r.state = PENDING
                     r.nextAttempt = now + nextAttemptDelay(max(r.attempts, 1), self.config.retrySchedule)
+        await self._store(message)
 
-            d.addErrback(bounceFailed)
-        d.addCallback(lambda _: self._store(message))
-        return d
-
-    def _store(self, message: QueuedMessage) -> Deferred:
+    async def _store(self, message: QueuedMessage) -> None:
         """
-        Record the outcome on disk: a message with a recipient still pending
+        Record the state on disk: a message with a recipient still pending
         has its state saved; one that is done is removed at once (saving
         its final state first would be an fsync for nothing: a crash before
         the removal only means the last attempt is made again).
         """
         if not message.pending():
             self.messages.pop(message.id, None)
-
-            def removed(wasQueued: bool) -> None:
-                if wasQueued:
-                    self.log.info("{id}: removed from the relay queue", id=message.id)
-
-            return self.runBlocking(self.queue.remove, message.id).addCallback(removed)
-
-        def saved(stillQueued: bool) -> None:
-            if not stillQueued:
-                # Deleted by the operator meanwhile.
-                self.messages.pop(message.id, None)
-
-        return self.runBlocking(self.queue.save, message).addCallback(saved)
+            if await self.runBlocking(self.queue.remove, message.id):
+                self.log.info("{id}: removed from the relay queue", id=message.id)
+            return
+        if not await self.runBlocking(self.queue.save, message):
+            # Deleted by the operator meanwhile.
+            self.messages.pop(message.id, None)
 
     # Bounces.
 
-    def _bounce(self, message: QueuedMessage, failed: list[QueuedRecipient], statuses: dict[str, str]) -> Optional[Deferred]:
+    async def _bounce(self, message: QueuedMessage, failed: list[QueuedRecipient], statuses: dict[str, str]) -> None:
         """
-        Tell the sender about recipients that failed for good; never for a
-        message with the null reverse-path.
+        Tell the sender about recipients that failed for good (an RFC 3464
+        report); never for a message with the null reverse-path (RFC 5321
+        section 4.5.5).
 
-        @return: a L{Deferred} that fails if the bounce could not be made,
-            filed or queued.
+        @raise Exception: the bounce could not be made, filed or queued.
         """
         if not message.sender:
             self.log.info("{id}: not bouncing a message from <>", id=message.id)
-            return None
+            return
         failures = [
             BounceFailure(r.address, statuses[r.address], r.remoteMta, r.lastReply)
             for r in failed
         ]
-        d = self.runBlocking(_readHead, self.queue.messagePath(message.id))
+        head = await self.runBlocking(_readHead, self.queue.messagePath(message.id))
+        bounceId = self.newQueueId()
+        data = makeBounce(
+            headersOf(head), failures, message.sender, self.config.hostname, message.id,
+            self.clock.seconds(), arrival=message.created,
+        )
+        await self._sendBounce(message, bounceId, data)
 
-        def made(head: bytes):
-            bounceId = self.newQueueId()
-            data = makeBounce(
-                headersOf(head), failures, message.sender, self.config.hostname, message.id,
-                self.clock.seconds(), arrival=message.created,
-            )
-            return self._sendBounce(message, bounceId, data)
-
-        d.addCallback(made)
-        return d
-
-    def _sendBounce(self, message: QueuedMessage, bounceId: str, data: bytes) -> Deferred:
+    async def _sendBounce(self, message: QueuedMessage, bounceId: str, data: bytes) -> None:
         """
         File the bounce in the sender's Maildir when it is local, else queue it for relay.
         """
@@ -442,32 +474,43 @@ class RelayService(Service):
             sender = parseAddress(message.sender)
         except AddressError:
             self.log.info("{id}: cannot bounce to unparsable <{sender}>", id=message.id, sender=message.sender)
-            return succeed(None)
+            return
         if self.access.isLocal(sender.domain):
             try:
                 mailbox = LocalMailbox(sender.domain.lower(), mailboxName(sender, self.config.recipientDelimiter))
                 path = mailboxPath(self.config.maildirRoot, mailbox)
             except UnsafeMailbox:
                 self.log.info("{id}: cannot bounce to unsafe <{sender}>", id=message.id, sender=message.sender)
-                return succeed(None)
+                return
             filed = headers.returnPath(None) + headers.deliveredTo(sender) + data
-            d = self.runBlocking(deliverBytes, path, filed)
-            d.addCallback(lambda _: self.log.info(
-                "{id}: bounce {bounce} filed locally for <{sender}>", id=message.id, bounce=bounceId, sender=message.sender))
-            return d
+            await self.runBlocking(deliverBytes, path, filed)
+            self.log.info(
+                "{id}: bounce {bounce} filed locally for <{sender}>", id=message.id, bounce=bounceId,
+                sender=message.sender,
+            )
+            return
         bounce = QueuedMessage(
             id=bounceId, created=self.clock.seconds(), sender="", size=len(data),
             clientHost="127.0.0.1", heloName=self.config.hostname,
             recipients=[QueuedRecipient(address=message.sender, nextAttempt=self.clock.seconds())],
         )
-        d = self.runBlocking(self.queue.add, bounce, data)
+        await self.runBlocking(self.queue.add, bounce, data)
+        self.log.info("{id}: bounce {bounce} queued for <{sender}>", id=message.id, bounce=bounceId, sender=message.sender)
+        self.queued(bounce)
 
-        def queued(_):
-            self.log.info("{id}: bounce {bounce} queued for <{sender}>", id=message.id, bounce=bounceId, sender=message.sender)
-            self.queued(bounce)
 
-        d.addCallback(queued)
-        return d
+async def _gather(coroutines: list) -> list:
+    """
+    Run coroutines side by side; their results in order.  The first
+    failure is raised once all are done (L{gatherResults} with
+    C{consumeErrors}).  One coroutine alone (one domain, one next hop: the
+    common case) is simply awaited.
+    """
+    if not coroutines:
+        return []
+    if len(coroutines) == 1:
+        return [await coroutines[0]]
+    return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
 
 
 def _readHead(path: str) -> bytes:
@@ -478,19 +521,17 @@ def _readHead(path: str) -> bytes:
         return f.read(HEADER_READ_LIMIT)
 
 
-def _paths(recipients) -> str:
+def _paths(recipients: list[QueuedRecipient]) -> str:
     """
     Recipients as paths, for a log line.
     """
     return ",".join(f"<{r.address}>" for r in recipients)
 
 
-def _status(result) -> str:
+def _status(result: RecipientResult) -> str:
     """
     The enhanced status of a recipient result, or one made from its code.
     """
-    enhanced = getattr(result, "enhanced", None)
-    if enhanced:
-        return enhanced
+    if result.enhanced:
+        return result.enhanced
     return f"{str(result.code)[0]}.0.0"
-

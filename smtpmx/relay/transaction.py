@@ -1,0 +1,671 @@
+"""
+One SMTP transaction with one next hop (RFC 5321, with ESMTP PIPELINING,
+SIZE, 8BITMIME, SMTPUTF8 and STARTTLS): the sequencing of the relay
+client.
+
+L{deliver} takes one L{DeliveryRequest}, connects (or takes over an idle
+session from a L{SessionPool}), greets, upgrades to TLS as the request's
+L{TLSPolicy} says, sends one copy of the message for every recipient that
+shares the next hop and returns a L{DeliveryResult}: for each recipient a
+L{RecipientResult} whose L{Disposition} says delivered, a temporary
+failure (4xx, or anything that went wrong on the way) or a permanent one
+(5xx).  It never raises for anything the network or the next hop does: a
+refused connection, a timeout, a garbled reply or a failed TLS handshake
+become temporary failures.
+
+The replies come from L{smtpmx.relay.protocol.ClientProtocol}; every wait
+has a timeout (RFC 5321 section 4.5.3.2), the message is read from disk
+through the thread runner and dot-stuffed across chunk boundaries (RFC 5321
+section 4.5.2, L{DotStuffer}), and writing it follows the transport's flow
+control, so memory stays bounded whatever its size.  docs/relay.rst tells
+the whole story.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from smtpmx.relay.nexthop import NextHop
+from smtpmx.relay.pool import PooledSession, SessionPool
+from smtpmx.relay.protocol import ClientProtocol, SessionError, TLSFailed
+from smtpmx.relay.stuffing import DotStuffer
+from smtpmx.relay.tlspolicy import TLSPolicy, clientTLSOptions
+from smtpmx.reply import Reply
+
+_log = Logger()
+
+# Postfix's defaults, after RFC 5321 section 4.5.3.2, in seconds.
+DEFAULT_TIMEOUTS: Mapping[str, float] = MappingProxyType({
+    "connect": 30.0,  # TCP connection
+    "greeting": 300.0,  # the 220 banner
+    "command": 300.0,  # the reply to EHLO, MAIL, RCPT, DATA, STARTTLS, RSET
+    "tlsHandshake": 300.0,  # the TLS handshake after STARTTLS
+    "dataBlock": 180.0,  # the transport taking the next block of the message
+    "finalDot": 600.0,  # the reply to the final "."
+    "quit": 30.0,  # the reply to QUIT; the result is known by then
+})
+
+# Bytes of the message read from disk at a time.
+CHUNK_SIZE = 64 * 1024
+
+
+class Disposition(enum.Enum):
+    """
+    What became of a recipient in one attempt (the three answers RFC 5321
+    section 4.2.1 allows a reply to mean).
+
+    @cvar DELIVERED: the next hop took responsibility for it (2xx).
+    @cvar TEMPORARY: not delivered, to be tried again (4xx, or trouble on
+        our side or on the way).
+    @cvar PERMANENT: not delivered and never will be (5xx): bounce it.
+    """
+
+    DELIVERED = "delivered"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+
+    @classmethod
+    def ofCode(cls, code: int) -> Disposition:
+        """
+        The disposition a reply code means: 2xx delivered, 5xx permanent,
+        anything else temporary.
+        """
+        if 200 <= code < 300:
+            return cls.DELIVERED
+        return cls.PERMANENT if code >= 500 else cls.TEMPORARY
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """
+    What became of one recipient in one transaction.
+
+    @ivar code: the reply code, the next hop's or one of ours (C{451}) for
+        a failure on our side of the connection.
+    @ivar enhanced: the enhanced status code (RFC 3463), C{"x.y.z"}, or
+        L{None} if the reply had none.
+    @ivar text: the reply text as sent after the code, enhanced code
+        included, the lines of a multi-line reply joined by spaces: what a
+        log line or a bounce quotes after the code.
+    @ivar disposition: delivered, or a temporary or permanent failure.
+    """
+
+    code: int
+    enhanced: Optional[str]
+    text: str
+    disposition: Disposition
+
+
+@dataclass(frozen=True)
+class DeliveryRequest:
+    """
+    One message to hand to one next hop for some recipients, in one
+    transaction: everything L{deliver} needs to know about it.
+
+    @ivar hop: where to connect, and the name a certificate must carry.
+    @ivar heloName: our name for EHLO/HELO.
+    @ivar sender: the reverse-path without brackets; C{""} is the null path
+        C{<>}.
+    @ivar recipients: the forward-paths without brackets, sent exactly as
+        given (case kept); duplicates are sent once.
+    @ivar messageFile: the stored message (LF line endings).
+    @ivar size: its size, announced with C{SIZE=} when offered (RFC 1870).
+    @ivar tlsPolicy: the L{TLSPolicy} (or its configured value, C{"may"}).
+    @ivar trustRoot: a PEM file of CA certificates for
+        L{TLSPolicy.VERIFY}, or L{None} for the system's.
+    @ivar timeouts: L{DEFAULT_TIMEOUTS} with the overrides given merged in.
+    """
+
+    hop: NextHop
+    heloName: str
+    sender: str
+    recipients: Sequence[str]
+    messageFile: str
+    size: int
+    tlsPolicy: Union[TLSPolicy, str] = TLSPolicy.MAY
+    trustRoot: Optional[str] = None
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """
+        Freeze the recipients into a tuple and merge the timeouts over the
+        defaults.
+        """
+        object.__setattr__(self, "recipients", tuple(self.recipients))
+        object.__setattr__(self, "timeouts", MappingProxyType({**DEFAULT_TIMEOUTS, **self.timeouts}))
+
+
+@dataclass
+class DeliveryResult:
+    """
+    What one L{deliver} call found: the result of one transaction with one
+    next hop.
+
+    @ivar recipients: every recipient of the request, as given, to its
+        L{RecipientResult}.
+    @ivar tls: the TLS protocol version and cipher (C{"TLSv1.3
+        TLS_AES_256_GCM_SHA384"}), or L{None} for a session in clear.
+    @ivar verified: whether the next hop's certificate was verified to
+        name it.
+    @ivar remoteMta: the next hop's name, for logs and bounces.
+    @ivar connected: whether an SMTP session fit for a transaction was
+        established.  C{False} (no connection, no greeting, EHLO/HELO
+        refused, TLS required but failed) means the next hop never saw the
+        message: try the next one.  Every recipient is then a temporary
+        failure.
+    @ivar error: for C{connected=False}, why.
+    @ivar connectionUse: which transaction of its connection this was: 1
+        on a fresh connection, more on one taken from a L{SessionPool}.
+    """
+
+    recipients: dict[str, RecipientResult] = field(default_factory=dict)
+    tls: Optional[str] = None
+    verified: bool = False
+    remoteMta: str = ""
+    connected: bool = True
+    error: Optional[str] = None
+    connectionUse: int = 1
+
+
+@dataclass(frozen=True)
+class TransactionEnd:
+    """
+    How the MAIL ... DATA part of one transaction ended.
+
+    @ivar recipients: every recipient to its L{RecipientResult}.
+    @ivar finished: whether it ran to the reply to the end of data, leaving
+        the session fit for another transaction.
+    @ivar dataSent: whether DATA went out (past it, a lost connection may
+        have delivered the message).
+    @ivar lost: whether the connection failed during it.
+    """
+
+    recipients: dict[str, RecipientResult]
+    finished: bool
+    dataSent: bool = False
+    lost: bool = False
+
+    @property
+    def reusable(self) -> bool:
+        """
+        Whether the session may carry another transaction after this one:
+        only after one that finished, and not after a C{421}, with which the
+        next hop says it is closing the connection (RFC 5321 section 3.8).
+        """
+        return self.finished and all(r.code != 421 for r in self.recipients.values())
+
+
+class _Refused(Exception):
+    """
+    The next hop turned the session away before MAIL.
+    """
+
+
+def resultOf(reply: Reply, disposition: Optional[Disposition] = None) -> RecipientResult:
+    """
+    A recipient's result from a reply of the next hop.
+
+    @param disposition: what it means, if not what its code says.
+    """
+    if disposition is None:
+        disposition = Disposition.ofCode(reply.code)
+    text = " ".join(reply.text.split("\n"))
+    if reply.enhanced:
+        text = f"{reply.enhanced} {text}".rstrip()
+    return RecipientResult(reply.code, reply.enhanced, text, disposition)
+
+
+def localFailure(reason: str, enhanced: str = "4.4.2", code: int = 451) -> RecipientResult:
+    """
+    A temporary failure for something that went wrong on our side of the
+    reply.
+    """
+    return RecipientResult(code, enhanced, f"{enhanced} {reason}", Disposition.TEMPORARY)
+
+
+def deliver(
+    request: DeliveryRequest,
+    *,
+    reactor,
+    runBlocking: Callable[..., Deferred],
+    pool: Optional[SessionPool] = None,
+) -> Deferred[DeliveryResult]:
+    """
+    Deliver one message to one next hop for some recipients, in one
+    transaction.
+
+    @param request: what to deliver, to whom and how.
+    @param reactor: the reactor to connect with and time out on
+        (L{IReactorTCP}, L{IReactorTime}).
+    @param runBlocking: runs a blocking callable off the reactor thread and
+        returns a L{Deferred} of its result (C{deferToThread}-like).
+    @param pool: the connection cache: a session is taken from it (after
+        RSET) when one for this next hop waits there, and given to it
+        after the transaction instead of QUIT.  Without it every call has
+        a connection of its own.
+
+    @return: a L{Deferred} that fires with a L{DeliveryResult} holding every
+        recipient; it never fails.
+    """
+    return Deferred.fromCoroutine(_safely(_Attempt(request, reactor, runBlocking, pool)))
+
+
+async def _safely(attempt: _Attempt) -> DeliveryResult:
+    """
+    Run an attempt; a bug of ours becomes a temporary failure for every
+    recipient, never an exception for the caller.
+    """
+    try:
+        return await attempt.run()
+    except Exception:
+        _log.failure("relay transaction with {hop} failed", hop=attempt.label)
+        failure = localFailure("internal error in the relay client", "4.3.0")
+        return DeliveryResult(
+            recipients={r: failure for r in attempt.recipients}, remoteMta=attempt.request.hop.name
+        )
+
+
+def _readChunk(f, size: int) -> bytes:
+    """
+    The next C{size} bytes of an open file (blocking).
+    """
+    return f.read(size)
+
+
+def _close(f) -> None:
+    """
+    Close an open file (blocking).
+    """
+    f.close()
+
+
+class _OneConnection(Factory):
+    """
+    Hands out one protocol instance, quietly: one log line per relay
+    attempt is enough, without "Starting factory" around it.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        """
+        @param protocol: the protocol of the one connection.
+        """
+        self._protocol = protocol
+
+    def buildProtocol(self, addr) -> ClientProtocol:
+        """
+        The one protocol, whatever the address.
+        """
+        return self._protocol
+
+
+class _Attempt:
+    """
+    One call of L{deliver}: its request and what it runs with.
+
+    @ivar recipients: the request's recipients, duplicates dropped.
+    @ivar key: the L{SessionPool} key of its sessions.
+    @ivar label: the next hop for logs and reasons, C{name[address]:port}.
+    """
+
+    def __init__(self, request: DeliveryRequest, reactor, runBlocking: Callable[..., Deferred],
+                 pool: Optional[SessionPool]) -> None:
+        """
+        The arguments of L{deliver}.
+        """
+        self.request = request
+        self.reactor = reactor
+        self.runBlocking = runBlocking
+        self.pool = pool
+        self.timeouts = request.timeouts
+        self.recipients = list(dict.fromkeys(request.recipients))
+        hop = request.hop
+        self.label = f"{hop.name}[{hop.host}]:{hop.port}"
+        self.policy: Optional[TLSPolicy] = None
+        self.key: tuple = ()
+
+    def _unconnected(self, error: str, result: Optional[DeliveryResult] = None) -> DeliveryResult:
+        """
+        The result of a session that never got to MAIL: every recipient a
+        temporary failure, and C{connected=False} so the next hop is tried.
+        """
+        result = result or DeliveryResult(remoteMta=self.request.hop.name)
+        result.connected = False
+        result.error = error
+        failure = localFailure(error, "4.4.1")
+        result.recipients = {r: failure for r in self.recipients}
+        return result
+
+    async def run(self) -> DeliveryResult:
+        """
+        The transaction, on a cached session if one will do, else on a new
+        connection; with one retry in clear when the policy allows it and
+        the TLS handshake fails.
+        """
+        request = self.request
+        try:
+            self.policy = TLSPolicy(request.tlsPolicy)
+        except ValueError:
+            return self._unconnected(f"unknown TLS mode {request.tlsPolicy!r}")
+        hop = request.hop
+        # Sessions are shared only between transactions that would have
+        # set them up the same way.
+        self.key = (hop.host, hop.port, hop.name, self.policy.value, request.heloName, request.trustRoot)
+        if self.pool is not None:
+            result = await self.reuse()
+            if result is not None:
+                return result
+        try:
+            context = await clientTLSOptions(self.policy, hop.name, request.trustRoot, self.runBlocking)
+        except Exception as e:
+            _log.failure("cannot set up TLS for {hop}", hop=self.label)
+            return self._unconnected(f"cannot load the CA certificates {request.trustRoot}: {e}")
+        try:
+            return await self.session(context)
+        except TLSFailed as e:
+            if not self.policy.retriesInClear:
+                return self._unconnected(str(e))
+            _log.info("{hop}: {why}; trying again without TLS", hop=self.label, why=str(e))
+        return await self.session(None)
+
+    async def reuse(self) -> Optional[DeliveryResult]:
+        """
+        The transaction on a session from the pool, after an RSET.
+
+        A cached session lost before the message was sent (so nothing can
+        have been delivered) is dropped and the next one tried.
+
+        @return: the result, or L{None} when no cached session would do:
+            the caller opens a fresh connection.
+        """
+        while True:
+            cached = await self.pool.takeOver(self.key, self.timeouts["command"], self.label)
+            if cached is None:
+                return None
+            try:
+                end = await self.transact(cached.protocol, cached.extensions)
+            except Exception:
+                self.pool.discard(cached)
+                raise
+            if end.lost and not end.dataSent:
+                _log.debug("{hop}: cached session lost before DATA; trying afresh", hop=self.label)
+                self.pool.discard(cached)
+                continue
+            self.pool.release(cached, end.reusable)
+            return DeliveryResult(
+                recipients=end.recipients, remoteMta=self.request.hop.name, tls=cached.tls,
+                verified=cached.verified, connectionUse=cached.transactions,
+            )
+
+    async def connect(self) -> ClientProtocol:
+        """
+        A new connection to the next hop, within the connect timeout.
+        """
+        hop = self.request.hop
+        timeout = self.timeouts["connect"]
+        protocol = ClientProtocol(self.reactor)
+        endpoint = HostnameEndpoint(self.reactor, hop.host, hop.port, timeout=timeout)
+        connecting = endpoint.connect(_OneConnection(protocol))
+        timer = self.reactor.callLater(timeout + 1, connecting.cancel)
+        try:
+            await connecting
+        finally:
+            if timer.active():
+                timer.cancel()
+        return protocol
+
+    async def session(self, context) -> DeliveryResult:
+        """
+        One connection: greeting, EHLO, STARTTLS, the transaction, and QUIT
+        (or, with a pool, the session given to it).
+
+        @param context: the TLS client options, or L{None} not to use TLS.
+        @raise TLSFailed: the TLS handshake failed (the caller may retry
+            in clear).
+        """
+        result = DeliveryResult(remoteMta=self.request.hop.name)
+        try:
+            protocol = await self.connect()
+        except Exception as e:
+            return self._unconnected(f"connect to {self.label} failed: {str(e) or type(e).__name__}")
+        pooled = False
+        try:
+            try:
+                extensions = await self.greet(protocol, context, result)
+            except TLSFailed:
+                raise
+            except SessionError as e:
+                # Nothing was sent yet: the next hop may do better.
+                return self._unconnected(f"{self.label}: {e}", result)
+            except _Refused as e:
+                return self._unconnected(str(e), result)
+            end = await self.transact(protocol, extensions)
+            result.recipients = end.recipients
+            if self.pool is None:
+                await self.quit(protocol)
+                return result
+            session = PooledSession(
+                self.key, protocol, extensions, result.tls, result.verified, self.timeouts["quit"]
+            )
+            pooled = True
+            self.pool.release(session, end.reusable)
+            return result
+        except TLSFailed:
+            raise
+        except Exception:
+            # A bug of ours: no message was sent, so it is safe to retry.
+            _log.failure("relay session with {hop} failed", hop=self.label)
+            for r in self.recipients:
+                if r not in result.recipients:
+                    result.recipients[r] = localFailure("internal error in the relay client", "4.3.0")
+            return result
+        finally:
+            if not pooled:
+                await protocol.close()
+
+    async def greet(self, protocol: ClientProtocol, context, result: DeliveryResult) -> dict[str, str]:
+        """
+        Greeting, EHLO (HELO if EHLO is refused), STARTTLS as the policy
+        says and EHLO again (RFC 3207 section 4.2: what was learnt before
+        TLS is forgotten).  Sets C{result.tls} and C{result.verified}.
+
+        @return: the extensions offered, C{KEYWORD: parameters}.
+        @raise _Refused: the next hop turned us away, or it cannot give the
+            TLS the policy requires.
+        """
+        t = self.timeouts
+        policy = self.policy
+        greeting = await protocol.expect(t["greeting"], "initial greeting")
+        if greeting.code != 220:
+            refusal = resultOf(greeting)
+            raise _Refused(f"{self.label} refused to talk to us: {refusal.code} {refusal.text}")
+        extensions = await self.hello(protocol)
+        if context is not None and policy.wantsTLS and "STARTTLS" in extensions:
+            protocol.send("STARTTLS")
+            reply = await protocol.expect(t["command"], "STARTTLS")
+            if reply.code == 220:
+                await protocol.startTLS(context, t["tlsHandshake"])
+                result.tls = protocol.tls
+                result.verified = policy.verifiesCertificate
+                extensions = await self.hello(protocol)
+            elif policy.requiresTLS:
+                raise _Refused(f"{self.label} refused STARTTLS: {reply.code} {resultOf(reply).text}")
+            else:
+                _log.info("{hop} refused STARTTLS ({reply}); going on in clear", hop=self.label, reply=str(reply))
+        if policy.requiresTLS and result.tls is None:
+            raise _Refused(f"TLS is required but {self.label} does not offer STARTTLS")
+        return extensions
+
+    async def hello(self, protocol: ClientProtocol) -> dict[str, str]:
+        """
+        EHLO, or HELO when EHLO gets a 5xx (RFC 5321 section 3.2).
+
+        @return: the extensions offered (none after HELO).
+        @raise _Refused: both were refused, or EHLO got a 4xx.
+        """
+        heloName = self.request.heloName
+        protocol.send(f"EHLO {heloName}")
+        reply = await protocol.expect(self.timeouts["command"], "EHLO")
+        if reply.code == 250:
+            extensions = {}
+            for line in reply.text.split("\n")[1:]:
+                keyword, _, params = line.strip().partition(" ")
+                if keyword:
+                    extensions[keyword.upper()] = params.strip()
+            return extensions
+        if 500 <= reply.code < 600:
+            protocol.send(f"HELO {heloName}")
+            reply = await protocol.expect(self.timeouts["command"], "HELO")
+            if reply.code == 250:
+                return {}
+        raise _Refused(f"{self.label} refused our greeting: {reply.code} {resultOf(reply).text}")
+
+    def mailCommand(self, extensions: dict[str, str]) -> Optional[str]:
+        """
+        The MAIL command with the parameters the next hop takes: C{SIZE=}
+        (RFC 1870), C{BODY=8BITMIME} (RFC 6152), C{SMTPUTF8} (RFC 6531).
+
+        @return: the command, or L{None} when the addresses need SMTPUTF8
+            and the next hop does not offer it.
+        """
+        request = self.request
+        parameters = []
+        if "SIZE" in extensions and request.size >= 0:
+            parameters.append(f"SIZE={request.size}")
+        if "8BITMIME" in extensions:
+            parameters.append("BODY=8BITMIME")
+        if not all(address.isascii() for address in [request.sender, *self.recipients]):
+            if "SMTPUTF8" not in extensions:
+                return None
+            parameters.append("SMTPUTF8")
+        return " ".join([f"MAIL FROM:<{request.sender}>", *parameters])
+
+    async def transact(self, protocol: ClientProtocol, extensions: dict[str, str]) -> TransactionEnd:
+        """
+        MAIL, RCPT, DATA and the message, pipelined when the next hop
+        offers PIPELINING (RFC 2920): MAIL and every RCPT in one write.
+
+        @return: how it ended, with a result for every recipient, whatever
+            happens to the connection.
+        """
+        t = self.timeouts
+        results: dict[str, RecipientResult] = {}
+        stage = "MAIL FROM"
+        dataSent = False
+        try:
+            mail = self.mailCommand(extensions)
+            if mail is None:
+                # RFC 6531 section 3.2: nothing else can carry them.
+                failure = RecipientResult(
+                    553, "5.6.7", f"5.6.7 {self.label} does not support SMTPUTF8 (RFC 6531)",
+                    Disposition.PERMANENT,
+                )
+                return TransactionEnd({r: failure for r in self.recipients}, finished=False)
+            rcpts = [f"RCPT TO:<{r}>" for r in self.recipients]
+            pipelining = "PIPELINING" in extensions
+            if pipelining:
+                protocol.send(mail, *rcpts)
+            else:
+                protocol.send(mail)
+            reply = await protocol.expect(t["command"], "MAIL FROM")
+            if not 200 <= reply.code < 300:
+                for r in self.recipients:
+                    results[r] = resultOf(reply)
+                if pipelining:
+                    for r in self.recipients:
+                        await protocol.expect(t["command"], "RCPT TO")
+                return TransactionEnd(results, finished=False)
+            accepted = []
+            for r, command in zip(self.recipients, rcpts):
+                stage = f"RCPT TO:<{r}>"
+                if not pipelining:
+                    protocol.send(command)
+                reply = await protocol.expect(t["command"], stage)
+                results[r] = resultOf(reply)
+                if 200 <= reply.code < 300:
+                    accepted.append(r)
+            if not accepted:
+                return TransactionEnd(results, finished=False)
+            for r in accepted:
+                del results[r]
+
+            stage = "DATA"
+            dataSent = True
+            protocol.send("DATA")
+            reply = await protocol.expect(t["command"], "DATA")
+            if reply.code != 354:
+                disposition = Disposition.PERMANENT if reply.code >= 500 else Disposition.TEMPORARY
+                for r in accepted:
+                    results[r] = resultOf(reply, disposition)
+                return TransactionEnd(results, finished=False, dataSent=True)
+
+            stage = "sending message content"
+            await self.sendMessage(protocol)
+            stage = "end of data"
+            reply = await protocol.expect(t["finalDot"], "end of data")
+            for r in accepted:
+                results[r] = resultOf(reply)
+            return TransactionEnd(results, finished=True, dataSent=True)
+        except SessionError as e:
+            failure = localFailure(f"lost connection with {self.label} while {stage}: {e}")
+            for r in self.recipients:
+                if r not in results:
+                    results[r] = failure
+            return TransactionEnd(results, finished=False, dataSent=dataSent, lost=True)
+
+    async def sendMessage(self, protocol: ClientProtocol) -> None:
+        """
+        Write the message file, dot-stuffed (RFC 5321 section 4.5.2), then
+        the end of data, following the transport's flow control.
+
+        @raise SessionError: the connection failed, or the file cannot be
+            read (the connection is then dropped, so that no truncated copy
+            is ever delivered).
+        """
+        stuffer = DotStuffer()
+        try:
+            f = await self.runBlocking(open, self.request.messageFile, "rb")
+        except OSError as e:
+            protocol.abort()
+            raise SessionError(f"cannot read the queued message: {e}") from None
+        protocol.startData()
+        try:
+            while True:
+                try:
+                    chunk = await self.runBlocking(_readChunk, f, CHUNK_SIZE)
+                except OSError as e:
+                    protocol.abort()
+                    raise SessionError(f"cannot read the queued message: {e}") from None
+                if protocol.error is not None:
+                    raise protocol.error
+                if not chunk:
+                    break
+                protocol.writeData(stuffer.feed(chunk))
+                await protocol.whenWritable(self.timeouts["dataBlock"])
+            protocol.writeData(stuffer.end())
+        finally:
+            protocol.stopData()
+            try:
+                await self.runBlocking(_close, f)
+            except OSError:
+                pass
+
+    async def quit(self, protocol: ClientProtocol) -> None:
+        """
+        Say goodbye (RFC 5321 section 4.1.1.10); what the next hop answers
+        no longer matters.
+        """
+        try:
+            protocol.send("QUIT")
+            await protocol.expect(self.timeouts["quit"], "QUIT")
+        except SessionError:
+            pass
