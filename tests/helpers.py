@@ -27,6 +27,39 @@ T = TypeVar("T")
 WAIT_TIMEOUT = 15.0
 
 
+def makeDirectory(case) -> str:
+    """
+    A fresh temporary directory, removed when the test C{case} ends.
+    """
+    path = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+def recordDirectorySyncs(case) -> list[str]:
+    """
+    Make the test C{case} record every directory that
+    L{smtpmx.durable.fsyncDirectory} syncs (and still sync it), for the
+    length of the test.
+
+    @return: the list the paths are appended to, in order.
+    """
+    from smtpmx import durable
+
+    synced: list[str] = []
+    real = durable.fsyncDirectory
+
+    def record(path: str) -> None:
+        """
+        Record the directory, then fsync it.
+        """
+        synced.append(path)
+        real(path)
+
+    case.patch(durable, "fsyncDirectory", record)
+    return synced
+
+
 def unique(prefix: str = "m") -> str:
     """
     A short unique token, for local parts and Message-IDs, so that tests

@@ -5,24 +5,14 @@ Tests for L{smtpmx.durable}: the one module that makes files durable
 
 import errno
 import os
-import shutil
 import stat
-import tempfile
 import threading
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import durable
-
-
-def makeDirectory(case: SynchronousTestCase) -> str:
-    """
-    A fresh temporary directory, removed when C{case} ends.
-    """
-    path = tempfile.mkdtemp()
-    case.addCleanup(shutil.rmtree, path, True)
-    return path
+from tests.helpers import makeDirectory, recordDirectorySyncs
 
 
 class TemporaryNameTests(SynchronousTestCase):
@@ -65,17 +55,7 @@ class DirectoryTests(SynchronousTestCase):
         Record every directory fsynced.
         """
         self.root = makeDirectory(self)
-        self.synced: list[str] = []
-        real = durable.fsyncDirectory
-
-        def record(path: str) -> None:
-            """
-            Record the directory, then fsync it.
-            """
-            self.synced.append(path)
-            real(path)
-
-        self.patch(durable, "fsyncDirectory", record)
+        self.synced = recordDirectorySyncs(self)
 
     def test_makeDirectories(self) -> None:
         """

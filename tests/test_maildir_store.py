@@ -10,9 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import stat
-import tempfile
 import threading
 from typing import Any, Callable, Optional
 
@@ -31,6 +29,7 @@ from smtpmx.delivery import maildir
 from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import Envelope, LocalMailbox, Recipient, RemoteAddress
 from smtpmx.interfaces import IIncomingMessage, IMessageStore, ITwoPhaseMessage
+from tests.helpers import makeDirectory, recordDirectorySyncs
 
 RECEIVED = b"Received: from client.example (client.example [192.0.2.1])\n\tby mx.example.org with ESMTP id ABC123\n"
 
@@ -105,15 +104,6 @@ class ManualRunner:
         """
         while self.jobs:
             self.runOne()
-
-
-def makeDirectory(case: SynchronousTestCase) -> str:
-    """
-    A fresh temporary directory, removed when C{case} ends.
-    """
-    path = tempfile.mkdtemp()
-    case.addCleanup(shutil.rmtree, path, True)
-    return path
 
 
 def makeEnvelope(
@@ -241,17 +231,7 @@ class EnsureMaildirTests(SynchronousTestCase):
         Record every directory fsynced.
         """
         self.root = makeDirectory(self)
-        self.synced: list[str] = []
-        real = durable.fsyncDirectory
-
-        def record(path: str) -> None:
-            """
-            Record the directory, then fsync it.
-            """
-            self.synced.append(path)
-            real(path)
-
-        self.patch(durable, "fsyncDirectory", record)
+        self.synced = recordDirectorySyncs(self)
 
     def test_creates(self) -> None:
         """
