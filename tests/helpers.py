@@ -60,6 +60,32 @@ def recordDirectorySyncs(case) -> list[str]:
     return synced
 
 
+def namesMadeInThreads(make: Callable[[], str], threads: int = 8, each: int = 2000) -> list[str]:
+    """
+    Names made by C{make} at the same moment in several threads, for
+    tests that unique names never collide.
+    """
+    import threading
+
+    names: list[str] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        """
+        Make names and collect them.
+        """
+        mine = [make() for _ in range(each)]
+        with lock:
+            names.extend(mine)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return names
+
+
 def unique(prefix: str = "m") -> str:
     """
     A short unique token, for local parts and Message-IDs, so that tests

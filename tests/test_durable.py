@@ -6,13 +6,12 @@ Tests for L{smtpmx.durable}: the one module that makes files durable
 import errno
 import os
 import stat
-import threading
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import durable
-from tests.helpers import makeDirectory, recordDirectorySyncs
+from tests.helpers import makeDirectory, namesMadeInThreads, recordDirectorySyncs
 
 
 class TemporaryNameTests(SynchronousTestCase):
@@ -25,22 +24,7 @@ class TemporaryNameTests(SynchronousTestCase):
         Names made at the same moment in many threads never collide, and
         each is a single path component.
         """
-        names: list[str] = []
-        lock = threading.Lock()
-
-        def make() -> None:
-            """
-            Make names and collect them.
-            """
-            mine = [durable.temporaryName() for _ in range(2000)]
-            with lock:
-                names.extend(mine)
-
-        threads = [threading.Thread(target=make) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        names = namesMadeInThreads(durable.temporaryName)
         self.assertEqual(len(set(names)), 16000)
         self.assertFalse([n for n in names if os.sep in n or n.startswith(".")])
 
@@ -365,17 +349,7 @@ class FileTests(SynchronousTestCase):
         A removal fsyncs the directory when the file was there, and says
         whether it was.
         """
-        synced: list[str] = []
-        real = durable.fsyncDirectory
-
-        def record(path: str) -> None:
-            """
-            Record the directory, then fsync it.
-            """
-            synced.append(path)
-            real(path)
-
-        self.patch(durable, "fsyncDirectory", record)
+        synced = recordDirectorySyncs(self)
         path = os.path.join(self.root, "f")
         open(path, "wb").close()
         self.assertTrue(durable.removeDurably(path))

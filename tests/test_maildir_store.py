@@ -29,7 +29,7 @@ from smtpmx.delivery import maildir
 from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import Envelope, LocalMailbox, Recipient, RemoteAddress
 from smtpmx.interfaces import IIncomingMessage, IMessageStore, ITwoPhaseMessage
-from tests.helpers import makeDirectory, recordDirectorySyncs
+from tests.helpers import makeDirectory, namesMadeInThreads, recordDirectorySyncs
 
 RECEIVED = b"Received: from client.example (client.example [192.0.2.1])\n\tby mx.example.org with ESMTP id ABC123\n"
 
@@ -201,22 +201,7 @@ class UniqueNameTests(SynchronousTestCase):
         """
         Names made at the same moment in many threads never collide.
         """
-        names: list[str] = []
-        lock = threading.Lock()
-
-        def make() -> None:
-            """
-            Make names and collect them.
-            """
-            mine = [maildir.uniqueName("h") for _ in range(2000)]
-            with lock:
-                names.extend(mine)
-
-        threads = [threading.Thread(target=make) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        names = namesMadeInThreads(lambda: maildir.uniqueName("h"))
         self.assertEqual(len(names), 16000)
         self.assertEqual(len(set(names)), 16000)
 
