@@ -20,10 +20,13 @@ class LocalMailbox:
     @ivar name: the mailbox name: the local part lower-cased, unquoted and
         with its delimiter tag stripped; already checked to be a safe
         directory name.
+    @ivar folder: L{None} for the mailbox itself (INBOX), or the name of a
+        Maildir++ folder inside it (C{"Junk"}: C{<mailbox>/.Junk/}).
     """
 
     domain: str
     name: str
+    folder: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Envelope:
     @ivar recipients: accepted recipients, in the order given.
     @ivar received: our C{Received:} trace header, complete with its
         terminating LF, to be put on top of every copy.
+    @ivar extraHeaders: more header fields for every copy, complete with
+        their LFs, put right below C{received} (the message filters'
+        fields, for instance C{X-Spam-Score}).
     """
 
     queueId: str
@@ -67,3 +73,4 @@ class Envelope:
     reversePath: Optional[Address]
     recipients: list[Recipient] = field(default_factory=list)
     received: bytes = b""
+    extraHeaders: bytes = b""

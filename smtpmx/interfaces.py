@@ -1,8 +1,9 @@
 """
 Every interface that a third party, or a test, plugs into.
 
-Validators decide recipients (the plugin API of C{docs/plugins.rst}); a
-message store makes accepted messages durable (C{docs/storage.rst}).  The
+Validators decide recipients and message filters judge whole messages (the
+plugin API of C{docs/plugins.rst}); a message store makes accepted messages
+durable (C{docs/storage.rst}).  The
 server knows storage only through L{IMessageStore}, never a concrete class.
 """
 
@@ -53,6 +54,74 @@ class IRecipientValidatorFactory(Interface):
             C{--validator} option, or L{None} when there was none.
 
         @return: a provider of L{IRecipientValidator}.
+
+        @raise ValueError: the argument is unusable; start-up stops with
+            this message.
+        """
+
+
+class IFilterableMessage(Interface):
+    """
+    A message as a filter sees it: received in full and spooled to disk,
+    not yet stored or acknowledged.
+    """
+
+    envelope = Attribute(
+        "The L{smtpmx.envelope.Envelope}: C{reversePath} (an Address, or"
+        " L{None} for C{<>}), C{recipients} (each with its C{address}),"
+        " C{clientHost}, C{heloName} and C{queueId}.  Read it; do not change it."
+    )
+    size = Attribute("The size of the message as received, in bytes.")
+
+    def open():
+        """
+        Open the message as received (dot-unstuffed, LF line endings,
+        without our trace fields) for reading.
+
+        It is a file on disk: read it in chunks, from a thread
+        (C{runBlocking}) when it may be large, never whole into memory.
+
+        @return: a binary file object; the caller closes it.
+        """
+
+
+class IMessageFilter(Interface):
+    """
+    Judges one whole message after its data is received and before the
+    reply to DATA, so that a refusal is given in the SMTP dialogue.
+    """
+
+    def filterMessage(session, message):
+        """
+        Give a verdict on C{message}.
+
+        @param session: the transaction's
+            L{smtpmx.validation.ValidationContext} (as a validator gets).
+        @param message: an L{IFilterableMessage}.
+
+        @return: an L{smtpmx.filtering.Accept}, L{smtpmx.filtering.Junk},
+            L{smtpmx.filtering.Reject}, L{None} for "no opinion", or a
+            L{Deferred} that fires with one of those.
+        """
+
+
+class IMessageFilterFactory(Interface):
+    """
+    A plugin that makes message filters; found with
+    C{getPlugins(IMessageFilterFactory, smtpmx.plugins)}.
+    """
+
+    name = Attribute("The name used in C{--filter NAME[:ARG]}.")
+    description = Attribute("One line shown by C{--list-filters}.")
+
+    def makeFilter(argument):
+        """
+        Make a filter.
+
+        @param argument: the text after the first C{:} of the C{--filter}
+            option, or L{None} when there was none.
+
+        @return: a provider of L{IMessageFilter}.
 
         @raise ValueError: the argument is unusable; start-up stops with
             this message.

@@ -147,3 +147,18 @@ def tooManyErrors(hostname: str) -> Reply:
     commands refused (RFC 5321 section 3.8).
     """
     return Reply(421, "4.7.0", f"{hostname} Error: too many errors")
+
+
+class Refused(Exception):
+    """
+    A message is refused as a whole after its data (a message filter's
+    verdict, RFC 5321 section 4.1.1.4): raised, or failed with, by a
+    store's C{finish()} when nothing was stored.  The client hears
+    C{reply}.
+
+    @ivar reply: the L{Reply} to the end of the data (4xx or 5xx).
+    """
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply

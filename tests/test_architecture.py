@@ -46,7 +46,7 @@ LAYERS = (
     (
         "policy",
         (
-            "smtpmx.validation", "smtpmx.access", "smtpmx.tls", "smtpmx.validators",
+            "smtpmx.validation", "smtpmx.filtering", "smtpmx.access", "smtpmx.tls", "smtpmx.validators",
             "smtpmx.validators.mailbox", "smtpmx.validators.anylocal",
             "smtpmx.validators.aliases", "smtpmx.plugins",
             "smtpmx.plugins.builtin_validators",
