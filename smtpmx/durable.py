@@ -126,6 +126,33 @@ def makeDirectories(paths: Iterable[str]) -> list[str]:
     return created
 
 
+def ensureEmptyFile(path: str) -> bool:
+    """
+    Make sure an empty marker file exists at C{path} (mode C{0o600}),
+    durably: a file created is fsynced, and so is its directory.  An
+    existing file costs one C{open} and is left as it is.  Safe to call
+    from several threads at once.
+
+    @return: whether the file was created.
+
+    @raise FileNotFoundError: its directory is missing.
+    """
+    try:
+        fd = createFile(path)
+    except FileExistsError:
+        return False
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsyncDirectory(os.path.dirname(path) or ".")
+    except BaseException:
+        removeFile(path)
+        raise
+    return True
+
+
 def createFile(path: str, readable: bool = False) -> int:
     """
     Create a new file, mode C{0o600}; never open an existing one.

@@ -1,7 +1,8 @@
 """
 Local delivery into Maildirs, all in one place: the layout
 C{<root>/<domain>/<name>/} with its C{tmp}, C{new} and C{cur}
-subdirectories, the unique file names, the checked path of a mailbox, the
+subdirectories and its Maildir++ folders (C{.Junk/}, with their
+C{maildirfolder} marker), the unique file names, the checked path of a mailbox, the
 delivery of a message held in memory (L{deliverBytes}) and the store that
 streams received messages into every local recipient's Maildir
 (L{MaildirStore}), all or nothing.  C{docs/storage.rst} describes the
@@ -47,6 +48,10 @@ from smtpmx.streaming import (
 # The subdirectories of a Maildir.
 SUBDIRECTORIES = ("tmp", "new", "cur")
 
+# The empty file that marks a Maildir++ folder (a Maildir inside a
+# mailbox, named with a leading dot), as Courier and Dovecot expect it.
+FOLDER_MARKER = "maildirfolder"
+
 # next() on itertools.count is atomic in CPython: no lock needed for names
 # made from several threads at once.
 _counter = itertools.count()
@@ -55,11 +60,14 @@ _counter = itertools.count()
 @lru_cache(maxsize=4096)
 def mailboxPath(root: str, mailbox: LocalMailbox) -> str:
     """
-    The directory of a mailbox under C{root}: the one function that turns
-    a mailbox into a path, for the store, the validators and the relay's
-    bounces alike.
+    The Maildir of a mailbox under C{root}: the one function that turns a
+    mailbox into a path, for the store, the validators and the relay's
+    bounces alike.  The mailbox itself (INBOX) is C{<root>/<domain>/<name>};
+    a folder of it is the Maildir++ folder C{<root>/<domain>/<name>/.<folder>}
+    (C{docs/storage.rst}).
 
-    Both the domain and the name must be safe single directory names, and
+    The domain, the name and the folder must each be safe single directory
+    names (none starts with a dot, so C{.<folder>} can never be C{..}), and
     the normalised result must lie strictly under the normalised root, so
     that no mailbox can ever name a path outside the Maildir root.  The
     check is lexical (no file-system access), which keeps it cheap enough
@@ -76,11 +84,27 @@ def mailboxPath(root: str, mailbox: LocalMailbox) -> str:
     """
     checkSafeName(mailbox.domain)
     checkSafeName(mailbox.name)
+    parts = [mailbox.domain, mailbox.name]
+    if mailbox.folder is not None:
+        checkSafeName(mailbox.folder)
+        folder = "." + mailbox.folder
+        if len(folder.encode("utf-8", "surrogateescape")) > 255:
+            raise UnsafeMailbox("folder name too long")
+        parts.append(folder)
     top = os.path.abspath(root)
-    path = os.path.normpath(os.path.join(top, mailbox.domain, mailbox.name))
+    path = os.path.normpath(os.path.join(top, *parts))
     if path == top or os.path.commonpath([top, path]) != top:
         raise UnsafeMailbox(f"mailbox {mailbox!r} is outside the Maildir root")
     return path
+
+
+def isFolder(path: str) -> bool:
+    """
+    Whether the Maildir C{path} is a Maildir++ folder inside a mailbox
+    rather than a mailbox itself: only a folder's directory name starts
+    with a dot, for no domain or mailbox name may (L{mailboxPath}).
+    """
+    return os.path.basename(os.path.normpath(path)).startswith(".")
 
 
 def uniqueName(hostname: Optional[str] = None) -> str:
@@ -122,10 +146,25 @@ def ensureMaildir(path: str) -> None:
     the parent of every directory created so that the new entries survive
     a crash.  Safe to call from several threads at once.  Blocks.
 
+    A Maildir++ folder (L{isFolder}) also gets its mailbox made a whole
+    Maildir and its C{maildirfolder} marker, written before its own
+    subdirectories: a crash can leave a folder without C{tmp/} (repaired
+    by the next delivery, which calls this again) but never one with
+    C{tmp/} and without its marker.
+
     @param path: the Maildir.
     """
     path = os.path.normpath(path)
-    durable.makeDirectories([path] + [os.path.join(path, sub) for sub in SUBDIRECTORIES])
+    subdirectories = [os.path.join(path, sub) for sub in SUBDIRECTORIES]
+    if isFolder(path):
+        parent = os.path.dirname(path)
+        durable.makeDirectories(
+            [parent] + [os.path.join(parent, sub) for sub in SUBDIRECTORIES] + [path]
+        )
+        durable.ensureEmptyFile(os.path.join(path, FOLDER_MARKER))
+        durable.makeDirectories(subdirectories)
+    else:
+        durable.makeDirectories([path] + subdirectories)
 
 
 def createTemporary(mailbox: str, name: str, readable: bool = False) -> int:
@@ -355,9 +394,17 @@ class MaildirStore:
     L{smtpmx.interfaces.ITwoPhaseMessage}.
 
     Each copy starts with C{Return-Path}, C{Delivered-To} (the recipient as
-    the client gave it) and the envelope's C{Received} header.  Recipients
-    that share a mailbox and a C{Delivered-To} value (compared without
-    regard to case) get one copy.
+    the client gave it), the envelope's C{Received} header and its
+    C{extraHeaders} (the message filters' fields).  Recipients that share
+    a mailbox and a C{Delivered-To} value (compared without regard to
+    case) get one copy.
+
+    A L{LocalMailbox} with a C{folder} is filed in that Maildir++ folder
+    of the mailbox (C{.Junk/} for C{"Junk"}), created on first use with
+    the same durability as the mailbox itself; one message's copies in
+    mailboxes and folders are filed all or nothing.  One envelope files a
+    mailbox in one folder only, so that no recipient gets the same message
+    both in its INBOX and in its Junk folder.
     """
 
     def __init__(
@@ -390,16 +437,26 @@ class MaildirStore:
         Begin storing a message for every recipient of C{envelope}.
 
         @raise ValueError: a recipient is not a local mailbox (relaying is
-            not this store's job), a mailbox is not a safe name under the
-            root, or there is no recipient.
+            not this store's job), a mailbox or folder is not a safe name
+            under the root, a mailbox is given in two folders, or there is
+            no recipient.
         """
         top = returnPath(envelope.reversePath)
+        trace = envelope.received + envelope.extraHeaders
         copies: list[MaildirCopy] = []
         seen: set[tuple[LocalMailbox, str]] = set()
+        folders: dict[tuple[str, str], Optional[str]] = {}
         for recipient in envelope.recipients:
             destination = recipient.destination
             if not isinstance(destination, LocalMailbox):
                 raise ValueError(f"MaildirStore cannot deliver to {destination!r}")
+            mailbox = (destination.domain, destination.name)
+            folder = folders.setdefault(mailbox, destination.folder)
+            if folder != destination.folder:
+                raise ValueError(
+                    f"mailbox {destination.name}@{destination.domain} given in folders "
+                    f"{folder!r} and {destination.folder!r}"
+                )
             key = (destination, str(recipient.address).lower())
             if key in seen:
                 continue
@@ -407,7 +464,7 @@ class MaildirStore:
             copies.append(
                 MaildirCopy(
                     mailboxPath(self._root, destination),
-                    top + deliveredTo(recipient.address) + envelope.received,
+                    top + deliveredTo(recipient.address) + trace,
                 )
             )
         if not copies:

@@ -46,7 +46,8 @@ class QueueFiles(MessageFiles):
         @param queue: the queue.
         @param message: the state to write; its C{size}, C{created} and
             the recipients' C{nextAttempt} are set when it is sealed.
-        @param header: what goes before the body: our C{Received} header.
+        @param header: what goes before the body: our C{Received} header
+            and the envelope's C{extraHeaders}.
         """
         self._queue = queue
         self.message = message
@@ -157,8 +158,9 @@ class QueueStore:
     L{smtpmx.delivery.maildir.MaildirStore} does.
 
     The message is stored as the next hop will get it: our C{Received}
-    header, then the message as received (no C{Return-Path}, no
-    C{Delivered-To}).  Each distinct recipient address (the domain compared
+    header, the envelope's C{extraHeaders} (the message filters' fields,
+    so that relayed mail carries them too), then the message as received
+    (no C{Return-Path}, no C{Delivered-To}).  Each distinct recipient address (the domain compared
     without regard to case) gets one entry, its address kept as given and
     due at once.
 
@@ -232,7 +234,7 @@ class QueueStore:
             recipients=recipients,
         )
         return QueueMessage(
-            QueueFiles(self.queue, message, envelope.received),
+            QueueFiles(self.queue, message, envelope.received + envelope.extraHeaders),
             self._runBlocking,
             self._clock,
             self._queued,
