@@ -356,3 +356,41 @@ class FileTests(SynchronousTestCase):
         self.assertEqual(synced, [self.root])
         self.assertFalse(durable.removeDurably(path))
         self.assertEqual(synced, [self.root])
+
+    def test_ensureEmptyFile(self) -> None:
+        """
+        A marker file is created empty and private, fsynced with its
+        directory; an existing one costs no fsync and keeps its content.
+        """
+        synced = recordDirectorySyncs(self)
+        path = os.path.join(self.root, "maildirfolder")
+        self.assertTrue(durable.ensureEmptyFile(path))
+        info = os.stat(path)
+        self.assertEqual((info.st_size, stat.S_IMODE(info.st_mode)), (0, 0o600))
+        self.assertEqual(synced, [self.root])
+        with open(path, "ab") as f:
+            f.write(b"kept")
+        self.assertFalse(durable.ensureEmptyFile(path))
+        self.assertEqual(synced, [self.root])
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"kept")
+
+    def test_ensureEmptyFileFails(self) -> None:
+        """
+        A marker whose directory cannot be fsynced is removed again, so
+        that the next attempt makes it durably; a missing directory is
+        reported as such.
+        """
+
+        def broken(path: str) -> None:
+            """
+            Fail every directory fsync.
+            """
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.assertRaises(
+            FileNotFoundError, durable.ensureEmptyFile, os.path.join(self.root, "no", "m")
+        )
+        self.patch(durable, "fsyncDirectory", broken)
+        self.assertRaises(OSError, durable.ensureEmptyFile, os.path.join(self.root, "m"))
+        self.assertEqual(os.listdir(self.root), [])

@@ -6,6 +6,7 @@ messages into it (L{smtpmx.relay.intake}); C{docs/storage.rst}.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -765,6 +766,21 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         self.successResultOf(message.finish())
         self.assertEqual(self.queue.load("0A1B2C").sender, "")
         self.assertEqual(self.content("0A1B2C"), RECEIVED)
+
+    def test_extraHeaders(self) -> None:
+        """
+        The envelope's extra header fields (the message filters') are
+        queued right below our Received header, so that the next hop gets
+        them too, and count in the message's size.
+        """
+        extra = b"X-Spam-Action: no action\nX-Spam-Score: 0.1\n"
+        envelope = dataclasses.replace(makeEnvelope(["bob@example.org"]), extraHeaders=extra)
+        message = self.store.receive(envelope)
+        message.write(b"Subject: hi\n\nbody\n")
+        self.successResultOf(message.finish())
+        data = RECEIVED + extra + b"Subject: hi\n\nbody\n"
+        self.assertEqual(self.content("0A1B2C"), data)
+        self.assertEqual(self.queue.load("0A1B2C").size, len(data))
 
     def test_distinctRecipients(self) -> None:
         """

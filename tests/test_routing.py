@@ -5,6 +5,7 @@ remote ones to the relay queue, all or nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from typing import Any, Callable
@@ -14,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from smtpmx import streaming
+from smtpmx import durable, streaming
 from smtpmx.delivery import maildir
 from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import LocalMailbox
@@ -288,3 +289,56 @@ class RoutingStoreTests(SynchronousTestCase):
         self.successResultOf(message.finish())
         self.assertTrue(self.delivered("bob")[0].startswith(b"Return-Path: <>\n"))
         self.assertEqual(self.queue.load("0A1B2C").sender, "")
+
+    def test_junkAndExtraHeaders(self) -> None:
+        """
+        A junked message for local and remote recipients goes to the local
+        recipients' Junk folders and to the queue, every copy with the
+        extra header fields right below Received; INBOX gets nothing.
+        """
+        extra = b"X-Spam: Yes\nX-Spam-Score: 9\n"
+        junk = [
+            (given, dataclasses.replace(mailbox, folder="Junk")) for given, mailbox in (BOB, CAROL)
+        ]
+        envelope = dataclasses.replace(
+            makeEnvelope([junk[0], "Dave@Example.NET", junk[1]]), extraHeaders=extra
+        )
+        message = self.store.receive(envelope)
+        self.assertIsNone(message.write(b"Subject: buy\n\nnow\n"))
+        self.successResultOf(message.finish())
+        self.assertEqual(self.delivered("bob"), [])
+        for name in ("bob", "carol"):
+            [copy] = self.delivered(os.path.join(name, ".Junk"))
+            self.assertTrue(copy.endswith(RECEIVED + extra + b"Subject: buy\n\nnow\n"))
+        with open(self.queue.messagePath("0A1B2C"), "rb") as f:
+            self.assertEqual(f.read(), RECEIVED + extra + b"Subject: buy\n\nnow\n")
+        self.assertEqual(len(self.announced), 1)
+
+    def test_junkQueueFails(self) -> None:
+        """
+        When the queue's part fails, the Junk copies already filed are
+        taken back out: all or nothing holds across folders and the queue.
+        """
+
+        def broken(path: str) -> None:
+            """
+            Fail the fsync that commits the queue's part, which comes after
+            the local copies are filed.
+            """
+            synced.append(path)
+            if path == self.queue.envelopeDirectory:
+                raise OSError(errno.EIO, "Input/output error")
+            real(path)
+
+        synced: list[str] = []
+
+        real = durable.fsyncDirectory
+        self.patch(durable, "fsyncDirectory", broken)
+        junk = [(given, dataclasses.replace(mailbox, folder="Junk")) for given, mailbox in (BOB, CAROL)]
+        message = self.store.receive(makeEnvelope([junk[0], "dave@example.net", junk[1]]))
+        message.write(b"\nhi\n")
+        self.assertEqual(self.failureResultOf(message.finish()).value.errno, errno.EIO)
+        junkNew = os.path.join(self.root, "example.org", "bob", ".Junk", "new")
+        self.assertIn(junkNew, synced[: synced.index(self.queue.envelopeDirectory)])
+        self.assertEqual([f for f in self.maildirFiles() if not f.endswith("maildirfolder")], [])
+        self.assertEqual(self.announced, [])
