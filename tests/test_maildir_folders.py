@@ -16,6 +16,8 @@ import stat
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import durable
@@ -67,6 +69,22 @@ class FolderPathTests(SynchronousTestCase):
         self.assertTrue(
             maildir.mailboxPath("/srv/mail", LocalMailbox("example.org", "bob", "x" * 254))
         )
+
+    @given(st.text(max_size=40))
+    def test_neverEscapesMailbox(self, folder: str) -> None:
+        """
+        Whatever the folder's name, its path is refused or is one directory
+        named with a leading dot right inside the mailbox: no folder name
+        reaches another mailbox or leaves the Maildir root.
+        """
+        mailbox = "/srv/mail/example.org/bob"
+        try:
+            path = maildir.mailboxPath("/srv/mail", LocalMailbox("example.org", "bob", folder))
+        except ValueError:
+            return
+        self.assertEqual(os.path.dirname(path), mailbox)
+        self.assertEqual(os.path.basename(path), "." + folder)
+        self.assertTrue(maildir.isFolder(path))
 
     def test_isFolder(self) -> None:
         """
