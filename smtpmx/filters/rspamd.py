@@ -11,12 +11,12 @@ chunks off the reactor thread, never whole in memory.  Requests go through
 Twisted's own HTTP client with a persistent connection pool, so a server
 that keeps connections open gets one connection reused for many checks.
 
-How the actions map to verdicts is in C{docs/plugins.rst}: C{reject} is
+rspamd's actions become verdicts (C{docs/plugins.rst}): C{reject} is
 C{550 5.7.1}, C{soft reject} and C{greylist} are C{451 4.7.1}, C{add
 header}, C{rewrite subject}, C{quarantine} and C{discard} file the message
-as junk with C{X-Spam: Yes}, anything else (C{no action}, custom actions)
-delivers it; every delivered copy carries C{X-Spam-Action} and
-C{X-Spam-Score}.  A failure to get a usable answer fails the L{Deferred},
+as junk with C{X-Spam: Yes} (a message is never silently dropped),
+anything else (C{no action}, a site's own actions) delivers it; every
+delivered copy carries C{X-Spam-Action} and C{X-Spam-Score}.  A failure to get a usable answer fails the L{Deferred},
 and the filter chain applies C{--filter-failure}.
 """
 
@@ -53,6 +53,11 @@ MAX_REPLY = 1024 * 1024
 
 # Idle connections kept per rspamd server: one per check in flight.
 MAX_PERSISTENT = 16
+
+# How long an idle connection is kept.  A POST is never retried by the HTTP
+# client, so a connection the server closed while idle would fail a check:
+# keep idle connections for less time than servers usually do (nginx: 75 s).
+IDLE_TIMEOUT = 20
 
 # rspamd's actions (rspamd's documentation, "Rspamd actions and scores").
 REFUSE_ACTIONS = {"reject": (550, "5.7.1", "Spam message rejected")}
@@ -345,7 +350,7 @@ class RspamdFilter:
         self.url = checkURL(url)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = MAX_PERSISTENT
-        self.pool.retryAutomatically = False
+        self.pool.cachedConnectionTimeout = IDLE_TIMEOUT
         self.agent = Agent(reactor, pool=self.pool)
         self.chunkSize = chunkSize
 
