@@ -17,8 +17,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import urllib.request
 from typing import Optional
+
+from twisted.internet.threads import deferToThread
+from zope.interface import implementer
+
+from smtpmx.address import parseAddress
+from smtpmx.config import Config
+from smtpmx.envelope import Envelope, LocalMailbox, Recipient
+from smtpmx.interfaces import IFilterableMessage
+from smtpmx.testing import validationContext
+from smtpmx.validation import ValidationContext
 
 from tests.e2e import freePort
 from tests.process import RunningProcess
@@ -47,6 +58,83 @@ worker "normal" {{ bind_socket = "127.0.0.1:{port}"; count = 1; }}
 """
 
 PUBLIC_SUFFIXES = "com\norg\nnet\nexample\ntest\n"
+
+HAM = (
+    b"From: Alice <alice@example.org>\nTo: bob@example.com\nSubject: lunch\n"
+    b"Message-ID: <1@example.org>\n\nShall we have lunch on Friday?\n"
+)
+
+
+def spam(pattern: bytes) -> bytes:
+    """
+    A small message whose body carries one of rspamd's test patterns.
+    """
+    return (
+        b"From: Mallory <m@example.net>\nTo: bob@example.com\nSubject: offer\n\n"
+        + pattern + b"\n"
+    )
+
+
+@implementer(IFilterableMessage)
+class FileMessage:
+    """
+    A spooled message as a filter sees it: a file on disk, opened anew by
+    each L{open}; the files opened are kept to check they get closed.
+    """
+
+    def __init__(self, data: bytes, envelope: Optional[Envelope] = None) -> None:
+        """
+        @param data: the message as received.
+        @param envelope: its envelope; a small default one if L{None}.
+        """
+        directory = tempfile.mkdtemp(prefix="rspamd-msg")
+        self.directory = directory
+        self.path = os.path.join(directory, "spool")
+        with open(self.path, "wb") as f:
+            f.write(data)
+        self.size = len(data)
+        self.envelope = envelope or makeEnvelope()
+        self.opened: list = []
+
+    def open(self):
+        """
+        The spooled file, for reading.
+        """
+        f = open(self.path, "rb")
+        self.opened.append(f)
+        return f
+
+    def remove(self) -> None:
+        """
+        Remove the spool.
+        """
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def makeEnvelope(reversePath: Optional[str] = "alice@example.org") -> Envelope:
+    """
+    An envelope from 192.0.2.7 to two local recipients.
+    """
+    return Envelope(
+        queueId="4XyZ12AbQ",
+        clientHost="192.0.2.7",
+        heloName="mail.example.org",
+        reversePath=parseAddress(reversePath) if reversePath else None,
+        recipients=[
+            Recipient(parseAddress("bob@example.com"), LocalMailbox("example.com", "bob")),
+            Recipient(parseAddress("carol@example.com"), LocalMailbox("example.com", "carol")),
+        ],
+    )
+
+
+def threadContext() -> ValidationContext:
+    """
+    The context a filter gets in the server: reads go to the reactor's
+    thread pool.
+    """
+    return validationContext(
+        config=Config(hostname="mx.example.com"), runBlocking=deferToThread,
+    )
 
 
 def available() -> Optional[str]:

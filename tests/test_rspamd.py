@@ -8,7 +8,6 @@ against small fake servers on loopback.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -20,16 +19,11 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from smtpmx.address import parseAddress
-from smtpmx.config import Config
-from smtpmx.envelope import Envelope, LocalMailbox, Recipient
 from smtpmx.filtering import Accept, Junk, Reject
 from smtpmx.filters.rspamd import (
     DEFAULT_URL,
@@ -41,88 +35,12 @@ from smtpmx.filters.rspamd import (
     requestHeaders,
     verdictOf,
 )
-from smtpmx.interfaces import IFilterableMessage, IMessageFilter, IMessageFilterFactory
-from smtpmx.testing import runAtOnce, validationContext
+from smtpmx.interfaces import IMessageFilter, IMessageFilterFactory
+from smtpmx.envelope import Envelope
+from smtpmx.testing import runAtOnce
 from tests import rspamd as harness
+from tests.rspamd import HAM, FileMessage, makeEnvelope, spam, threadContext
 from tests.e2e import freePort
-
-HAM = (
-    b"From: Alice <alice@example.org>\nTo: bob@example.com\nSubject: lunch\n"
-    b"Message-ID: <1@example.org>\n\nShall we have lunch on Friday?\n"
-)
-
-
-def spam(pattern: bytes) -> bytes:
-    """
-    A small message whose body carries one of rspamd's test patterns.
-    """
-    return (
-        b"From: Mallory <m@example.net>\nTo: bob@example.com\nSubject: offer\n\n"
-        + pattern + b"\n"
-    )
-
-
-@implementer(IFilterableMessage)
-class FileMessage:
-    """
-    A spooled message as a filter sees it: a file on disk, opened anew by
-    each L{open}; the files opened are kept to check they get closed.
-    """
-
-    def __init__(self, data: bytes, envelope: Optional[Envelope] = None) -> None:
-        """
-        @param data: the message as received.
-        @param envelope: its envelope; a small default one if L{None}.
-        """
-        directory = tempfile.mkdtemp(prefix="rspamd-msg")
-        self.directory = directory
-        self.path = os.path.join(directory, "spool")
-        with open(self.path, "wb") as f:
-            f.write(data)
-        self.size = len(data)
-        self.envelope = envelope or makeEnvelope()
-        self.opened: list = []
-
-    def open(self):
-        """
-        The spooled file, for reading.
-        """
-        f = open(self.path, "rb")
-        self.opened.append(f)
-        return f
-
-    def remove(self) -> None:
-        """
-        Remove the spool.
-        """
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def makeEnvelope(reversePath: Optional[str] = "alice@example.org") -> Envelope:
-    """
-    An envelope from 192.0.2.7 to two local recipients.
-    """
-    return Envelope(
-        queueId="4XyZ12AbQ",
-        clientHost="192.0.2.7",
-        heloName="mail.example.org",
-        reversePath=parseAddress(reversePath) if reversePath else None,
-        recipients=[
-            Recipient(parseAddress("bob@example.com"), LocalMailbox("example.com", "bob")),
-            Recipient(parseAddress("carol@example.com"), LocalMailbox("example.com", "carol")),
-        ],
-    )
-
-
-def threadContext():
-    """
-    The context a filter gets in the server: reads go to the reactor's
-    thread pool.
-    """
-    return validationContext(
-        config=Config(hostname="mx.example.com"), runBlocking=deferToThread,
-    )
-
 
 class CheckURLTests(SynchronousTestCase):
     """
@@ -449,6 +367,9 @@ class RealRspamdTests(FilterTestCase):
         GTUBE is refused for good: C{550 5.7.1} with rspamd's text.
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             verdict = await self.check(spam(harness.GTUBE))
             self.assertIsInstance(verdict, Reject)
             self.assertEqual((verdict.code, verdict.enhanced, verdict.text),
@@ -461,6 +382,9 @@ class RealRspamdTests(FilterTestCase):
         and rspamd's action and score.
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             verdict = await self.check(spam(harness.GTUBE_ADD_HEADER))
             self.assertIsInstance(verdict, Junk)
             self.assertEqual(list(verdict.headers), [
@@ -473,6 +397,9 @@ class RealRspamdTests(FilterTestCase):
         A message rspamd marks C{rewrite subject} is junk too.
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             verdict = await self.check(spam(harness.GTUBE_REWRITE_SUBJECT))
             self.assertIsInstance(verdict, Junk)
             self.assertIn(("X-Spam-Action", "rewrite subject"), verdict.headers)
@@ -485,6 +412,9 @@ class RealRspamdTests(FilterTestCase):
         recipients).
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             verdict = await self.check(HAM)
             self.assertIsInstance(verdict, Accept)
             self.assertEqual(list(verdict.headers),
@@ -500,6 +430,9 @@ class RealRspamdTests(FilterTestCase):
         reaches rspamd whole (rspamd logs its size).
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n"
             data = HAM + line * (5_000_000 // len(line))
             envelope = makeEnvelope()
@@ -517,6 +450,9 @@ class RealRspamdTests(FilterTestCase):
         check has a connection of its own there and the pool must cope.
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             f = self.makeFilter(self.rspamd.url)
             mark = self.rspamd.mark()
             for _ in range(5):
@@ -537,6 +473,9 @@ class RealRspamdTests(FilterTestCase):
         C{--filter-failure}).
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             f = self.makeFilter(f"http://127.0.0.1:{freePort()}")
             with self.assertRaises(ConnectionRefusedError):
                 await f.filterMessage(threadContext(), self.message(HAM))
@@ -639,6 +578,9 @@ class FakeServerTests(FilterTestCase):
         message.
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             resource, counting, url = self.fake(
                 200, b'{"action": "no action", "score": 1.5, "is_skipped": false}'
             )
@@ -655,6 +597,9 @@ class FakeServerTests(FilterTestCase):
         An HTTP status other than 200 fails the check.
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             _, _, url = self.fake(500, b'{"error": "invalid command"}')
             with self.assertRaises(RspamdError) as caught:
                 await self.makeFilter(url).filterMessage(threadContext(), self.message(HAM))
@@ -666,6 +611,9 @@ class FakeServerTests(FilterTestCase):
         A reply that is not JSON fails the check.
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             _, _, url = self.fake(200, b"<html>proxy error</html>")
             with self.assertRaises(RspamdError):
                 await self.makeFilter(url).filterMessage(threadContext(), self.message(HAM))
@@ -679,6 +627,9 @@ class FakeServerTests(FilterTestCase):
         spool file too.
         """
         async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
             counting = CountingFactory(Factory.forProtocol(Silent))
             url = self.listen(counting)
             message = self.message(HAM)

@@ -382,6 +382,9 @@ class RspamdFilter:
         response.deliverBody(reader)
         if response.code != 200:
             def refused(text: bytes):
+                """
+                rspamd refused the request: say so with its status.
+                """
                 raise RspamdError(
                     f"rspamd at {self.url.decode()} answered HTTP {response.code}:"
                     f" {text[:200]!r}"
