@@ -49,7 +49,7 @@ LAYERS = (
             "smtpmx.validation", "smtpmx.filtering", "smtpmx.access", "smtpmx.tls", "smtpmx.validators",
             "smtpmx.validators.mailbox", "smtpmx.validators.anylocal",
             "smtpmx.validators.aliases", "smtpmx.plugins",
-            "smtpmx.plugins.builtin_validators",
+            "smtpmx.plugins.builtin_validators", "smtpmx.filters", "smtpmx.filters.rspamd",
         ),
     ),
     ("dialogue", ("smtpmx.session", "smtpmx.server")),

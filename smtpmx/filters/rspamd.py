@@ -1,0 +1,470 @@
+"""
+The built-in message filter C{rspamd[:URL]}: asks rspamd's normal worker
+(C{http://127.0.0.1:11333} by default) for its verdict on a message.
+
+rspamd's protocol is HTTP (RFC 9110, RFC 9112): the message is C{POST}ed
+to C{/checkv2}, the envelope goes in request header fields (C{IP},
+C{Helo}, C{From}, one C{Rcpt} per recipient, C{Queue-Id}, C{Hostname},
+C{MTA-Name}), and the reply is a JSON object (RFC 8259) whose C{action}
+says what to do.  The body is streamed from the spooled file, read in
+chunks off the reactor thread, never whole in memory.  Requests go through
+Twisted's own HTTP client with a persistent connection pool, so a server
+that keeps connections open gets one connection reused for many checks.
+
+rspamd's actions become verdicts (C{docs/plugins.rst}): C{reject} is
+C{550 5.7.1}, C{soft reject} and C{greylist} are C{451 4.7.1}, C{add
+header}, C{rewrite subject}, C{quarantine} and C{discard} file the message
+as junk with C{X-Spam: Yes} (a message is never silently dropped),
+anything else (C{no action}, a site's own actions) delivers it; every
+delivered copy carries C{X-Spam-Action} and C{X-Spam-Score}.  A failure to get a usable answer fails the L{Deferred},
+and the filter chain applies C{--filter-failure}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Callable, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from twisted.internet.protocol import Protocol
+from twisted.web.client import (
+    Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
+
+from smtpmx.filtering import Accept, Junk, Reject
+from smtpmx.interfaces import IFilterableMessage, IMessageFilter, IMessageFilterFactory
+
+DEFAULT_URL = "http://127.0.0.1:11333"
+
+# How much of the spooled message is read and sent at a time.
+CHUNK_SIZE = 64 * 1024
+
+# The largest JSON reply read; rspamd's replies are a few kilobytes.
+MAX_REPLY = 1024 * 1024
+
+# Idle connections kept per rspamd server: one per check in flight.
+MAX_PERSISTENT = 16
+
+# How long an idle connection is kept.  A POST is never retried by the HTTP
+# client, so a connection the server closed while idle would fail a check:
+# keep idle connections for less time than servers usually do (nginx: 75 s).
+IDLE_TIMEOUT = 20
+
+# rspamd's actions (rspamd's documentation, "Rspamd actions and scores").
+REFUSE_ACTIONS = {"reject": (550, "5.7.1", "Spam message rejected")}
+DEFER_ACTIONS = {
+    "soft reject": (451, "4.7.1", "Try again later"),
+    "greylist": (451, "4.7.1", "Greylisted, try again later"),
+}
+JUNK_ACTIONS = frozenset({"add header", "rewrite subject", "quarantine", "discard"})
+
+
+class RspamdError(Exception):
+    """
+    rspamd gave no usable answer: an HTTP status other than 200, a reply
+    that is not JSON or has no action and score.
+    """
+
+
+def checkURL(url: str) -> bytes:
+    """
+    The C{/checkv2} address of the rspamd server at C{url}.
+
+    @param url: C{http://HOST[:PORT][/PREFIX]} (or C{https://}, for an
+        rspamd behind a TLS-terminating proxy); C{/checkv2} is appended to
+        the path.
+    @raise ValueError: C{url} is not such an address.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"rspamd needs an http:// URL, not {url!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"rspamd's URL takes no query, fragment or user: {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"rspamd's URL has a bad port: {url!r}") from None
+    path = parts.path.rstrip("/") + "/checkv2"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", "")).encode("ascii")
+
+
+def requestHeaders(message: IFilterableMessage, mtaName: str) -> Headers:
+    """
+    The header fields that give rspamd the envelope of C{message}, so that
+    it need not guess it from the message's own header.
+
+    rspamd's C{Hostname} is the client's verified host name; smtpmx does
+    not verify one, so it says C{unknown}, as Postfix does.  C{MTA-Name}
+    is our own name, which rspamd puts in the fields it writes.
+
+    @param mtaName: our host name (C{--hostname}).
+    """
+    envelope = message.envelope
+    headers = Headers()
+    headers.addRawHeader(b"IP", _field(envelope.clientHost))
+    if envelope.heloName:
+        headers.addRawHeader(b"Helo", _field(envelope.heloName))
+    headers.addRawHeader(b"Hostname", b"unknown")
+    sender = "" if envelope.reversePath is None else str(envelope.reversePath)
+    headers.addRawHeader(b"From", _field(f"<{sender}>"))
+    for recipient in envelope.recipients:
+        headers.addRawHeader(b"Rcpt", _field(f"<{recipient.address}>"))
+    headers.addRawHeader(b"Queue-Id", _field(envelope.queueId))
+    headers.addRawHeader(b"MTA-Name", _field(mtaName))
+    headers.addRawHeader(b"Content-Type", b"message/rfc822")
+    return headers
+
+
+def _field(value: str) -> bytes:
+    """
+    A header field value as sent: UTF-8 (an SMTPUTF8 address may hold
+    more than ASCII), with no line break that could end the field.
+    """
+    return " ".join(str(value).split()).encode("utf-8")
+
+
+def verdictOf(reply: object):
+    """
+    The verdict for rspamd's JSON reply.
+
+    @param reply: the decoded C{/checkv2} reply.
+    @return: an L{Accept}, L{Junk} or L{Reject}.
+    @raise RspamdError: the reply has no action or no numeric score.
+    """
+    if not isinstance(reply, dict):
+        raise RspamdError(f"rspamd's reply is not an object: {reply!r:.200}")
+    action = reply.get("action")
+    score = reply.get("score")
+    if not isinstance(action, str) or isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise RspamdError(f"rspamd's reply has no action and score: {reply!r:.200}")
+    if not math.isfinite(score):
+        raise RspamdError(f"rspamd's score is not a number: {score!r}")
+    messages = reply.get("messages")
+    said = messages.get("smtp_message") if isinstance(messages, dict) else None
+    if action in REFUSE_ACTIONS or action in DEFER_ACTIONS:
+        code, enhanced, text = REFUSE_ACTIONS.get(action) or DEFER_ACTIONS[action]
+        return Reject(code, enhanced, _replyText(said) or text)
+    headers = [("X-Spam-Action", _replyText(action)), ("X-Spam-Score", f"{score:.2f}")]
+    if action in JUNK_ACTIONS:
+        return Junk([("X-Spam", "Yes")] + headers)
+    return Accept(headers)
+
+
+def _replyText(text: object) -> str:
+    """
+    Text from rspamd fit for an SMTP reply or a header field: printable
+    US-ASCII only (RFC 5321 section 4.2), at most 200 characters.
+    """
+    if not isinstance(text, str):
+        return ""
+    return "".join(c for c in text if " " <= c <= "~")[:200].strip()
+
+
+@implementer(IBodyProducer)
+class SpooledBody:
+    """
+    The body of a C{/checkv2} request: the spooled message, opened and read
+    chunk by chunk through C{runBlocking}, written to the connection as
+    fast as it takes it (it pauses us when its buffer is full).
+
+    @ivar length: the message's size, sent as C{Content-Length}.
+    """
+
+    def __init__(
+        self, message: IFilterableMessage, runBlocking: Callable[..., Deferred],
+        chunkSize: int = CHUNK_SIZE,
+    ) -> None:
+        """
+        @param message: the message to send.
+        @param runBlocking: runs a blocking call off the reactor thread.
+        @param chunkSize: how much to read at a time.
+        """
+        self.message = message
+        self.length = message.size
+        self.runBlocking = runBlocking
+        self.chunkSize = chunkSize
+        self.consumer = None
+        self.file = None
+        self.done: Optional[Deferred] = None
+        self.paused = False
+        self.stopped = False
+        self.reading = False
+
+    def startProducing(self, consumer) -> Deferred:
+        """
+        Open the message and start sending it to C{consumer}.
+
+        @return: a L{Deferred} that fires when all is sent; cancelling it
+            stops reading.
+        """
+        self.consumer = consumer
+        self.done = Deferred(lambda d: self.stopProducing())
+        self.reading = True
+        opening = self.runBlocking(self.message.open)
+        opening.addCallbacks(self.opened, self.failed)
+        return self.done
+
+    def opened(self, file) -> None:
+        """
+        The message is open: read it, unless we were stopped meanwhile.
+        """
+        self.reading = False
+        self.file = file
+        if self.stopped:
+            self.closeFile()
+        else:
+            self.readNext()
+
+    def readNext(self) -> None:
+        """
+        Read the next chunk, unless paused, stopped or already reading.
+        """
+        if self.paused or self.stopped or self.reading or self.file is None:
+            return
+        self.reading = True
+        reading = self.runBlocking(self.file.read, self.chunkSize)
+        reading.addCallbacks(self.read, self.failed)
+
+    def read(self, chunk: bytes) -> None:
+        """
+        A chunk was read: send it and read on, or finish at the end.
+        """
+        self.reading = False
+        if self.stopped:
+            self.closeFile()
+            return
+        if not chunk:
+            self.stopped = True
+            self.closeFile()
+            self.done.callback(None)
+            return
+        self.consumer.write(chunk)
+        self.readNext()
+
+    def failed(self, failure) -> None:
+        """
+        Opening or reading the spooled message failed: the request fails.
+        """
+        self.reading = False
+        already = self.stopped
+        self.stopped = True
+        self.closeFile()
+        if not already:
+            self.done.errback(failure)
+
+    def closeFile(self) -> None:
+        """
+        Close the spooled file once no read is under way on it.
+        """
+        if self.file is not None and not self.reading:
+            file, self.file = self.file, None
+            self.runBlocking(file.close)
+
+    def pauseProducing(self) -> None:
+        """
+        The connection's buffer is full: read no more for now.
+        """
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The connection takes data again.
+        """
+        self.paused = False
+        self.readNext()
+
+    def stopProducing(self) -> None:
+        """
+        The request was given up (cancelled, or its connection lost): read
+        no more and close the file.
+        """
+        self.stopped = True
+        self.closeFile()
+
+
+class ReplyReader(Protocol):
+    """
+    Reads a reply body of at most L{MAX_REPLY} bytes.  Its transport's
+    C{stopProducing} closes the connection: what cancelling does.
+    """
+
+    def __init__(self, done: Deferred) -> None:
+        """
+        @param done: fired with the body, or failed.
+        """
+        self.done = done
+        self.chunks: list[bytes] = []
+        self.length = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Keep a part of the body; give up on a body too long.
+        """
+        self.length += len(data)
+        if self.length > MAX_REPLY:
+            self.transport.stopProducing()
+            if not self.done.called:
+                self.done.errback(RspamdError(f"rspamd's reply is over {MAX_REPLY} bytes"))
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        """
+        The body is complete (L{ResponseDone}) or cut short.
+        """
+        if self.done.called:
+            return
+        if reason is not None and reason.check(ResponseDone):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+@implementer(IMessageFilter)
+class RspamdFilter:
+    """
+    Asks one rspamd server about each message (C{docs/plugins.rst}).
+
+    @ivar url: the C{/checkv2} address asked.
+    @ivar pool: the persistent connections to rspamd.
+    """
+
+    log = Logger()
+
+    def __init__(self, url: str, reactor, chunkSize: int = CHUNK_SIZE) -> None:
+        """
+        @param url: rspamd's address, see L{checkURL}.
+        @param reactor: the reactor to connect with.
+        @param chunkSize: how much of the message is read at a time.
+        @raise ValueError: C{url} is unusable.
+        """
+        self.url = checkURL(url)
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = MAX_PERSISTENT
+        self.pool.cachedConnectionTimeout = IDLE_TIMEOUT
+        self.agent = Agent(reactor, pool=self.pool)
+        self.chunkSize = chunkSize
+
+    def filterMessage(self, session, message: IFilterableMessage) -> Deferred:
+        """
+        Send C{message} and its envelope to rspamd, and map its action to
+        a verdict.
+
+        @param session: the transaction's context: its C{runBlocking} reads
+            the spool, its C{config.hostname} is our C{MTA-Name}.
+        @return: a L{Deferred} firing with the verdict, or failing with
+            L{RspamdError} or the connection's error.  Cancelling it aborts
+            the request and its connection.
+        """
+        body = SpooledBody(message, session.runBlocking, self.chunkSize)
+        headers = requestHeaders(message, session.config.hostname)
+        d = self.agent.request(b"POST", self.url, headers, body)
+        d.addCallback(self.replied)
+        d.addCallback(self.decoded)
+        d.addErrback(_cancelled)
+        return d
+
+    def replied(self, response: IResponse) -> Deferred:
+        """
+        Read rspamd's reply in full, so that its connection can be reused.
+        """
+        d: Deferred = Deferred(lambda _: reader.transport.stopProducing())
+        reader = ReplyReader(d)
+        response.deliverBody(reader)
+        if response.code != 200:
+            def refused(text: bytes):
+                """
+                rspamd refused the request: say so with its status.
+                """
+                raise RspamdError(
+                    f"rspamd at {self.url.decode()} answered HTTP {response.code}:"
+                    f" {text[:200]!r}"
+                )
+            d.addCallback(refused)
+        return d
+
+    def decoded(self, body: bytes):
+        """
+        The verdict for the raw reply.
+
+        @raise RspamdError: it is not a JSON reply rspamd gives.
+        """
+        try:
+            reply = json.loads(body)
+        except ValueError as e:
+            raise RspamdError(f"rspamd's reply is not JSON: {e}") from None
+        return verdictOf(reply)
+
+    def close(self) -> Deferred:
+        """
+        Close the idle connections (at shutdown, or the end of a test).
+        """
+        return self.pool.closeCachedConnections()
+
+
+def _cancelled(failure: Failure) -> Failure:
+    """
+    A request given up by cancelling it fails with L{CancelledError}, not
+    the HTTP client's wrapping of it, so that the chain sees its own
+    timeout.
+    """
+    if failure.check(ResponseNeverReceived, ResponseFailed) and any(
+        reason.check(CancelledError) for reason in failure.value.reasons
+    ):
+        raise CancelledError()
+    return failure
+
+
+def installedReactor():
+    """
+    The reactor twistd installed before building the service, found
+    without installing one as a side effect.
+
+    @raise ValueError: no reactor is installed yet.
+    """
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        raise ValueError("rspamd needs a running reactor")
+    return reactor
+
+
+@implementer(IPlugin, IMessageFilterFactory)
+class RspamdFilterFactory:
+    """
+    Makes the C{rspamd[:URL]} filter.
+
+    @ivar reactor: the reactor its filters connect with; L{None} for the
+        one twistd installed.
+    """
+
+    name = "rspamd"
+    description = (
+        f"rspamd[:URL] - asks rspamd (default {DEFAULT_URL}): reject -> 550,"
+        " soft reject/greylist -> 451, add header/rewrite subject -> Junk folder;"
+        " adds X-Spam-Action and X-Spam-Score."
+    )
+
+    def __init__(self, reactor=None) -> None:
+        """
+        @param reactor: see L{reactor}.
+        """
+        self.reactor = reactor
+
+    def makeFilter(self, argument: Optional[str]) -> RspamdFilter:
+        """
+        An L{RspamdFilter} for the server at C{argument} (L{DEFAULT_URL}
+        when there is none).
+
+        @raise ValueError: the URL is unusable.
+        """
+        reactor = self.reactor if self.reactor is not None else installedReactor()
+        return RspamdFilter(argument or DEFAULT_URL, reactor)
