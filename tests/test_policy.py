@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import smtplib
 import tempfile
 import time
 from typing import Callable, Optional
@@ -19,7 +20,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.basic import LineOnlyReceiver
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from smtpmx.address import parseAddress
 from smtpmx.plugins.builtin_validators import policy as policyFactory
@@ -31,7 +32,16 @@ from smtpmx.validators.policy import (
     requestAttributes,
     verdictOf,
 )
+from tests.e2e import RunningServer
+from tests.helpers import message, unique
+from tests.postgrey import RunningPostgrey, postgreyMissing
 from tests.serverhelpers import Server
+
+# postgrey's greylisting delay in these tests, in seconds.
+DELAY = 2
+
+# Every blocking operation of an SMTP client is bounded by this.
+TIMEOUT = 15
 
 # What Postfix sends at RCPT (SMTPD_POLICY_README), and nothing else.
 ATTRIBUTES = {
@@ -483,3 +493,109 @@ async def _gather(deferreds: list[Deferred]) -> list:
     The results of several Deferreds, in order.
     """
     return [await d for d in deferreds]
+
+
+class PostgreyTests(TestCase):
+    """
+    The validator against a real postgrey (L{tests.postgrey}), with a 2 s
+    greylisting delay.
+    """
+
+    def setUp(self) -> None:
+        """
+        Start a private postgrey, or skip saying why not.
+        """
+        missing = postgreyMissing()
+        if missing:
+            raise SkipTest(missing)
+        self.postgrey = RunningPostgrey.start(self.addCleanup, delay=DELAY)
+        self.validator = PolicyValidator(self.postgrey.endpoint)
+        self.addCleanup(self.validator.close)
+
+    async def test_greylisting(self) -> None:
+        """
+        A first attempt is greylisted, C{450 4.7.1} with postgrey's text;
+        a retry within the delay still is; a retry after the delay passes
+        (postgrey's C{PREPEND} is no opinion: the next validator decides).
+        """
+        recipient = parseAddress(f"{unique('grey')}@example.org")
+        first = await self.validator.validateRecipient(context(), recipient)
+        self.assertEqual((first.code, first.enhanced), (450, "4.7.1"))
+        self.assertIn("Greylisted", first.text)
+        again = await self.validator.validateRecipient(context(), recipient)
+        self.assertEqual(again.code, 450)
+        await deferLater(reactor, DELAY + 1.2, lambda: None)
+        passed = await self.validator.validateRecipient(context(), recipient)
+        self.assertIsNone(passed)
+        log = self.postgrey.log()
+        self.assertIn("action=greylist, reason=new, client_name=unknown", log)
+        self.assertIn("action=pass, reason=triplet found", log)
+        self.assertEqual(self.validator.client().connections, 1)
+
+    async def test_tripletsApart(self) -> None:
+        """
+        Another recipient, another sender, or another client is another
+        triplet: greylisted on its own.
+        """
+        recipient = parseAddress(f"{unique('grey')}@example.org")
+        await self.validator.validateRecipient(context(), recipient)
+        await deferLater(reactor, DELAY + 1.2, lambda: None)
+        self.assertIsNone(await self.validator.validateRecipient(context(), recipient))
+        for session, to in (
+            (context(), parseAddress(f"{unique('other')}@example.org")),
+            (context(reversePath=parseAddress("else@example.net")), recipient),
+            (context(clientHost="198.51.100.9"), recipient),
+        ):
+            verdict = await self.validator.validateRecipient(session, to)
+            self.assertEqual((verdict.code, verdict.enhanced), (450, "4.7.1"))
+
+
+class PostgreyEndToEndTests(SynchronousTestCase):
+    """
+    The real C{twistd smtpmx --validator policy:... --validator any} with
+    a real postgrey: greylisted, then accepted and delivered.
+    """
+
+    def test_greylistedThenDelivered(self) -> None:
+        """
+        A sender's first attempt gets C{450 4.7.1} at RCPT (nothing stored);
+        the same message retried after the delay is accepted and lands in
+        the recipient's Maildir.
+        """
+        missing = postgreyMissing()
+        if missing:
+            raise SkipTest(missing)
+        postgrey = RunningPostgrey.start(self.addCleanup, delay=DELAY)
+        server = RunningServer.start(
+            self.addCleanup,
+            ["--domain", "example.org", "--validator", f"policy:{postgrey.endpoint}",
+             "--validator", "any"],
+        )
+        user = unique("grey")
+        recipient = f"{user}@example.org"
+        data = message(subject=user, to=recipient)
+
+        def attempt():
+            with smtplib.SMTP(server.host, server.port, local_hostname="client.example",
+                              timeout=TIMEOUT) as c:
+                c.ehlo()
+                c.mail("sender@remote.example")
+                code, text = c.rcpt(recipient)
+                if code != 250:
+                    c.rset()
+                    return code, text.decode()
+                return c.data(data)[0], ""
+
+        code, text = attempt()
+        self.assertEqual(code, 450)
+        self.assertTrue(text.startswith("4.7.1 Greylisted"), text)
+        self.assertEqual(server.newMessages("example.org", user), [])
+        time.sleep(DELAY + 1.2)
+        self.assertEqual(attempt()[0], 250)
+        stored = server.newMessages("example.org", user)
+        self.assertEqual(len(stored), 1)
+        self.assertIn(f"Subject: {user}".encode(), stored[0])
+        output = server.output()
+        self.assertIn("NOQUEUE: reject: RCPT from [127.0.0.1]: 450 4.7.1 Greylisted", output)
+        self.assertIn(f"<{recipient}> 250 2.1.5 by any", output)
+        self.assertNotIn("Traceback", server.log())
