@@ -18,6 +18,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -32,7 +33,7 @@ from smtpmx.validators.policy import (
     requestAttributes,
     verdictOf,
 )
-from tests.e2e import RunningServer
+from tests.e2e import RunningServer, freePort
 from tests.helpers import message, unique
 from tests.postgrey import RunningPostgrey, postgreyMissing
 from tests.serverhelpers import Server
@@ -598,4 +599,92 @@ class PostgreyEndToEndTests(SynchronousTestCase):
         output = server.output()
         self.assertIn("NOQUEUE: reject: RCPT from [127.0.0.1]: 450 4.7.1 Greylisted", output)
         self.assertIn(f"<{recipient}> 250 2.1.5 by any", output)
+        self.assertNotIn("Traceback", server.log())
+
+
+class PolicyOnTheWireTests(TestCase):
+    """
+    The real C{twistd smtpmx --validator policy:... --validator any} asking
+    a fake policy server: each action's reply is what the SMTP client
+    hears at RCPT.
+    """
+
+    async def test_actionsOnTheWire(self) -> None:
+        """
+        C{OK} and C{DUNNO} end in C{250} (C{any} decides after C{DUNNO}),
+        C{REJECT text} in C{550 5.7.1 text}, C{DEFER_IF_PERMIT text} in
+        C{450 4.7.1 text}, C{NNN text} in that reply; all over one
+        connection to the policy server; the message goes to the
+        accepted recipients only.
+        """
+        actions = {
+            "ok@example.org": "OK",
+            "dunno@example.org": "DUNNO",
+            "reject@example.org": "REJECT Not here",
+            "defer@example.org": "DEFER_IF_PERMIT Come back later",
+            "full@example.org": "552 5.2.2 Mailbox is full",
+        }
+        policy = FakePolicy(lambda r: actions[r["recipient"]])
+        port = reactor.listenTCP(0, policy, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        server = RunningServer.start(
+            self.addCleanup,
+            ["--domain", "example.org", "--validator",
+             f"policy:tcp:127.0.0.1:{port.getHost().port}", "--validator", "any"],
+        )
+
+        def session() -> list[tuple[int, str]]:
+            with smtplib.SMTP(server.host, server.port, local_hostname="client.example",
+                              timeout=TIMEOUT) as c:
+                c.ehlo()
+                c.mail("sender@remote.example", ["SIZE=200"])
+                replies = [c.rcpt(r) for r in actions]
+                c.data(message(subject="wire", to="ok@example.org"))
+                return [(code, text.decode()) for code, text in replies]
+
+        replies = await deferToThread(session)
+        self.assertEqual(
+            replies,
+            [
+                (250, "2.1.5 Ok"),
+                (250, "2.1.5 Ok"),
+                (550, "5.7.1 Not here"),
+                (450, "4.7.1 Come back later"),
+                (552, "5.2.2 Mailbox is full"),
+            ],
+        )
+        self.assertEqual(len(policy.connections), 1)
+        self.assertEqual({r["size"] for r in policy.requests}, {"200"})
+        self.assertEqual({r["protocol_name"] for r in policy.requests}, {"ESMTP"})
+        self.assertEqual(len({r["instance"] for r in policy.requests}), 1)
+        self.assertEqual(len(server.newMessages("example.org", "ok")), 1)
+        self.assertEqual(len(server.newMessages("example.org", "dunno")), 1)
+        self.assertEqual(server.newMessages("example.org", "reject"), [])
+        self.assertIn("<reject@example.org> 550 5.7.1 by policy", server.output())
+        self.assertIn("<ok@example.org> 250 2.1.5 by policy", server.output())
+
+    async def test_serverDownOnTheWire(self) -> None:
+        """
+        No policy server listening: every recipient gets C{451 4.3.0}, the
+        session goes on, and the log has no traceback.
+        """
+        number = freePort()
+        server = RunningServer.start(
+            self.addCleanup,
+            ["--domain", "example.org", "--validator", f"policy:tcp:127.0.0.1:{number}",
+             "--validator", "any"],
+        )
+
+        def session() -> tuple[int, str]:
+            with smtplib.SMTP(server.host, server.port, local_hostname="client.example",
+                              timeout=TIMEOUT) as c:
+                c.ehlo()
+                c.mail("sender@remote.example")
+                code, text = c.rcpt("bob@example.org")
+                c.rset()
+                return code, text.decode()
+
+        code, text = await deferToThread(session)
+        self.assertEqual((code, text[:5]), (451, "4.3.0"))
+        self.assertIn("policy server", server.output())
         self.assertNotIn("Traceback", server.log())
