@@ -249,8 +249,6 @@ class PolicyClient:
     @ivar connections: how many connections were made.
     """
 
-    log = Logger()
-
     def __init__(self, endpoint, clock, timeout: float = POLICY_TIMEOUT) -> None:
         """
         @param endpoint: an C{IStreamClientEndpoint}.
