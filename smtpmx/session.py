@@ -199,7 +199,8 @@ class Session:
         @param runBlocking: runs blocking work off the reactor thread, for
             validators.
         @param clock: the time of the C{Received} header and the validators'
-            timeout.
+            timeout; in the server, the reactor, which validators are given
+            in their L{ValidationContext}.
         @param newQueueId: makes the queue ID of each message.
         @param tlsAvailable: whether STARTTLS is offered.
         """
@@ -416,7 +417,8 @@ class Session:
             # RFC 1870 6.1.
             return Answer(reply.TOO_BIG)
         context = ValidationContext(
-            self.clientHost, self.heloName, path, self.config, self.runBlocking
+            self.clientHost, self.heloName, path, self.config, self.runBlocking,
+            esmtp=self.esmtp, declaredSize=size, reactor=self._clock,
         )
         self.transaction = Transaction(path, smtputf8, size, context)
         return Answer(reply.SENDER_OK)

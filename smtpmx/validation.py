@@ -8,7 +8,7 @@ recipient only.  The plugin API is described in C{docs/plugins.rst}.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -36,6 +36,13 @@ class ValidationContext:
         function off the reactor thread and returns a L{Deferred} firing
         with its result; a validator that touches the disk or the network
         the blocking way must go through it.
+    @ivar esmtp: whether the client greeted with EHLO (RFC 5321 section
+        4.1.1.1) rather than HELO.
+    @ivar declaredSize: the C{SIZE} parameter of MAIL (RFC 1870 section
+        6), or L{None} when the client gave none.
+    @ivar reactor: the server's reactor, for a validator that talks to a
+        server of its own the non-blocking way (connects, times out); or
+        L{None} when the context was built without one (a plugin's tests).
     """
 
     clientHost: str
@@ -43,6 +50,9 @@ class ValidationContext:
     reversePath: Optional[Address]
     config: Config
     runBlocking: Callable[..., Deferred]
+    esmtp: bool = True
+    declaredSize: Optional[int] = None
+    reactor: Any = None
 
 
 class Accept:

@@ -48,7 +48,7 @@ LAYERS = (
         (
             "smtpmx.validation", "smtpmx.filtering", "smtpmx.access", "smtpmx.tls", "smtpmx.validators",
             "smtpmx.validators.mailbox", "smtpmx.validators.anylocal",
-            "smtpmx.validators.aliases", "smtpmx.plugins",
+            "smtpmx.validators.aliases", "smtpmx.validators.policy", "smtpmx.plugins",
             "smtpmx.plugins.builtin_validators", "smtpmx.filters", "smtpmx.filters.rspamd",
         ),
     ),

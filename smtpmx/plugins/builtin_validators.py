@@ -1,6 +1,7 @@
 """
 The built-in recipient validators, shipped as plugins shaped exactly like
-third-party ones (docs/plugins.rst): C{mailbox}, C{any} and C{aliases:PATH}.
+third-party ones (docs/plugins.rst): C{mailbox}, C{any}, C{aliases:PATH} and
+C{policy:ENDPOINT}.
 """
 
 from __future__ import annotations
@@ -87,6 +88,33 @@ class AliasesValidatorFactory:
         return AliasesValidator(os.path.abspath(argument))
 
 
+@implementer(IPlugin, IRecipientValidatorFactory)
+class PolicyValidatorFactory:
+    """
+    Makes the C{policy:ENDPOINT} validator.
+    """
+
+    name = "policy"
+    description = (
+        "policy:ENDPOINT - asks a Postfix SMTPD policy server (postgrey, policyd-spf,"
+        " Dovecot quota-status) at each RCPT; ENDPOINT is a Twisted client endpoint"
+        " such as tcp:127.0.0.1:10023 or unix:/run/postgrey.sock."
+    )
+
+    def makeValidator(self, argument: Optional[str]):
+        """
+        An L{smtpmx.validators.policy.PolicyValidator} for the endpoint
+        C{argument}, checked now; it connects on first use.
+
+        @raise ValueError: no endpoint given, or not an endpoint string.
+        """
+        from smtpmx.validators.policy import PolicyValidator, checkEndpoint
+
+        checkEndpoint(argument or "")
+        return PolicyValidator(argument)
+
+
 mailbox = MailboxValidatorFactory()
 anyLocal = AnyLocalValidatorFactory()
 aliases = AliasesValidatorFactory()
+policy = PolicyValidatorFactory()
