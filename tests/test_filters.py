@@ -475,7 +475,7 @@ class SessionRefusalTests(SynchronousTestCase):
         )
         return d
 
-    @pytest.mark.rfc(5321, "4.1.1.4")
+    @pytest.mark.rfc("5321", "4.1.1.4", "5321-4.1.1.4-3")
     def test_refusedReply(self):
         """
         A filter's Reject is the reply to the end of data, with its own
