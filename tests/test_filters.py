@@ -535,3 +535,46 @@ class TestingHelperTests(SynchronousTestCase):
         """
         self.assertIsInstance(self.successResultOf(runFilter(Fixed(Junk()), b"x\n")), Junk)
         self.failureResultOf(runFilter(Fixed("spam"), b"x\n"), TypeError)
+
+
+class ExampleFilterTests(SynchronousTestCase):
+    """
+    The C{keyword} example of README.rst and docs/plugins.rst works as
+    shown, and both documents show the same code as L{tests.examplefilter}.
+    """
+
+    def setUp(self):
+        """
+        Load the example's source.
+        """
+        from tests.examplefilter import SOURCE
+
+        self.source = SOURCE
+        self.namespace: dict = {}
+        exec(compile(SOURCE, "keywordfilter.py", "exec"), self.namespace)
+
+    def test_documented(self):
+        """
+        README.rst and docs/plugins.rst show the example's code, indented.
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        indented = "".join(
+            ("    " + line) if line.strip() else "\n" for line in self.source.splitlines(True)
+        )
+        for name in ("README.rst", os.path.join("docs", "plugins.rst")):
+            with open(os.path.join(root, name), encoding="utf-8") as f:
+                self.assertIn(indented, f.read(), name)
+
+    def test_verdicts(self):
+        """
+        The example refuses a message with its word, even across a chunk
+        boundary, and accepts the others with its header field.
+        """
+        keywordFilter = self.namespace["keyword"].makeFilter("VIAGRA")
+        refused = self.successResultOf(
+            runFilter(keywordFilter, b"Subject: hi\r\n\r\n" + b"x" * 65530 + b"Cheap VIAGRA\r\n")
+        )
+        self.assertIsInstance(refused, Reject)
+        passed = self.successResultOf(runFilter(keywordFilter, b"Hello\r\n"))
+        self.assertEqual(passed.headers, (("X-Keyword-Checked", "yes"),))
+        self.assertRaises(ValueError, self.namespace["keyword"].makeFilter, None)
