@@ -578,3 +578,108 @@ class ExampleFilterTests(SynchronousTestCase):
         passed = self.successResultOf(runFilter(keywordFilter, b"Hello\r\n"))
         self.assertEqual(passed.headers, (("X-Keyword-Checked", "yes"),))
         self.assertRaises(ValueError, self.namespace["keyword"].makeFilter, None)
+
+
+class TapTests(SynchronousTestCase):
+    """
+    C{twistd smtpmx} takes the filter options and wires the filtering
+    store in front of the real one only when a filter is given.
+    """
+
+    def build(self, *argv):
+        """
+        The service for C{argv}, on a memory reactor, and its store.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from smtpmx.tap import ListeningService, buildService
+        from tests.test_tap import parse
+
+        directory = spoolDirectory(self)
+        options = parse("--maildir-root", os.path.join(directory, "Maildir"),
+                        "--queue-dir", os.path.join(directory, "queue"), *argv)
+        service = buildService(options.config, options.validators, options.tlsOptions,
+                               MemoryReactorClock(), options.filters)
+        [listening] = [s for s in service if isinstance(s, ListeningService)]
+        return options, listening.factory.store
+
+    def filterFactory(self):
+        """
+        Make C{--filter fixed:ARG} known, without a plugin file.
+        """
+        import smtpmx.filterchain
+        import smtpmx.tap
+
+        class Factory:
+            """
+            Makes L{Fixed} filters that accept.
+            """
+
+            name = "fixed"
+            description = "for the tests"
+
+            def makeFilter(self, argument):
+                """
+                A filter that accepts.
+                """
+                return Fixed(Accept())
+
+        self.patch(smtpmx.filterchain, "findFilterFactories", lambda: [Factory()])
+        self.patch(smtpmx.tap, "findFilterFactories", lambda: [Factory()])
+
+    def test_noFilter(self):
+        """
+        Without C{--filter} the store is the routing store itself.
+        """
+        from smtpmx.routing import RoutingStore
+
+        options, store = self.build()
+        self.assertIsInstance(store, RoutingStore)
+        self.assertEqual(options.filters, [])
+
+    def test_filters(self):
+        """
+        With filters, the store is a L{FilteringStore} around the routing
+        store, with the timeout and failure mode given.
+        """
+        from smtpmx.routing import RoutingStore
+
+        self.filterFactory()
+        options, store = self.build("--filter", "fixed", "--filter", "fixed:x",
+                                    "--filter-timeout", "7", "--filter-failure", "TempFail")
+        self.assertIsInstance(store, FilteringStore)
+        self.assertIsInstance(store.inner, RoutingStore)
+        self.assertEqual([name for name, _ in store.chain.filters], ["fixed", "fixed"])
+        self.assertEqual(store.chain.timeout, 7.0)
+        self.assertEqual(store.chain.failure.value, "tempfail")
+
+    def test_badOptions(self):
+        """
+        An unknown filter or failure mode is a one-line usage error.
+        """
+        from twisted.python import usage
+
+        from tests.test_tap import parse
+
+        self.filterFactory()
+        e = self.assertRaises(usage.UsageError, parse, "--filter", "nope")
+        self.assertIn("unknown filter 'nope' (twistd smtpmx --list-filters lists them)", str(e))
+        e = self.assertRaises(usage.UsageError, parse, "--filter-failure", "maybe")
+        self.assertIn("accept, tempfail", str(e))
+
+    def test_listFilters(self):
+        """
+        C{--list-filters} prints each filter with its description and
+        exits 0.
+        """
+        import io
+        import sys
+
+        from tests.test_tap import parse
+
+        self.filterFactory()
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        e = self.assertRaises(SystemExit, parse, "--list-filters")
+        self.assertEqual(e.code, 0)
+        self.assertEqual(out.getvalue(), "fixed  for the tests\n")
