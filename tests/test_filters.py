@@ -667,6 +667,16 @@ class TapTests(SynchronousTestCase):
         e = self.assertRaises(usage.UsageError, parse, "--filter-failure", "maybe")
         self.assertIn("accept, tempfail", str(e))
 
+    def test_summary(self):
+        """
+        The start-up log line names the filters.
+        """
+        from smtpmx.config import summarize
+
+        self.filterFactory()
+        options, store = self.build("--filter", "fixed:a", "--filter", "fixed")
+        self.assertIn(" filters=fixed:a,fixed ", summarize(options.config))
+
     def test_listFilters(self):
         """
         C{--list-filters} prints each filter with its description and
