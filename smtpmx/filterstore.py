@@ -50,8 +50,9 @@ JUNK_FOLDER = "Junk"
 
 class Spool:
     """
-    The temporary file one message is spooled to.  Its methods block: they
-    are called through C{runBlocking}, one at a time.
+    The temporary file one message is spooled to, written then read back
+    through one file object.  Its methods block: they are called through
+    C{runBlocking}, one at a time.
 
     @ivar path: the file's path, once it exists.
     """
@@ -66,7 +67,7 @@ class Spool:
         Make the file, readable by us alone.
         """
         fd, self.path = tempfile.mkstemp(prefix="smtpmx-filter-", dir=self.directory)
-        self._file = os.fdopen(fd, "wb")
+        self._file = os.fdopen(fd, "w+b")
 
     def write(self, chunks: list[bytes]) -> None:
         """
@@ -77,15 +78,25 @@ class Spool:
         assert self._file is not None
         self._file.writelines(chunks)
 
-    def close(self) -> None:
+    def complete(self, size: int) -> bytes:
         """
-        Finish writing (making an empty file for an empty message).
+        Everything is written: flush it where C{open()} sees it (making an
+        empty file for an empty message), and read back its first C{size}
+        bytes (fewer at the end), the rest being read with L{read}.
         """
-        if self.path is None:
+        if self._file is None:
             self._create()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        assert self._file is not None
+        self._file.flush()
+        self._file.seek(0)
+        return self._file.read(size)
+
+    def read(self, size: int) -> bytes:
+        """
+        The next C{size} bytes (fewer at the end).
+        """
+        assert self._file is not None
+        return self._file.read(size)
 
     def remove(self) -> None:
         """
@@ -97,6 +108,7 @@ class Spool:
                 self._file = None
             if self.path is not None:
                 os.unlink(self.path)
+                self.path = None
         except OSError:
             pass
 
@@ -305,11 +317,12 @@ class FilteredMessage:
         """
         The spool complete, the filters' verdict, the copy to the store.
         """
+        removed: Optional[Deferred] = None
         try:
             await self._whenDrained()
             if self._failure is not None:
                 self._failure.raiseException()
-            await self._runBlocking(self._spool.close)
+            head = await self._runBlocking(self._spool.complete, CHUNK)
             assert self._spool.path is not None
             message = SpooledMessage(self.envelope, self.size, self._spool.path)
             context = self._store.context(self.envelope)
@@ -318,36 +331,36 @@ class FilteredMessage:
             if result.reject is not None:
                 reject = result.reject
                 raise Refused(Reply(reject.code, reject.enhanced, reject.text))
-            if self._aborted:
-                raise RuntimeError("message aborted")
             inner = self._store.inner.receive(filedEnvelope(self.envelope, result))
             self._inner = inner
             try:
-                await self._copy(inner)
+                await self._copy(inner, head)
             except BaseException:
                 inner.abort()
                 raise
+            # The spool is no longer needed while the store makes the copy
+            # durable.
+            removed = self._runBlocking(self._spool.remove)
             await inner.finish()
         finally:
-            await self._runBlocking(self._spool.remove)
+            if removed is None:
+                removed = self._runBlocking(self._spool.remove)
+            await removed
 
-    async def _copy(self, inner: IIncomingMessage) -> None:
+    async def _copy(self, inner: IIncomingMessage, chunk: bytes) -> None:
         """
-        Stream the spool into the inner store's message, in chunks read
-        off the reactor thread, following its backpressure.
+        Stream the spool into the inner store's message, from its first
+        C{chunk} on, in chunks read off the reactor thread, following the
+        store's backpressure.
         """
-        assert self._spool.path is not None
-        spooled = await self._runBlocking(open, self._spool.path, "rb")
-        try:
-            while True:
-                chunk = await self._runBlocking(spooled.read, CHUNK)
-                if not chunk:
-                    break
-                pending = inner.write(chunk)
-                if pending is not None:
-                    await pending
-        finally:
-            await self._runBlocking(spooled.close)
+        while chunk:
+            pending = inner.write(chunk)
+            if pending is not None:
+                await pending
+            if len(chunk) < CHUNK:
+                # A short read of a regular file is its end.
+                break
+            chunk = await self._runBlocking(self._spool.read, CHUNK)
 
     def abort(self) -> None:
         """
