@@ -148,6 +148,7 @@ def summarize(config: Config) -> str:
         f"hostname={config.hostname} domains={','.join(config.domains)} "
         f"listen={' '.join(config.listen)} "
         f"validators={','.join(config.validators) or '-'} "
+        f"filters={','.join(config.filters) or '-'} "
         f"maildir-root={config.maildirRoot} queue-dir={config.queueDir} "
         f"relay-networks={','.join(config.relayNetworks) or '-'} "
         f"relay-domains={','.join(config.relayDomains) or '-'} routes={routes} "

@@ -159,6 +159,18 @@ class IIncomingMessage(Interface):
         """
 
 
+class IFilteredMessage(IIncomingMessage):
+    """
+    An incoming message that the message filters judged at C{finish()}:
+    what they said is kept for the transaction's log line.
+    """
+
+    filterVerdicts = Attribute(
+        "After C{finish()} fired or failed: one C{'name verdict'} text per"
+        " filter asked, in order (C{'rspamd junk'}, C{'spam 550 5.7.1'})."
+    )
+
+
 class ITwoPhaseMessage(IIncomingMessage):
     """
     An incoming message whose completion can be split in two, so that a

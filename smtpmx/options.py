@@ -20,6 +20,7 @@ L{RULES}.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
@@ -29,6 +30,7 @@ from smtpmx.optiontypes import (
     DNS_SERVER,
     DOMAIN,
     ENDPOINT,
+    FILTER,
     HOSTNAME,
     NETWORK,
     NEXT_HOP,
@@ -45,6 +47,21 @@ from smtpmx.optiontypes import (
     choice,
 )
 from smtpmx.relay.tlspolicy import TLSPolicy
+
+
+class FilterFailure(enum.Enum):
+    """
+    What a message filter that fails or times out does
+    (C{--filter-failure}).
+
+    @cvar ACCEPT: the message is delivered as if the filter had no
+        opinion; the failure is logged.
+    @cvar TEMPFAIL: the message is refused with C{451 4.7.1}; the client
+        tries again later.
+    """
+
+    ACCEPT = "accept"
+    TEMPFAIL = "tempfail"
 
 
 @dataclass(frozen=True)
@@ -160,6 +177,11 @@ SECTIONS: tuple[Section, ...] = (
                 "Print every recipient validator found, with its description, and exit.",
                 None, commandLineOnly=True,
             ),
+            Option(
+                "list-filters", "",
+                "Print every message filter found, with its description, and exit.",
+                None, commandLineOnly=True,
+            ),
         ),
     ),
     Section(
@@ -257,6 +279,37 @@ SECTIONS: tuple[Section, ...] = (
                 "tls-key", "PEM",
                 "Private key of ``--tls-certificate`` (it may be in the same file).",
                 READABLE_FILE, field="tlsKey", defaultText="off",
+            ),
+        ),
+    ),
+    Section(
+        "Filtering",
+        "Message filters judge each message from an untrusted client after its data"
+        " and before the reply to DATA (docs/plugins.rst).",
+        (
+            Option(
+                "filter", "NAME[:ARG]",
+                "A message filter; all run in order, the first refusal decides.",
+                FILTER, field="filters", default=(), repeatable=True,
+                fileAliases=("filters",),
+                details="``twistd smtpmx --list-filters`` lists those installed."
+                "  Filters see mail from clients outside ``--relay-network`` only."
+                "  ``Accept`` and ``Junk`` verdicts add their header fields to every"
+                " copy; a ``Junk`` files the local copies in the Junk folder"
+                " (Maildir++ ``.Junk``); a ``Reject`` refuses the message after its"
+                " data.  docs/plugins.rst tells how to write one.",
+            ),
+            Option(
+                "filter-timeout", "SECONDS",
+                "How long one filter may take; past it the filter has failed.",
+                SECONDS, field="filterTimeout", default=30.0,
+            ),
+            Option(
+                "filter-failure", "MODE",
+                "A filter that fails or times out: ``accept`` delivers anyway (logged),"
+                " ``tempfail`` answers ``451 4.7.1``.",
+                choice(FilterFailure), field="filterFailure",
+                default=FilterFailure.ACCEPT.value,
             ),
         ),
     ),

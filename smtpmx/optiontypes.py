@@ -157,15 +157,27 @@ def checkDomain(value: Any, label: str) -> str:
     return domain
 
 
-def checkValidator(value: Any, label: str) -> str:
+def checkPluginSpecification(kind: str) -> Callable[[Any, str], str]:
     """
-    A C{NAME[:ARG]} validator specification.
+    The check of a C{NAME[:ARG]} plugin specification naming a C{kind}
+    (C{"validator"}, C{"filter"}).
     """
-    value = checkString(value, label)
-    name = value.partition(":")[0].strip()
-    if not name:
-        raise ConfigError(f"{label}: {value!r} names no validator (NAME[:ARG])")
-    return value.strip()
+
+    def check(value: Any, label: str) -> str:
+        """
+        A C{NAME[:ARG]} specification with a name.
+        """
+        value = checkString(value, label)
+        name = value.partition(":")[0].strip()
+        if not name:
+            raise ConfigError(f"{label}: {value!r} names no {kind} (NAME[:ARG])")
+        return value.strip()
+
+    return check
+
+
+checkValidator = checkPluginSpecification("validator")
+checkFilter = checkPluginSpecification("filter")
 
 
 def checkDelimiter(value: Any, label: str) -> str:
@@ -423,6 +435,7 @@ DOMAIN = ValueType("domain", checked(checkDomain))
 DIRECTORY = ValueType("directory", parseDirectory, show=showPath, resolvesDefault=True)
 READABLE_FILE = ValueType("path of a readable file", parseReadableFile, Optional[str])
 VALIDATOR = ValueType("validator NAME[:ARG]", checked(checkValidator))
+FILTER = ValueType("filter NAME[:ARG]", checked(checkFilter))
 DELIMITER = ValueType("one character, or empty", checked(checkDelimiter))
 NETWORK = ValueType("network (CIDR)", checked(checkNetwork))
 NEXT_HOP = ValueType("HOST:PORT", checked(checkNextHop), tuple[str, int])

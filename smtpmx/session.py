@@ -32,7 +32,7 @@ from smtpmx.address import Address, AddressError, parseParameters, parsePath
 from smtpmx.body import DataReader, HeaderScanner
 from smtpmx.config import Config
 from smtpmx.envelope import Envelope, Recipient
-from smtpmx.interfaces import IIncomingMessage, IMessageStore
+from smtpmx.interfaces import IFilteredMessage, IIncomingMessage, IMessageStore
 from smtpmx.reply import Reply
 from smtpmx.validation import ValidationContext, ValidatorChain, ValidatorError
 
@@ -51,7 +51,7 @@ _ERROR_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
 # L{TransactionRecord.logFields}.
 TRANSACTION_LOG_FORMAT = (
     "{id}: client=[{client}] helo={helo} from={sender} to=[{verdicts}] "
-    "size={size} result={result}"
+    "size={size}{filters} result={result}"
 )
 
 
@@ -141,12 +141,14 @@ class TransactionRecord:
     verdicts: list[RecipientVerdict]
     size: int
     reply: Reply
+    filters: tuple[str, ...] = ()
 
     def logFields(self) -> dict:
         """
         The fields of L{TRANSACTION_LOG_FORMAT}: queue ID, client, HELO
         name, sender, each recipient's verdict (and which validator gave
-        it), message size and result.
+        it), message size, what each message filter said (when any was
+        asked) and result.
         """
         envelope = self.envelope
         verdicts = ", ".join(
@@ -161,6 +163,7 @@ class TransactionRecord:
             sender=envelope.reversePath.path if envelope.reversePath else "<>",
             verdicts=verdicts,
             size=self.size,
+            filters=f" filters=[{', '.join(self.filters)}]" if self.filters else "",
             result=str(self.reply),
         )
 
@@ -574,7 +577,10 @@ class Session:
         size = reader.size
 
         def record(r: Reply) -> TransactionRecord:
-            return TransactionRecord(envelope, t.verdicts, size, r)
+            filters: tuple[str, ...] = ()
+            if message is not None and IFilteredMessage.providedBy(message):
+                filters = tuple(message.filterVerdicts)
+            return TransactionRecord(envelope, t.verdicts, size, r, filters)
 
         if self._tooBig:
             return succeed(record(reply.TOO_BIG))
@@ -589,6 +595,10 @@ class Session:
             return record(reply.queued(envelope.queueId))
 
         def failed(failure: Failure) -> TransactionRecord:
+            if failure.check(reply.Refused):
+                # A message filter refused it (RFC 5321 section 4.1.1.4:
+                # the reply to the end of data may refuse the message).
+                return record(failure.value.reply)
             self.log.failure("cannot store message {id}", failure, id=envelope.queueId)
             return record(reply.STORAGE_FAILED)
 

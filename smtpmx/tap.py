@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -25,7 +25,14 @@ from twisted.python.failure import Failure
 
 import smtpmx
 from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile, summarize
+from smtpmx.filterchain import (
+    FilterLoadError,
+    FilterNotFound,
+    findFilterFactories,
+    makeFilters,
+)
 from smtpmx.options import OPTIONS, Option, plainText
+from smtpmx.pluginlookup import listing
 from smtpmx.validation import ValidatorChain
 from smtpmx.validators import (
     ValidatorLoadError,
@@ -155,7 +162,8 @@ class Options(TableOptions):
     C{--config}; the command line wins.
 
     After parsing, C{config} is the checked L{Config}, C{validators} the
-    L{ValidatorChain} and C{tlsOptions} the server's TLS context factory
+    L{ValidatorChain}, C{filters} the message filters as C{(name, filter)}
+    pairs and C{tlsOptions} the server's TLS context factory
     (or L{None}).
     """
 
@@ -177,6 +185,7 @@ class Options(TableOptions):
         super().__init__()
         self.config: Optional[Config] = None
         self.validators: Optional[ValidatorChain] = None
+        self.filters: list[tuple[str, object]] = []
         self.tlsOptions = None
 
     def opt_list_validators(self) -> None:
@@ -184,11 +193,16 @@ class Options(TableOptions):
         List every recipient validator found, with its description, and
         exit.
         """
-        out = sys.stdout
-        for factory in findValidatorFactories():
-            description = " ".join(str(getattr(factory, "description", "")).split())
-            out.write(f"{factory.name}  {description}\n")
-        out.flush()
+        sys.stdout.write(listing(findValidatorFactories()))
+        sys.stdout.flush()
+        raise SystemExit(0)
+
+    def opt_list_filters(self) -> None:
+        """
+        List every message filter found, with its description, and exit.
+        """
+        sys.stdout.write(listing(findFilterFactories()))
+        sys.stdout.flush()
         raise SystemExit(0)
 
     def postOptions(self) -> None:
@@ -209,6 +223,15 @@ class Options(TableOptions):
                     " (twistd smtpmx --list-validators lists them)"
                 ) from None
             except ValidatorLoadError as e:
+                raise ConfigError(str(e)) from None
+            try:
+                self.filters = makeFilters(self.config.filters)
+            except FilterNotFound as e:
+                raise ConfigError(
+                    f"unknown filter {e.args[0]!r}"
+                    " (twistd smtpmx --list-filters lists them)"
+                ) from None
+            except FilterLoadError as e:
                 raise ConfigError(str(e)) from None
             if self.config.tlsCertificate is not None:
                 from smtpmx.tls import serverTLSOptions
@@ -454,14 +477,23 @@ class _LazyResolver:
 
 
 def buildService(
-    config: Config, validators: ValidatorChain, tlsOptions, reactor
+    config: Config,
+    validators: ValidatorChain,
+    tlsOptions,
+    reactor,
+    filters: Sequence[tuple[str, object]] = (),
 ) -> SMTPMXService:
     """
     Build the server's services.
 
     @param reactor: the reactor to listen, time and run threads with.
+    @param filters: the message filters, C{(name, filter)} pairs in order;
+        with none, messages go straight to the store.
     """
+    from smtpmx.access import Access
     from smtpmx.delivery.maildir import MaildirStore
+    from smtpmx.filterchain import FilterChain
+    from smtpmx.filterstore import FilteringStore
     from smtpmx.relay.transaction import deliver
     from smtpmx.relay.nexthop import makeResolver
     from smtpmx.relay.intake import QueueStore
@@ -474,6 +506,11 @@ def buildService(
     queue = Queue(config.queueDir)
     queueStore = QueueStore(queue, runBlocking, reactor)
     store = RoutingStore(MaildirStore(config.maildirRoot, runBlocking), queueStore)
+    if filters:
+        chain = FilterChain(filters, reactor, config.filterTimeout, config.filterFailure)
+        store = FilteringStore(
+            store, chain, Access.fromConfig(config), config, runBlocking
+        )
     factory = SMTPServerFactory(
         config,
         validators,
@@ -510,4 +547,6 @@ def makeService(options: Options) -> SMTPMXService:
     """
     from twisted.internet import reactor
 
-    return buildService(options.config, options.validators, options.tlsOptions, reactor)
+    return buildService(
+        options.config, options.validators, options.tlsOptions, reactor, options.filters
+    )

@@ -1,25 +1,29 @@
 """
-Public fakes for tests of smtpmx and of validator plugins.
+Public fakes for tests of smtpmx and of validator and filter plugins.
 
 L{MemoryStore} keeps messages in memory and can be told to fail or to hold
 its answer; L{validationContext} builds the
-L{smtpmx.validation.ValidationContext} a validator is given (its
-C{session} argument), with a C{runBlocking} that runs the function at once.
-How to test a validator plugin with them is in C{docs/plugins.rst}.
+L{smtpmx.validation.ValidationContext} a validator or a filter is given (its
+C{session} argument), with a C{runBlocking} that runs the function at once;
+L{filterableMessage} builds the message a filter is given, from bytes, and
+L{runFilter} asks a filter about it and checks that the answer is a
+verdict.  How to test a plugin with them is in C{docs/plugins.rst}.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from zope.interface import implementer
 
-from smtpmx.address import Address
+from smtpmx.address import Address, parseAddress
 from smtpmx.config import Config
-from smtpmx.envelope import Envelope
-from smtpmx.interfaces import IIncomingMessage, IMessageStore
+from smtpmx.envelope import Envelope, LocalMailbox, Recipient, RemoteAddress
+from smtpmx.filtering import Accept, Junk, Reject
+from smtpmx.interfaces import IFilterableMessage, IIncomingMessage, IMessageStore
 from smtpmx.validation import ValidationContext
 
 
@@ -157,3 +161,95 @@ class FakeSession:
         Run C{f} at once, in this thread.
         """
         return runAtOnce(f, *args, **kwargs)
+
+
+@implementer(IFilterableMessage)
+class BytesMessage:
+    """
+    A message for a filter's tests, kept in memory: what
+    L{filterableMessage} builds.  The server gives filters a spooled file
+    instead; both are read the same way, through C{open()}.
+
+    @ivar data: the message as received (LF line endings).
+    """
+
+    def __init__(self, envelope: Envelope, data: bytes) -> None:
+        self.envelope = envelope
+        self.data = data
+        self.size = len(data)
+
+    def open(self) -> io.BytesIO:
+        """
+        The message, as a binary file.
+        """
+        return io.BytesIO(self.data)
+
+
+def filterableMessage(
+    data: bytes,
+    sender: Optional[str] = "sender@remote.example",
+    recipients: Iterable[str] = ("alice@example.org",),
+    clientHost: str = "192.0.2.1",
+    heloName: str = "client.example",
+    queueId: str = "TESTID",
+    localDomains: Iterable[str] = ("example.org",),
+) -> BytesMessage:
+    """
+    The message a filter is given (an L{IFilterableMessage}), built from
+    bytes, for a plugin's tests.
+
+    @param data: the message as received; CRLF line endings are turned to
+        LF, as the server stores them.
+    @param sender: the reverse-path, L{None} for C{<>}.
+    @param recipients: the forward-paths; those in C{localDomains} go to a
+        local mailbox, the others are relayed.
+    """
+    domains = {d.lower() for d in localDomains}
+    accepted = []
+    for text in recipients:
+        address = parseAddress(text)
+        if address.domain and address.domain.lower() in domains:
+            destination = LocalMailbox(address.domain.lower(), address.localpart.lower())
+        else:
+            destination = RemoteAddress(address)
+        accepted.append(Recipient(address, destination))
+    envelope = Envelope(
+        queueId=queueId,
+        clientHost=clientHost,
+        heloName=heloName,
+        reversePath=parseAddress(sender) if sender is not None else None,
+        recipients=accepted,
+    )
+    return BytesMessage(envelope, data.replace(b"\r\n", b"\n"))
+
+
+def runFilter(messageFilter, message, session=None) -> Deferred:
+    """
+    Ask C{messageFilter} about C{message}, as the server does.
+
+    @param message: an L{IFilterableMessage}, or bytes made into one by
+        L{filterableMessage}.
+    @param session: the context; by default L{validationContext} for the
+        message's client, HELO name and sender.
+
+    @return: a L{Deferred} firing with the verdict (C{successResultOf} it
+        in a synchronous test); it fails with L{TypeError} when the filter
+        returned something that is not a verdict, as the server would count
+        it as a failed filter.
+    """
+    if isinstance(message, bytes):
+        message = filterableMessage(message)
+    if session is None:
+        envelope = message.envelope
+        session = validationContext(
+            clientHost=envelope.clientHost,
+            heloName=envelope.heloName,
+            reversePath=envelope.reversePath,
+        )
+
+    def checked(verdict):
+        if verdict is not None and not isinstance(verdict, (Accept, Junk, Reject)):
+            raise TypeError(f"{verdict!r} is not a verdict")
+        return verdict
+
+    return maybeDeferred(messageFilter.filterMessage, session, message).addCallback(checked)

@@ -46,10 +46,12 @@ LAYERS = (
     (
         "policy",
         (
-            "smtpmx.validation", "smtpmx.filtering", "smtpmx.access", "smtpmx.tls", "smtpmx.validators",
+            "smtpmx.validation", "smtpmx.filtering", "smtpmx.pluginlookup", "smtpmx.filterchain",
+            "smtpmx.filterstore", "smtpmx.access", "smtpmx.tls", "smtpmx.validators",
             "smtpmx.validators.mailbox", "smtpmx.validators.anylocal",
             "smtpmx.validators.aliases", "smtpmx.validators.policy", "smtpmx.plugins",
-            "smtpmx.plugins.builtin_validators", "smtpmx.filters", "smtpmx.filters.rspamd",
+            "smtpmx.plugins.builtin_validators", "smtpmx.plugins.builtin_filters",
+            "smtpmx.filters", "smtpmx.filters.rspamd",
         ),
     ),
     ("dialogue", ("smtpmx.session", "smtpmx.server")),

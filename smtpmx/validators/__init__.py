@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from twisted.plugin import getPlugins
-
 from smtpmx.address import Address, UnsafeMailbox, mailboxName
 from smtpmx.interfaces import IRecipientValidatorFactory
+from smtpmx.pluginlookup import (
+    PluginLoadError,
+    PluginNotFound,
+    findFactories,
+    findFactory,
+    makeFromSpecifications,
+)
 from smtpmx.validation import Reject, ValidatorChain
 
 
@@ -26,13 +31,13 @@ def badMailbox() -> Reject:
     return Reject(550, "5.1.3", "Bad recipient address syntax")
 
 
-class ValidatorNotFound(LookupError):
+class ValidatorNotFound(PluginNotFound):
     """
     No validator plugin has the name asked for.
     """
 
 
-class ValidatorLoadError(ValueError):
+class ValidatorLoadError(PluginLoadError):
     """
     A validator plugin refused its argument or failed to make a validator.
     """
@@ -42,10 +47,7 @@ def findValidatorFactories() -> list:
     """
     Every validator factory plugin found, in name order.
     """
-    import smtpmx.plugins
-
-    factories = list(getPlugins(IRecipientValidatorFactory, smtpmx.plugins))
-    return sorted(factories, key=lambda f: str(getattr(f, "name", "")))
+    return findFactories(IRecipientValidatorFactory)
 
 
 def findValidatorFactory(name: str):
@@ -54,10 +56,10 @@ def findValidatorFactory(name: str):
 
     @raise ValidatorNotFound: there is none.
     """
-    for factory in findValidatorFactories():
-        if getattr(factory, "name", None) == name:
-            return factory
-    raise ValidatorNotFound(name)
+    try:
+        return findFactory(IRecipientValidatorFactory, name)
+    except PluginNotFound:
+        raise ValidatorNotFound(name) from None
 
 
 def makeValidatorChain(
@@ -75,24 +77,16 @@ def makeValidatorChain(
     """
     if factories is None:
         factories = findValidatorFactories()
-    byName = {}
-    for factory in factories:
-        byName.setdefault(getattr(factory, "name", None), factory)
-    chain = []
-    for specification in specifications:
-        name, colon, argument = specification.partition(":")
-        factory = byName.get(name)
-        if factory is None:
-            raise ValidatorNotFound(name)
-        try:
-            validator = factory.makeValidator(argument if colon else None)
-        except Exception as e:
-            reason = " ".join(str(e).split()) or type(e).__name__
-            raise ValidatorLoadError(
-                f"validator {specification!r} failed to load: {reason}"
-            ) from e
-        chain.append((name, validator))
-    return ValidatorChain(chain)
+    return ValidatorChain(
+        makeFromSpecifications(
+            specifications,
+            factories,
+            lambda factory, argument: factory.makeValidator(argument),
+            "validator",
+            ValidatorNotFound,
+            ValidatorLoadError,
+        )
+    )
 
 
 def localMailbox(session, recipient: Address) -> Optional[str | Reject]:

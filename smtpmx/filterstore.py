@@ -1,0 +1,387 @@
+"""
+The store that runs the message filters (C{docs/plugins.rst}): an
+L{IMessageStore} around the real one (the routing store).
+
+For a client outside C{--relay-network}, the message is spooled to a
+temporary file as it arrives (not in a Maildir or the queue; it needs no
+fsync since nothing is acknowledged yet).  At the end of the data the
+filters judge it, reading the spool through C{open()}; on a refusal
+C{finish()} fails with L{smtpmx.reply.Refused} and nothing is stored,
+otherwise the spool is streamed into the inner store's message with the
+filters' header fields in C{Envelope.extraHeaders} and, when a filter said
+C{Junk}, the local copies filed in the Junk folder.  Trusted clients go
+straight to the inner store, as does everyone when no filter is
+configured (the tap then does not even build this store).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import replace
+from typing import IO, Callable, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from smtpmx.access import Access
+from smtpmx.config import Config
+from smtpmx.envelope import Envelope, LocalMailbox
+from smtpmx.filterchain import ChainResult, FilterChain
+from smtpmx.filtering import formatHeaders
+from smtpmx.interfaces import (
+    IFilterableMessage,
+    IFilteredMessage,
+    IIncomingMessage,
+    IMessageStore,
+)
+from smtpmx.reply import Refused, Reply
+from smtpmx.validation import ValidationContext
+
+# Bytes waiting for the spool before the sender is asked to pause.
+HIGH_WATER = 1 << 20
+# Bytes read from the spool at a time, when copying it to the store.
+CHUNK = 1 << 16
+# The folder of a junked local copy: Maildir++ ".Junk".
+JUNK_FOLDER = "Junk"
+
+
+class Spool:
+    """
+    The temporary file one message is spooled to, written then read back
+    through one file object.  Its methods block: they are called through
+    C{runBlocking}, one at a time.
+
+    @ivar path: the file's path, once it exists.
+    """
+
+    def __init__(self, directory: Optional[str]) -> None:
+        self.directory = directory
+        self.path: Optional[str] = None
+        self._file: Optional[IO[bytes]] = None
+
+    def _create(self) -> None:
+        """
+        Make the file, readable by us alone.
+        """
+        fd, self.path = tempfile.mkstemp(prefix="smtpmx-filter-", dir=self.directory)
+        self._file = os.fdopen(fd, "w+b")
+
+    def write(self, chunks: list[bytes]) -> None:
+        """
+        Append C{chunks}, making the file on first use.
+        """
+        if self._file is None:
+            self._create()
+        assert self._file is not None
+        self._file.writelines(chunks)
+
+    def complete(self, size: int) -> bytes:
+        """
+        Everything is written: flush it where C{open()} sees it (making an
+        empty file for an empty message), and read back its first C{size}
+        bytes (fewer at the end), the rest being read with L{read}.
+        """
+        if self._file is None:
+            self._create()
+        assert self._file is not None
+        self._file.flush()
+        self._file.seek(0)
+        return self._file.read(size)
+
+    def read(self, size: int) -> bytes:
+        """
+        The next C{size} bytes (fewer at the end).
+        """
+        assert self._file is not None
+        return self._file.read(size)
+
+    def remove(self) -> None:
+        """
+        Close and remove the file, if there is one; never fails.
+        """
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            if self.path is not None:
+                os.unlink(self.path)
+                self.path = None
+        except OSError:
+            pass
+
+
+@implementer(IFilterableMessage)
+class SpooledMessage:
+    """
+    A spooled message as the filters see it.
+    """
+
+    def __init__(self, envelope: Envelope, size: int, path: str) -> None:
+        self.envelope = envelope
+        self.size = size
+        self._path = path
+
+    def open(self) -> IO[bytes]:
+        """
+        The spool file, opened for reading.
+        """
+        return open(self._path, "rb")
+
+
+def filedEnvelope(envelope: Envelope, result: ChainResult) -> Envelope:
+    """
+    The envelope the inner store gets once the filters have spoken: their
+    header fields below C{received}, and the local copies in the Junk
+    folder when one of them said C{Junk}.
+    """
+    recipients = envelope.recipients
+    if result.junk:
+        recipients = [
+            replace(r, destination=replace(r.destination, folder=JUNK_FOLDER))
+            if isinstance(r.destination, LocalMailbox)
+            else r
+            for r in recipients
+        ]
+    return replace(
+        envelope,
+        recipients=list(recipients),
+        extraHeaders=envelope.extraHeaders + formatHeaders(result.headers),
+    )
+
+
+@implementer(IMessageStore)
+class FilteringStore:
+    """
+    Runs the filter chain on messages from untrusted clients before they
+    reach the inner store.
+
+    @ivar inner: the store messages go to once accepted.
+    @ivar chain: the L{FilterChain}.
+    """
+
+    def __init__(
+        self,
+        inner: IMessageStore,
+        chain: FilterChain,
+        access: Access,
+        config: Config,
+        runBlocking: Callable[..., Deferred],
+        spoolDirectory: Optional[str] = None,
+    ) -> None:
+        """
+        @param access: tells who is trusted (C{--relay-network}).
+        @param runBlocking: runs the spool's file work off the reactor.
+        @param spoolDirectory: where spool files go; the system's temporary
+            directory by default.
+        """
+        self.inner = inner
+        self.chain = chain
+        self.access = access
+        self.config = config
+        self.runBlocking = runBlocking
+        self.spoolDirectory = spoolDirectory
+
+    def receive(self, envelope: Envelope) -> IIncomingMessage:
+        """
+        A message spooled for the filters, or for a trusted client (or no
+        filter) the inner store's message itself.
+        """
+        if not self.chain or self.access.clientMayRelay(envelope.clientHost):
+            return self.inner.receive(envelope)
+        return FilteredMessage(self, envelope)
+
+    def context(self, envelope: Envelope) -> ValidationContext:
+        """
+        What the filters are given as C{session}: the same frozen context
+        validators get.
+        """
+        return ValidationContext(
+            envelope.clientHost,
+            envelope.heloName,
+            envelope.reversePath,
+            self.config,
+            self.runBlocking,
+        )
+
+
+@implementer(IFilteredMessage)
+class FilteredMessage:
+    """
+    One message from an untrusted client: spooled while it arrives,
+    judged by the filters at C{finish()}, then stored or refused.
+
+    @ivar size: bytes written so far.
+    @ivar filterVerdicts: what each filter said, for the log line.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: FilteringStore, envelope: Envelope) -> None:
+        self._store = store
+        self._runBlocking = store.runBlocking
+        self.envelope = envelope
+        self.size = 0
+        self.filterVerdicts: list[str] = []
+        self._spool = Spool(store.spoolDirectory)
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._busy = False
+        self._failure: Optional[Failure] = None
+        self._aborted = False
+        self._paused: list[Deferred] = []
+        self._drained: list[Deferred] = []
+        self._pending: Optional[Deferred] = None
+        self._inner: Optional[IIncomingMessage] = None
+
+    def write(self, data: bytes) -> Optional[Deferred]:
+        """
+        Spool C{data}; when too much is waiting for the disk, return a
+        L{Deferred} that fires once the spool has caught up.
+        """
+        if self._aborted or self._failure is not None:
+            return None
+        self.size += len(data)
+        self._buffer.append(data)
+        self._buffered += len(data)
+        self._flush()
+        if self._buffered >= HIGH_WATER:
+            d: Deferred = Deferred()
+            self._paused.append(d)
+            return d
+        return None
+
+    def _flush(self) -> None:
+        """
+        Hand what is buffered to the spool, one batch at a time.
+        """
+        if self._busy or not self._buffer or self._failure is not None:
+            return
+        chunks, self._buffer = self._buffer, []
+        size = sum(len(c) for c in chunks)
+        self._busy = True
+
+        def written(_):
+            self._busy = False
+            self._buffered -= size
+            self._flush()
+            self._wake()
+
+        def failed(failure):
+            self._busy = False
+            self._failure = failure
+            self._buffer, self._buffered = [], 0
+            self._wake()
+
+        self._runBlocking(self._spool.write, chunks).addCallbacks(written, failed)
+
+    def _wake(self) -> None:
+        """
+        Let the sender go on when the spool has caught up, and whoever
+        waits for it to be drained.
+        """
+        if self._buffered < HIGH_WATER:
+            paused, self._paused = self._paused, []
+            for d in paused:
+                d.callback(None)
+        if not self._busy and not self._buffer:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def _whenDrained(self) -> Deferred:
+        """
+        A L{Deferred} that fires once everything written is in the spool
+        (or its writing failed).
+        """
+        if not self._busy and not self._buffer:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._drained.append(d)
+        return d
+
+    def finish(self) -> Deferred:
+        """
+        Run the filters, then store the message or refuse it.
+
+        @return: a L{Deferred} that fires with L{None} once the message is
+            stored, fails with L{Refused} when a filter refused it (nothing
+            stored), or with the inner store's failure.
+        """
+        self._pending = Deferred.fromCoroutine(self._finish())
+        return self._pending
+
+    async def _finish(self) -> None:
+        """
+        The spool complete, the filters' verdict, the copy to the store.
+        """
+        removed: Optional[Deferred] = None
+        try:
+            await self._whenDrained()
+            if self._failure is not None:
+                self._failure.raiseException()
+            head = await self._runBlocking(self._spool.complete, CHUNK)
+            assert self._spool.path is not None
+            message = SpooledMessage(self.envelope, self.size, self._spool.path)
+            context = self._store.context(self.envelope)
+            result = await self._store.chain.run(context, message)
+            self.filterVerdicts = list(result.verdicts)
+            if result.reject is not None:
+                reject = result.reject
+                raise Refused(Reply(reject.code, reject.enhanced, reject.text))
+            inner = self._store.inner.receive(filedEnvelope(self.envelope, result))
+            self._inner = inner
+            try:
+                await self._copy(inner, head)
+            except BaseException:
+                inner.abort()
+                raise
+            # The spool is no longer needed while the store makes the copy
+            # durable.
+            removed = self._runBlocking(self._spool.remove)
+            await inner.finish()
+        finally:
+            if removed is None:
+                removed = self._runBlocking(self._spool.remove)
+            await removed
+
+    async def _copy(self, inner: IIncomingMessage, chunk: bytes) -> None:
+        """
+        Stream the spool into the inner store's message, from its first
+        C{chunk} on, in chunks read off the reactor thread, following the
+        store's backpressure.
+        """
+        while chunk:
+            pending = inner.write(chunk)
+            if pending is not None:
+                await pending
+            if len(chunk) < CHUNK:
+                # A short read of a regular file is its end.
+                break
+            chunk = await self._runBlocking(self._spool.read, CHUNK)
+
+    def abort(self) -> None:
+        """
+        Give up: the spool is removed once its writing is done, and the
+        filters or the inner store's message are abandoned.
+        """
+        if self._aborted:
+            return
+        self._aborted = True
+        self._buffer, self._buffered = [], 0
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+            return
+        paused, self._paused = self._paused, []
+        for d in paused:
+            d.callback(None)
+
+        def remove(_):
+            return self._runBlocking(self._spool.remove)
+
+        self._whenDrained().addCallback(remove).addErrback(
+            lambda f: self.log.failure("cannot remove spool", f)
+        )
