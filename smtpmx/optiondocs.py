@@ -25,9 +25,29 @@ EXAMPLE_ORG: dict[str, Any] = {
     "hostname": "mx.example.org",
     "domain": ("example.org",),
     "maildir-root": "/var/mail/smtpmx",
-    "validator": ("aliases:/etc/smtpmx/aliases", "mailbox"),
+    "validator": ("policy:tcp:127.0.0.1:10023", "aliases:/etc/smtpmx/aliases", "mailbox"),
+    "filter": ("rspamd",),
     "relay-network": ("127.0.0.0/8", "::1/128", "192.0.2.0/24"),
     "queue-dir": "/var/spool/smtpmx/queue",
+}
+
+# Why example.org sets what it sets, a comment above its value in
+# etc/smtpmx.toml: the recommended setup of a small domain (README.rst,
+# "Keeping spam out").
+EXAMPLE_ORG_NOTES: dict[str, str] = {
+    "validator": (
+        "example.org: postgrey (Debian's package, on 127.0.0.1:10023) greylists"
+        " first: a new sender's first attempt gets 450 4.7.1, a real server"
+        " retries.  It comes before aliases and mailbox because the first verdict"
+        " wins; once the sender has waited it has no opinion (DUNNO, PREPEND)."
+    ),
+    "filter": (
+        "example.org: rspamd (Debian's package, its normal worker on"
+        " 127.0.0.1:11333) judges each message.  Its reject is a 550 5.7.1, its"
+        " soft reject and greylist a 451 4.7.1; add header and rewrite subject"
+        " file the message in the Junk folder with X-Spam: Yes.  Dovecot shows the"
+        " Maildir++ folder .Junk as the IMAP folder Junk (docs/storage.rst)."
+    ),
 }
 
 README_START = ".. options-start: written from smtpmx/options.py by python -m smtpmx.optiondocs --write"
@@ -210,13 +230,19 @@ def _comment(text: str) -> list[str]:
 
 
 def exampleFile(
-    sections: Sequence[Section] = SECTIONS, example: Optional[dict[str, Any]] = None
+    sections: Sequence[Section] = SECTIONS,
+    example: Optional[dict[str, Any]] = None,
+    notes: Optional[dict[str, str]] = None,
 ) -> str:
     """
     C{etc/smtpmx.toml}: every key of the file with its help and its
-    default, commented out, and the values of C{example} set.
+    default, commented out, and the values of C{example} set, each below
+    its note in C{notes}, if any.
     """
-    example = EXAMPLE_ORG if example is None else example
+    if example is None:
+        example = EXAMPLE_ORG
+        notes = EXAMPLE_ORG_NOTES if notes is None else notes
+    notes = {} if notes is None else notes
     out = [
         "# smtpmx configuration, for a small domain (example.org).",
         "#",
@@ -249,6 +275,8 @@ def exampleFile(
             out += [""] + _comment(text)
             out.append(f"# {option.name} = {tomlDefault(option)}")
             if option.name in example:
+                if option.name in notes:
+                    out += _comment(notes[option.name])
                 out.append(f"{option.name} = {tomlValue(example[option.name])}")
     return "\n".join(out) + "\n"
 

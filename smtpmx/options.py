@@ -217,14 +217,19 @@ SECTIONS: tuple[Section, ...] = (
             ),
             Option(
                 "validator", "NAME[:ARG]",
-                "A recipient validator; they are consulted in order, the first verdict decides.",
+                "A recipient validator (built in: ``mailbox``, ``any``, ``aliases:PATH``,"
+                " ``policy:ENDPOINT``); they are consulted in order, the first verdict decides.",
                 VALIDATOR, field="validators", default=("mailbox",), repeatable=True,
                 fileAliases=("validators",),
                 details="``twistd smtpmx --list-validators`` lists those installed."
-                "  Built in: ``mailbox`` (a local recipient whose Maildir exists),"
+                "  The built-ins: ``mailbox`` (a local recipient whose Maildir exists),"
                 " ``any`` (every local recipient; the Maildir is made on first"
-                " delivery) and ``aliases:PATH`` (the recipients of an aliases file,"
-                " re-read when it changes).  docs/plugins.rst tells how to write one.",
+                " delivery), ``aliases:PATH`` (the recipients of an aliases file,"
+                " re-read when it changes) and ``policy:ENDPOINT`` (asks a Postfix"
+                " policy server such as postgrey at each RCPT; ``ENDPOINT`` is a Twisted"
+                " client endpoint, ``tcp:127.0.0.1:10023``).  List ``policy:`` before"
+                " ``mailbox``: the first verdict wins.  docs/plugins.rst tells how to"
+                " write one.",
             ),
             Option(
                 "recipient-delimiter", "C",
@@ -289,15 +294,18 @@ SECTIONS: tuple[Section, ...] = (
         (
             Option(
                 "filter", "NAME[:ARG]",
-                "A message filter; all run in order, the first refusal decides.",
+                "A message filter (built in: ``rspamd[:URL]``); all run in order, the first"
+                " refusal decides.",
                 FILTER, field="filters", default=(), repeatable=True,
                 fileAliases=("filters",),
                 details="``twistd smtpmx --list-filters`` lists those installed."
-                "  Filters see mail from clients outside ``--relay-network`` only."
-                "  ``Accept`` and ``Junk`` verdicts add their header fields to every"
-                " copy; a ``Junk`` files the local copies in the Junk folder"
-                " (Maildir++ ``.Junk``); a ``Reject`` refuses the message after its"
-                " data.  docs/plugins.rst tells how to write one.",
+                "  ``rspamd[:URL]`` asks rspamd (at ``http://127.0.0.1:11333`` by"
+                " default).  Filters see mail from clients outside"
+                " ``--relay-network`` only.  ``Accept`` and ``Junk`` verdicts add their"
+                " header fields to every copy; a ``Junk`` files the local copies in the"
+                " Junk folder (Maildir++ ``.Junk``, the IMAP folder ``Junk`` in Dovecot:"
+                " docs/storage.rst); a ``Reject`` refuses the message after its data."
+                "  docs/plugins.rst tells how to write one.",
             ),
             Option(
                 "filter-timeout", "SECONDS",

@@ -304,6 +304,35 @@ class DriftTests(SynchronousTestCase):
                 defaults[option.name] = value
         self.assertEqual(load(defaults), load())
 
+    def test_exampleNotes(self):
+        """
+        A note of the example is a comment right above the value it
+        explains, so that the reader of C{etc/smtpmx.toml} learns why it
+        is set; a value without a note, and a note without a value, stand
+        alone.
+        """
+        example = optiondocs.exampleFile(
+            (LATER,), {"spf-reject": True}, {"spf-reject": "Why: SPF.", "auth-timeout": "Never."}
+        )
+        self.assertIn("# spf-reject = false\n# Why: SPF.\nspf-reject = true\n", example)
+        self.assertNotIn("Never.", example)
+        self.assertNotIn("# Why", optiondocs.exampleFile((LATER,), {"spf-reject": True}))
+
+    def test_recommendedSetup(self):
+        """
+        The shipped example is a small domain's recommended setup
+        (README.rst, "Keeping spam out"): the rspamd filter, and postgrey
+        asked before the validators that know the mailboxes, since the
+        first verdict wins.
+        """
+        path = os.path.join(ROOT, "etc", "smtpmx.toml")
+        with open(path, "rb") as f:
+            example = tomllib.load(f)
+        self.assertEqual(example["filter"], ["rspamd"])
+        self.assertEqual(example["validator"][0], "policy:tcp:127.0.0.1:10023")
+        self.assertEqual(example["validator"][-1], "mailbox")
+        self.assertIn("IMAP folder Junk", read("etc", "smtpmx.toml"))
+
     def test_referenceEntries(self):
         """
         docs/options.rst has an entry for every option, with its TOML key
