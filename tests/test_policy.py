@@ -340,6 +340,20 @@ class PolicyServerTests(TestCase):
         """
         return await validator.validateRecipient(session or context(), parseAddress(recipient))
 
+    async def test_trustedClientNotAsked(self) -> None:
+        """
+        A client in C{--relay-network} (the defaults hold 127.0.0.0/8) is
+        not asked about: the validator has no opinion and the server hears
+        nothing, so our own users are never greylisted; others are asked.
+        """
+        server, validator = self.serve(lambda request: "OK")
+        verdict = await self.ask(validator, session=context(clientHost="127.0.0.1"))
+        self.assertIsNone(verdict)
+        self.assertEqual(server.requests, [])
+        verdict = await self.ask(validator, session=context(clientHost="192.0.2.7"))
+        self.assertIsInstance(verdict, Accept)
+        self.assertEqual(len(server.requests), 1)
+
     async def test_actions(self) -> None:
         """
         The server's actions decide: C{OK} accepts, C{DUNNO} has no
@@ -569,8 +583,8 @@ class PostgreyEndToEndTests(SynchronousTestCase):
         postgrey = RunningPostgrey.start(self.addCleanup, delay=DELAY)
         server = RunningServer.start(
             self.addCleanup,
-            ["--domain", "example.org", "--validator", f"policy:{postgrey.endpoint}",
-             "--validator", "any"],
+            ["--domain", "example.org", "--relay-network", "192.0.2.0/24",
+             "--validator", f"policy:{postgrey.endpoint}", "--validator", "any"],
         )
         user = unique("grey")
         recipient = f"{user}@example.org"
@@ -629,7 +643,7 @@ class PolicyOnTheWireTests(TestCase):
         self.addCleanup(port.stopListening)
         server = RunningServer.start(
             self.addCleanup,
-            ["--domain", "example.org", "--validator",
+            ["--domain", "example.org", "--relay-network", "192.0.2.0/24", "--validator",
              f"policy:tcp:127.0.0.1:{port.getHost().port}", "--validator", "any"],
         )
 
@@ -671,7 +685,8 @@ class PolicyOnTheWireTests(TestCase):
         number = freePort()
         server = RunningServer.start(
             self.addCleanup,
-            ["--domain", "example.org", "--validator", f"policy:tcp:127.0.0.1:{number}",
+            ["--domain", "example.org", "--relay-network", "192.0.2.0/24",
+             "--validator", f"policy:tcp:127.0.0.1:{number}",
              "--validator", "any"],
         )
 

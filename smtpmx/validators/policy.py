@@ -38,7 +38,7 @@ import weakref
 from itertools import count
 from typing import Any, Mapping, Optional
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -46,7 +46,9 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from smtpmx.access import Access
 from smtpmx.address import Address
+from smtpmx.config import Config
 from smtpmx.interfaces import IRecipientValidator
 from smtpmx.validation import Accept, Reject, ValidationContext
 
@@ -379,6 +381,7 @@ class PolicyValidator:
         self._reactor = reactor
         self._client: Optional[PolicyClient] = None
         self._instances = _Instances()
+        self._access: Optional[tuple[Config, Access]] = None
 
     def client(self, reactor: Any = None) -> PolicyClient:
         """
@@ -397,8 +400,13 @@ class PolicyValidator:
     def validateRecipient(self, session: ValidationContext, recipient: Address) -> Deferred:
         """
         Ask the server; its action decides (see L{verdictOf}), and a
-        server that cannot be asked gives C{451 4.3.0}.
+        server that cannot be asked gives C{451 4.3.0}.  A trusted client
+        (in C{--relay-network}) is not asked about, as Postfix's
+        C{permit_mynetworks} before C{check_policy_service} would have it:
+        our own users are not greylisted.
         """
+        if self._trusted(session):
+            return succeed(None)
         attributes = requestAttributes(session, recipient, self._instances.of(session))
         d = self.client(session.reactor).ask(attributes)
 
@@ -420,6 +428,15 @@ class PolicyValidator:
         d.addCallback(answered)
         d.addErrback(unavailable)
         return d
+
+    def _trusted(self, session: ValidationContext) -> bool:
+        """
+        Whether the client is in C{--relay-network} (one L{Access} per
+        configuration, made on first use).
+        """
+        if self._access is None or self._access[0] is not session.config:
+            self._access = (session.config, Access.fromConfig(session.config))
+        return self._access[1].clientMayRelay(session.clientHost)
 
     def close(self) -> Deferred:
         """
