@@ -297,9 +297,10 @@ class FilteringStoreTests(SynchronousTestCase):
         """
         The store with a chain of C{filters}.
         """
+        self.clock = Clock()
         return FilteringStore(
             self.inner, chainOf(*filters, **kwargs), Access.fromConfig(self.config),
-            self.config, runAtOnce, self.spool,
+            self.config, runAtOnce, self.spool, reactor=self.clock,
         )
 
     def send(self, store, data=b"Subject: hi\n\nbody\n", client="192.0.2.1", chunks=3):
@@ -334,6 +335,33 @@ class FilteringStoreTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertIs(message, self.inner.messages[0])
         self.assertEqual(judge.seen, [])
+
+    def test_contextReactor(self):
+        """
+        The filters' context carries the reactor the store was given, so a
+        filter connects and times out with the server's reactor, not a
+        global one.
+        """
+
+        class Seeing:
+            """
+            Remembers the context it is asked with.
+            """
+
+            session = None
+
+            def filterMessage(self, session, message):
+                """
+                Keep C{session}; no opinion.
+                """
+                self.session = session
+
+        seeing = Seeing()
+        store = self.storeWith(seeing)
+        message, d = self.send(store)
+        self.successResultOf(d)
+        self.assertIs(seeing.session.reactor, self.clock)
+        self.assertEqual(seeing.session.clientHost, "192.0.2.1")
 
     def test_noFiltersNotSpooled(self):
         """
@@ -424,7 +452,7 @@ class FilteringStoreTests(SynchronousTestCase):
 
         store = FilteringStore(
             self.inner, chainOf(Fixed(Accept())), Access.fromConfig(self.config),
-            self.config, later, self.spool,
+            self.config, later, self.spool, reactor=Clock(),
         )
         message = store.receive(filterableMessage(b"").envelope)
         self.assertIsNone(message.write(b"x" * 10))
@@ -467,7 +495,7 @@ class SessionRefusalTests(SynchronousTestCase):
         d = SessionDriver()
         d.session.store = FilteringStore(
             d.store, chainOf(*filters), Access.fromConfig(d.config), d.config,
-            runAtOnce, spoolDirectory(self),
+            runAtOnce, spoolDirectory(self), reactor=Clock(),
         )
         return d
 
@@ -594,8 +622,9 @@ class TapTests(SynchronousTestCase):
         directory = spoolDirectory(self)
         options = parse("--maildir-root", os.path.join(directory, "Maildir"),
                         "--queue-dir", os.path.join(directory, "queue"), *argv)
+        self.reactor = MemoryReactorClock()
         service = buildService(options.config, options.validators, options.tlsOptions,
-                               MemoryReactorClock(), options.filters)
+                               self.reactor, options.filters)
         [listening] = [s for s in service if isinstance(s, ListeningService)]
         return options, listening.factory.store
 
@@ -648,6 +677,8 @@ class TapTests(SynchronousTestCase):
         self.assertEqual([name for name, _ in store.chain.filters], ["fixed", "fixed"])
         self.assertEqual(store.chain.timeout, 7.0)
         self.assertEqual(store.chain.failure.value, "tempfail")
+        self.assertIs(store.reactor, self.reactor)
+        self.assertIs(store.context(filterableMessage(b"").envelope).reactor, self.reactor)
 
     def test_badOptions(self):
         """
