@@ -111,13 +111,38 @@ class FilterChainTests(SynchronousTestCase):
 
     def test_firstRejectDecides(self):
         """
-        The first Reject decides; filters after it are not asked.
+        The first Reject decides; the filters after it are still asked, in
+        order, and their verdicts are logged, but a later Reject does not
+        change the reply.
         """
         later = Fixed(Reject(451, "4.7.1", "later"))
-        result = self.run_(chainOf(Fixed(Accept()), Fixed(Reject(550, "5.7.1", "spam")), later))
+        last = Fixed(Junk([("X-Spam", "Yes")]))
+        result = self.run_(
+            chainOf(Fixed(Accept()), Fixed(Reject(550, "5.7.1", "spam")), later, last)
+        )
         self.assertEqual((result.reject.code, result.reject.text), (550, "spam"))
-        self.assertEqual(later.seen, [])
-        self.assertEqual(result.verdicts, ["f0 accept", "f1 550 5.7.1"])
+        self.assertEqual(len(later.seen), 1)
+        self.assertEqual(len(last.seen), 1)
+        self.assertEqual(result.verdicts,
+                         ["f0 accept", "f1 550 5.7.1", "f2 451 4.7.1", "f3 junk"])
+
+    def test_allRunAfterFailedTempfail(self):
+        """
+        Under C{--filter-failure tempfail} a failed filter's C{451 4.7.1}
+        is a Reject like any other: the first one decides, the filters
+        after it still run (a later permanent refusal does not replace
+        it; an earlier one would have decided).
+        """
+        last = Fixed(Reject(550, "5.7.1", "spam"))
+        result = self.run_(chainOf(Fixed(raises=ValueError("boom")), last, failure="tempfail"))
+        self.assertEqual((result.reject.code, result.reject.enhanced), (451, "4.7.1"))
+        self.assertEqual(len(last.seen), 1)
+        self.assertEqual(result.verdicts, ["f0 failed", "f1 550 5.7.1"])
+        self.flushLoggedErrors(ValueError)
+        result = self.run_(chainOf(Fixed(Reject(554, "5.7.1", "no")),
+                                   Fixed(raises=ValueError("boom")), failure="tempfail"))
+        self.assertEqual(result.reject.code, 554)
+        self.flushLoggedErrors(ValueError)
 
     def test_deferredVerdict(self):
         """
@@ -180,7 +205,7 @@ class FilterChainTests(SynchronousTestCase):
         result = self.successResultOf(d)
         self.assertEqual(slow.cancelled, 1)
         self.assertEqual(result.reject.code, 451)
-        self.assertEqual(result.verdicts, ["f0 failed"])
+        self.assertEqual(result.verdicts, ["f0 failed", "f1 accept"])
 
     def test_timeoutAccept(self):
         """
