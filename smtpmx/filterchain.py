@@ -3,15 +3,18 @@ The message filter chain: every C{--filter} in order, each given the
 spooled message, their verdicts combined (C{docs/plugins.rst}), and the
 lookup of filter plugins by name for C{--filter NAME[:ARG]}.
 
-The filters are asked one after the other, each in turn; C{None} is no
-opinion, C{Accept} and C{Junk} add their header fields and C{Junk} sends
-the local copies to the Junk folder.  The first C{Reject} decides, and
-the filters after it are not asked, since nothing they could say would
-change the outcome.  A filter that raises, fails, returns something that
-is not a verdict or is not done within the timeout has I{failed}: with
-C{--filter-failure accept} the message goes on as if it had no opinion
-(logged), with C{tempfail} the message is refused with C{451 4.7.1} (RFC
-3463 section 3.8: a temporary security or policy status).
+The filters are asked one after the other, each in turn, and every one
+of them is asked: C{None} is no opinion, C{Accept} and C{Junk} add their
+header fields and C{Junk} sends the local copies to the Junk folder.  The
+first C{Reject} decides the reply; the filters after it are still asked,
+so that the transaction's log line holds every filter's verdict (what
+each of them would have done is worth knowing when tuning them), but
+nothing they say changes the outcome.  A filter that raises, fails,
+returns something that is not a verdict or is not done within the timeout
+has I{failed}: with C{--filter-failure accept} the message goes on as if
+it had no opinion (logged), with C{tempfail} the failure counts as a
+C{Reject} with C{451 4.7.1} (RFC 3463 section 3.8: a temporary security
+or policy status) — the first one decides, as for any other.
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ class ChainResult:
     """
     What the filters made of one message.
 
-    @ivar reject: the L{Reject} that decides, or L{None} when the message
-        is delivered.
+    @ivar reject: the L{Reject} that decides (the first one), or L{None}
+        when the message is delivered.
     @ivar headers: the header fields of every L{Accept} and L{Junk}, in
         the filters' order.
     @ivar junk: whether a filter said L{Junk}: local copies go to the Junk
@@ -81,6 +84,14 @@ class ChainResult:
     headers: list[tuple[str, str]] = field(default_factory=list)
     junk: bool = False
     verdicts: list[str] = field(default_factory=list)
+
+    def decide(self, reject: Reject) -> None:
+        """
+        A filter refused the message: the first refusal is the one that
+        decides, those after it are only logged.
+        """
+        if self.reject is None:
+            self.reject = reject
 
 
 class FilterChain:
@@ -115,7 +126,8 @@ class FilterChain:
 
     def run(self, session, message) -> Deferred:
         """
-        Ask every filter about C{message}, in order, until one refuses it.
+        Ask every filter about C{message}, in order; the first refusal
+        decides.
 
         @param session: the transaction's
             L{smtpmx.validation.ValidationContext}.
@@ -138,15 +150,12 @@ class FilterChain:
                 verdict = await d
             except Exception:
                 self._failed(name, message, Failure(), result)
-                if result.reject is not None:
-                    return result
                 continue
             if verdict is None:
                 result.verdicts.append(f"{name} none")
             elif isinstance(verdict, Reject):
                 result.verdicts.append(f"{name} {verdict.code} {verdict.enhanced}")
-                result.reject = verdict
-                return result
+                result.decide(verdict)
             elif isinstance(verdict, (Accept, Junk)):
                 kind = "junk" if isinstance(verdict, Junk) else "accept"
                 result.verdicts.append(f"{name} {kind}")
@@ -160,8 +169,6 @@ class FilterChain:
                     verdict=verdict,
                 )
                 self._failed(name, message, None, result)
-                if result.reject is not None:
-                    return result
         return result
 
     def _failed(
@@ -184,7 +191,7 @@ class FilterChain:
             )
         result.verdicts.append(f"{name} failed")
         if self.failure is FilterFailure.TEMPFAIL:
-            result.reject = filterFailed()
+            result.decide(filterFailed())
 
 
 def makeFilters(

@@ -170,12 +170,16 @@ class FilteringStore:
         config: Config,
         runBlocking: Callable[..., Deferred],
         spoolDirectory: Optional[str] = None,
+        *,
+        reactor,
     ) -> None:
         """
         @param access: tells who is trusted (C{--relay-network}).
         @param runBlocking: runs the spool's file work off the reactor.
         @param spoolDirectory: where spool files go; the system's temporary
             directory by default.
+        @param reactor: the server's reactor, given to the filters in their
+            context (they connect and time out with it).
         """
         self.inner = inner
         self.chain = chain
@@ -183,6 +187,7 @@ class FilteringStore:
         self.config = config
         self.runBlocking = runBlocking
         self.spoolDirectory = spoolDirectory
+        self.reactor = reactor
 
     def receive(self, envelope: Envelope) -> IIncomingMessage:
         """
@@ -204,6 +209,7 @@ class FilteringStore:
             envelope.reversePath,
             self.config,
             self.runBlocking,
+            reactor=self.reactor,
         )
 
 

@@ -509,7 +509,8 @@ def buildService(
     if filters:
         chain = FilterChain(filters, reactor, config.filterTimeout, config.filterFailure)
         store = FilteringStore(
-            store, chain, Access.fromConfig(config), config, runBlocking
+            store, chain, Access.fromConfig(config), config, runBlocking,
+            reactor=reactor,
         )
     factory = SMTPServerFactory(
         config,

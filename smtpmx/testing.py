@@ -124,6 +124,7 @@ def validationContext(
     heloName: Optional[str] = "client.example",
     reversePath: Optional[Address] = None,
     runBlocking: Callable[..., Deferred] = runAtOnce,
+    reactor=None,
 ) -> ValidationContext:
     """
     The context a validator is given as C{session}, for a plugin's tests:
@@ -133,6 +134,9 @@ def validationContext(
         L{None}.
     @param runBlocking: runs blocking work; by default at once, in the
         test's thread (L{runAtOnce}).
+    @param reactor: the reactor a filter or validator connects with (a
+        L{twisted.internet.testing.MemoryReactor}, or the real one for a
+        test over sockets); L{None} by default.
     """
     return ValidationContext(
         clientHost=clientHost,
@@ -140,6 +144,7 @@ def validationContext(
         reversePath=reversePath,
         config=config if config is not None else Config(),
         runBlocking=runBlocking,
+        reactor=reactor,
     )
 
 

@@ -130,10 +130,13 @@ def makeEnvelope(reversePath: Optional[str] = "alice@example.org") -> Envelope:
 def threadContext() -> ValidationContext:
     """
     The context a filter gets in the server: reads go to the reactor's
-    thread pool.
+    thread pool, connections are made with the (real) reactor.
     """
+    from twisted.internet import reactor
+
     return validationContext(
         config=Config(hostname="mx.example.com"), runBlocking=deferToThread,
+        reactor=reactor,
     )
 
 

@@ -309,6 +309,21 @@ class ArchitectureTests(SynchronousTestCase):
                     offences.append(f"{module}:{line}")
         self.assertEqual(offences, [])
 
+    def test_noReactorLookedUpInSysModules(self) -> None:
+        """
+        Nor does any module find the reactor the back way, through
+        C{sys.modules}: a filter or validator gets it from its context.
+        """
+        offences = []
+        for module, path in modules():
+            if module in ("smtpmx.tap", "smtpmx.queuecli"):
+                continue
+            with open(path, encoding="utf-8") as f:
+                for number, text in enumerate(f, 1):
+                    if "sys.modules" in text:
+                        offences.append(f"{module}:{number}")
+        self.assertEqual(offences, [])
+
     def test_nothingImportsTheEntryPoint(self) -> None:
         """
         No module of smtpmx imports the twistd glue: it is the top of the

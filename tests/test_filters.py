@@ -111,13 +111,38 @@ class FilterChainTests(SynchronousTestCase):
 
     def test_firstRejectDecides(self):
         """
-        The first Reject decides; filters after it are not asked.
+        The first Reject decides; the filters after it are still asked, in
+        order, and their verdicts are logged, but a later Reject does not
+        change the reply.
         """
         later = Fixed(Reject(451, "4.7.1", "later"))
-        result = self.run_(chainOf(Fixed(Accept()), Fixed(Reject(550, "5.7.1", "spam")), later))
+        last = Fixed(Junk([("X-Spam", "Yes")]))
+        result = self.run_(
+            chainOf(Fixed(Accept()), Fixed(Reject(550, "5.7.1", "spam")), later, last)
+        )
         self.assertEqual((result.reject.code, result.reject.text), (550, "spam"))
-        self.assertEqual(later.seen, [])
-        self.assertEqual(result.verdicts, ["f0 accept", "f1 550 5.7.1"])
+        self.assertEqual(len(later.seen), 1)
+        self.assertEqual(len(last.seen), 1)
+        self.assertEqual(result.verdicts,
+                         ["f0 accept", "f1 550 5.7.1", "f2 451 4.7.1", "f3 junk"])
+
+    def test_allRunAfterFailedTempfail(self):
+        """
+        Under C{--filter-failure tempfail} a failed filter's C{451 4.7.1}
+        is a Reject like any other: the first one decides, the filters
+        after it still run (a later permanent refusal does not replace
+        it; an earlier one would have decided).
+        """
+        last = Fixed(Reject(550, "5.7.1", "spam"))
+        result = self.run_(chainOf(Fixed(raises=ValueError("boom")), last, failure="tempfail"))
+        self.assertEqual((result.reject.code, result.reject.enhanced), (451, "4.7.1"))
+        self.assertEqual(len(last.seen), 1)
+        self.assertEqual(result.verdicts, ["f0 failed", "f1 550 5.7.1"])
+        self.flushLoggedErrors(ValueError)
+        result = self.run_(chainOf(Fixed(Reject(554, "5.7.1", "no")),
+                                   Fixed(raises=ValueError("boom")), failure="tempfail"))
+        self.assertEqual(result.reject.code, 554)
+        self.flushLoggedErrors(ValueError)
 
     def test_deferredVerdict(self):
         """
@@ -180,7 +205,7 @@ class FilterChainTests(SynchronousTestCase):
         result = self.successResultOf(d)
         self.assertEqual(slow.cancelled, 1)
         self.assertEqual(result.reject.code, 451)
-        self.assertEqual(result.verdicts, ["f0 failed"])
+        self.assertEqual(result.verdicts, ["f0 failed", "f1 accept"])
 
     def test_timeoutAccept(self):
         """
@@ -297,9 +322,10 @@ class FilteringStoreTests(SynchronousTestCase):
         """
         The store with a chain of C{filters}.
         """
+        self.clock = Clock()
         return FilteringStore(
             self.inner, chainOf(*filters, **kwargs), Access.fromConfig(self.config),
-            self.config, runAtOnce, self.spool,
+            self.config, runAtOnce, self.spool, reactor=self.clock,
         )
 
     def send(self, store, data=b"Subject: hi\n\nbody\n", client="192.0.2.1", chunks=3):
@@ -334,6 +360,33 @@ class FilteringStoreTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertIs(message, self.inner.messages[0])
         self.assertEqual(judge.seen, [])
+
+    def test_contextReactor(self):
+        """
+        The filters' context carries the reactor the store was given, so a
+        filter connects and times out with the server's reactor, not a
+        global one.
+        """
+
+        class Seeing:
+            """
+            Remembers the context it is asked with.
+            """
+
+            session = None
+
+            def filterMessage(self, session, message):
+                """
+                Keep C{session}; no opinion.
+                """
+                self.session = session
+
+        seeing = Seeing()
+        store = self.storeWith(seeing)
+        message, d = self.send(store)
+        self.successResultOf(d)
+        self.assertIs(seeing.session.reactor, self.clock)
+        self.assertEqual(seeing.session.clientHost, "192.0.2.1")
 
     def test_noFiltersNotSpooled(self):
         """
@@ -424,7 +477,7 @@ class FilteringStoreTests(SynchronousTestCase):
 
         store = FilteringStore(
             self.inner, chainOf(Fixed(Accept())), Access.fromConfig(self.config),
-            self.config, later, self.spool,
+            self.config, later, self.spool, reactor=Clock(),
         )
         message = store.receive(filterableMessage(b"").envelope)
         self.assertIsNone(message.write(b"x" * 10))
@@ -467,7 +520,7 @@ class SessionRefusalTests(SynchronousTestCase):
         d = SessionDriver()
         d.session.store = FilteringStore(
             d.store, chainOf(*filters), Access.fromConfig(d.config), d.config,
-            runAtOnce, spoolDirectory(self),
+            runAtOnce, spoolDirectory(self), reactor=Clock(),
         )
         return d
 
@@ -594,8 +647,9 @@ class TapTests(SynchronousTestCase):
         directory = spoolDirectory(self)
         options = parse("--maildir-root", os.path.join(directory, "Maildir"),
                         "--queue-dir", os.path.join(directory, "queue"), *argv)
+        self.reactor = MemoryReactorClock()
         service = buildService(options.config, options.validators, options.tlsOptions,
-                               MemoryReactorClock(), options.filters)
+                               self.reactor, options.filters)
         [listening] = [s for s in service if isinstance(s, ListeningService)]
         return options, listening.factory.store
 
@@ -648,6 +702,8 @@ class TapTests(SynchronousTestCase):
         self.assertEqual([name for name, _ in store.chain.filters], ["fixed", "fixed"])
         self.assertEqual(store.chain.timeout, 7.0)
         self.assertEqual(store.chain.failure.value, "tempfail")
+        self.assertIs(store.reactor, self.reactor)
+        self.assertIs(store.context(filterableMessage(b"").envelope).reactor, self.reactor)
 
     def test_badOptions(self):
         """

@@ -131,7 +131,8 @@ class FilterServerTests(SynchronousTestCase):
         code, text = self.send(server, message(unique("rej-")))
         self.assertEqual((code, text), (554, "5.7.1 Refused by the verdict filter, sorry"))
         self.assertEqual(server.tree() - before, set())
-        self.assertIn("filters=[verdict 554 5.7.1] result=554", self.logLine(server, "result=554"))
+        self.assertIn("filters=[verdict 554 5.7.1, verdict accept] result=554",
+                      self.logLine(server, "result=554"))
 
     def test_keywordExample(self):
         """

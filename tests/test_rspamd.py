@@ -18,7 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -36,6 +36,7 @@ from smtpmx.filters.rspamd import (
     verdictOf,
 )
 from smtpmx.interfaces import IMessageFilter, IMessageFilterFactory
+from smtpmx.config import Config
 from smtpmx.envelope import Envelope
 from smtpmx.testing import runAtOnce
 from tests import rspamd as harness
@@ -298,6 +299,45 @@ class FactoryTests(SynchronousTestCase):
         self.assertEqual(factory.makeFilter("http://10.0.0.2:11333").url,
                          b"http://10.0.0.2:11333/checkv2")
         self.assertRaises(ValueError, factory.makeFilter, "10.0.0.2")
+
+    def test_reactorFromContext(self) -> None:
+        """
+        The server's factory has no reactor: a filter connects with the
+        C{reactor} of the context it is asked with, making its connection
+        pool on first use, once (injected, never looked up globally).
+        Cancelled while still connecting, a check fails with
+        L{CancelledError}, which the chain's timeout recognises.
+        """
+        from smtpmx.testing import validationContext
+
+        memory = MemoryReactorClock()
+        f = RspamdFilterFactory().makeFilter("http://127.0.0.1:11333")
+        self.assertIsNone(f.pool)
+        context = validationContext(config=Config(hostname="mx.example.com"),
+                                    reactor=memory)
+        message = FileMessage(HAM)
+        self.addCleanup(message.remove)
+        checks = [f.filterMessage(context, message) for _ in range(2)]
+        memory.advance(1)
+        self.assertEqual([(host, port) for host, port, *_ in memory.tcpClients],
+                         [("127.0.0.1", 11333), ("127.0.0.1", 11333)])
+        for d in checks:
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+
+    def test_noReactor(self) -> None:
+        """
+        A context without a reactor (and a filter given none) fails the
+        check with L{RspamdError}, which the chain treats as a failed
+        filter; closing a filter never used does nothing.
+        """
+        from smtpmx.testing import validationContext
+
+        f = RspamdFilterFactory().makeFilter(None)
+        message = FileMessage(HAM)
+        self.addCleanup(message.remove)
+        self.failureResultOf(f.filterMessage(validationContext(), message), RspamdError)
+        self.successResultOf(f.close())
 
 
 class FilterTestCase(TestCase):

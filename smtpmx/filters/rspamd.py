@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from typing import Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.protocol import Protocol
 from twisted.web.client import (
     Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived,
@@ -335,24 +335,42 @@ class RspamdFilter:
     Asks one rspamd server about each message (C{docs/plugins.rst}).
 
     @ivar url: the C{/checkv2} address asked.
-    @ivar pool: the persistent connections to rspamd.
+    @ivar pool: the persistent connections to rspamd, made on first use.
     """
 
     log = Logger()
 
-    def __init__(self, url: str, reactor, chunkSize: int = CHUNK_SIZE) -> None:
+    def __init__(self, url: str, reactor=None, chunkSize: int = CHUNK_SIZE) -> None:
         """
         @param url: rspamd's address, see L{checkURL}.
-        @param reactor: the reactor to connect with.
+        @param reactor: the reactor to connect with; L{None} (the server's
+            way) for the C{reactor} of the first context asked with.
         @param chunkSize: how much of the message is read at a time.
         @raise ValueError: C{url} is unusable.
         """
         self.url = checkURL(url)
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = MAX_PERSISTENT
-        self.pool.cachedConnectionTimeout = IDLE_TIMEOUT
-        self.agent = Agent(reactor, pool=self.pool)
+        self.reactor = reactor
+        self.pool: Optional[HTTPConnectionPool] = None
+        self.agent: Optional[Agent] = None
         self.chunkSize = chunkSize
+
+    def connectWith(self, reactor) -> Agent:
+        """
+        The HTTP client, made on first use with C{reactor} (unless the
+        filter was given its own): one pool of persistent connections for
+        the filter's life.
+
+        @raise RspamdError: there is no reactor to connect with.
+        """
+        if self.agent is None:
+            reactor = self.reactor if self.reactor is not None else reactor
+            if reactor is None:
+                raise RspamdError("rspamd needs a reactor: the context has none")
+            self.pool = HTTPConnectionPool(reactor, persistent=True)
+            self.pool.maxPersistentPerHost = MAX_PERSISTENT
+            self.pool.cachedConnectionTimeout = IDLE_TIMEOUT
+            self.agent = Agent(reactor, pool=self.pool)
+        return self.agent
 
     def filterMessage(self, session, message: IFilterableMessage) -> Deferred:
         """
@@ -360,14 +378,19 @@ class RspamdFilter:
         a verdict.
 
         @param session: the transaction's context: its C{runBlocking} reads
-            the spool, its C{config.hostname} is our C{MTA-Name}.
+            the spool, its C{config.hostname} is our C{MTA-Name}, its
+            C{reactor} makes the connections (on first use).
         @return: a L{Deferred} firing with the verdict, or failing with
             L{RspamdError} or the connection's error.  Cancelling it aborts
             the request and its connection.
         """
+        try:
+            agent = self.connectWith(getattr(session, "reactor", None))
+        except RspamdError:
+            return fail()
         body = SpooledBody(message, session.runBlocking, self.chunkSize)
         headers = requestHeaders(message, session.config.hostname)
-        d = self.agent.request(b"POST", self.url, headers, body)
+        d = agent.request(b"POST", self.url, headers, body)
         d.addCallback(self.replied)
         d.addCallback(self.decoded)
         d.addErrback(_cancelled)
@@ -408,15 +431,20 @@ class RspamdFilter:
         """
         Close the idle connections (at shutdown, or the end of a test).
         """
+        if self.pool is None:
+            return succeed(None)
         return self.pool.closeCachedConnections()
 
 
 def _cancelled(failure: Failure) -> Failure:
     """
     A request given up by cancelling it fails with L{CancelledError}, not
-    the HTTP client's wrapping of it, so that the chain sees its own
-    timeout.
+    the HTTP client's wrapping of it nor the endpoint's
+    L{ConnectingCancelledError} (cancelled while still connecting), so
+    that the chain sees its own timeout.
     """
+    if failure.check(ConnectingCancelledError):
+        raise CancelledError()
     if failure.check(ResponseNeverReceived, ResponseFailed) and any(
         reason.check(CancelledError) for reason in failure.value.reasons
     ):
@@ -424,26 +452,14 @@ def _cancelled(failure: Failure) -> Failure:
     return failure
 
 
-def installedReactor():
-    """
-    The reactor twistd installed before building the service, found
-    without installing one as a side effect.
-
-    @raise ValueError: no reactor is installed yet.
-    """
-    reactor = sys.modules.get("twisted.internet.reactor")
-    if reactor is None:
-        raise ValueError("rspamd needs a running reactor")
-    return reactor
-
-
 @implementer(IPlugin, IMessageFilterFactory)
 class RspamdFilterFactory:
     """
     Makes the C{rspamd[:URL]} filter.
 
-    @ivar reactor: the reactor its filters connect with; L{None} for the
-        one twistd installed.
+    @ivar reactor: the reactor its filters connect with; L{None} (the
+        server's way) for the C{reactor} of the context each filter is
+        first asked with (L{smtpmx.validation.ValidationContext}).
     """
 
     name = "rspamd"
@@ -466,5 +482,4 @@ class RspamdFilterFactory:
 
         @raise ValueError: the URL is unusable.
         """
-        reactor = self.reactor if self.reactor is not None else installedReactor()
-        return RspamdFilter(argument or DEFAULT_URL, reactor)
+        return RspamdFilter(argument or DEFAULT_URL, self.reactor)
