@@ -508,9 +508,11 @@ def buildService(
     store = RoutingStore(MaildirStore(config.maildirRoot, runBlocking), queueStore)
     if filters:
         chain = FilterChain(filters, reactor, config.filterTimeout, config.filterFailure)
+        # Spooled messages wait in the queue's tmp/, on the queue's disk;
+        # what a crash leaves there is removed at the next start.
         store = FilteringStore(
             store, chain, Access.fromConfig(config), config, runBlocking,
-            reactor=reactor,
+            queue.temporaryDirectory, reactor=reactor,
         )
     factory = SMTPServerFactory(
         config,

@@ -22,7 +22,7 @@ import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import rspamd as harness
-from tests.e2e import RunningServer, ServerDidNotStart, headerBlock, makeTemporaryDirectory
+from tests.e2e import RunningServer, headerBlock, makeTemporaryDirectory
 from tests.helpers import waitUntil
 from tests.postgrey import RunningPostgrey, postgreyMissing
 
@@ -74,12 +74,6 @@ class RecommendedSetupTests(SynchronousTestCase):
             code, _ = c.data(data)
             return rcpt, code
 
-    @pytest.mark.xfail(
-        strict=True, raises=ServerDidNotStart,
-        reason="twistd smtpmx --filter rspamd stops at start-up ('rspamd needs a running"
-        " reactor': the rspamd factory looks for the reactor while the options are"
-        " parsed, before twistd installs it, unless twistd -r names one)",
-    )
     def test_recommendedSetup(self) -> None:
         """
         A new sender is greylisted (C{450 4.7.1}) and accepted when it

@@ -198,6 +198,7 @@ class SpooledBody:
         self.paused = False
         self.stopped = False
         self.reading = False
+        self.sent = 0
 
     def startProducing(self, consumer) -> Deferred:
         """
@@ -248,6 +249,16 @@ class SpooledBody:
             self.done.callback(None)
             return
         self.consumer.write(chunk)
+        self.sent += len(chunk)
+        if self.sent >= self.length:
+            # All of Content-Length is sent: done now, not after one more
+            # read finds the end of the file.  rspamd may answer at once,
+            # and a response that comes before the request is done costs
+            # the connection its reuse.
+            self.stopped = True
+            self.closeFile()
+            self.done.callback(None)
+            return
         self.readNext()
 
     def failed(self, failure) -> None:
