@@ -60,6 +60,33 @@ def recordDirectorySyncs(case) -> list[str]:
     return synced
 
 
+def recordFsyncs(case) -> list[tuple[str, int]]:
+    """
+    Make the test C{case} record every C{fsync} that L{smtpmx.durable}
+    makes (and still make it), for the length of the test.
+
+    @return: the list of C{("file" or "dir", inode)} pairs appended to,
+        in order.
+    """
+    import stat
+
+    from smtpmx import durable
+
+    synced: list[tuple[str, int]] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        """
+        Record whether a file or a directory is fsynced, then fsync it.
+        """
+        info = os.fstat(fd)
+        synced.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino))
+        real(fd)
+
+    case.patch(durable.os, "fsync", record)
+    return synced
+
+
 def namesMadeInThreads(make: Callable[[], str], threads: int = 8, each: int = 2000) -> list[str]:
     """
     Names made by C{make} at the same moment in several threads, for

@@ -11,7 +11,7 @@ import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import durable
-from tests.helpers import makeDirectory, namesMadeInThreads, recordDirectorySyncs
+from tests.helpers import makeDirectory, namesMadeInThreads, recordDirectorySyncs, recordFsyncs
 
 
 class TemporaryNameTests(SynchronousTestCase):
@@ -189,25 +189,14 @@ class FileTests(SynchronousTestCase):
         A file written durably is complete at its name, fsynced along with
         its directory, and no temporary file is left.
         """
-        synced: list[tuple[bool, int]] = []
-        real = os.fsync
-
-        def record(fd: int) -> None:
-            """
-            Record what is fsynced, then fsync it.
-            """
-            info = os.fstat(fd)
-            synced.append((stat.S_ISDIR(info.st_mode), info.st_ino))
-            real(fd)
-
-        self.patch(durable.os, "fsync", record)
+        synced = recordFsyncs(self)
         path = os.path.join(self.root, "msg")
         durable.writeDurably(path, [b"one ", b"two"])
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"one two")
         self.assertEqual(os.listdir(self.root), ["msg"])
         self.assertEqual(
-            synced, [(False, os.stat(path).st_ino), (True, os.stat(self.root).st_ino)]
+            synced, [("file", os.stat(path).st_ino), ("dir", os.stat(self.root).st_ino)]
         )
 
     def test_writeDurablyNoReplace(self) -> None:

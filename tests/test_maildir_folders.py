@@ -26,7 +26,7 @@ from smtpmx.delivery import maildir
 from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import Envelope, LocalMailbox
 from tests import test_maildir_store as base
-from tests.helpers import makeDirectory, recordDirectorySyncs
+from tests.helpers import makeDirectory, recordDirectorySyncs, recordFsyncs
 
 EXTRA = b"X-Spam-Action: add header\nX-Spam-Score: 7.5\nX-Spam: Yes\n"
 
@@ -348,18 +348,7 @@ class FolderStoreTests(SynchronousTestCase):
         """
         maildir.ensureMaildir(maildir.mailboxPath(self.root, JUNK_BOB))
         maildir.ensureMaildir(maildir.mailboxPath(self.root, LocalMailbox("example.org", "carol")))
-        synced: list[tuple[str, int]] = []
-        real = os.fsync
-
-        def record(fd: int) -> None:
-            """
-            Record whether a file or a directory is fsynced, then fsync it.
-            """
-            info = os.fstat(fd)
-            synced.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino))
-            real(fd)
-
-        self.patch(durable.os, "fsync", record)
+        synced = recordFsyncs(self)
         self.deliver(
             self.envelope(("bob@example.org", JUNK_BOB), ("carol@example.org", ("example.org", "carol"))),
             b"\nhi\n",

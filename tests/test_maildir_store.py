@@ -29,7 +29,7 @@ from smtpmx.delivery import maildir
 from smtpmx.delivery.maildir import MaildirStore
 from smtpmx.envelope import Envelope, LocalMailbox, Recipient, RemoteAddress
 from smtpmx.interfaces import IIncomingMessage, IMessageStore, ITwoPhaseMessage
-from tests.helpers import makeDirectory, namesMadeInThreads, recordDirectorySyncs
+from tests.helpers import makeDirectory, namesMadeInThreads, recordDirectorySyncs, recordFsyncs
 
 RECEIVED = b"Received: from client.example (client.example [192.0.2.1])\n\tby mx.example.org with ESMTP id ABC123\n"
 
@@ -622,18 +622,7 @@ class MaildirStoreTests(SynchronousTestCase, StoreTestMixin):
         for name in ("bob", "carol"):
             os.makedirs(os.path.join(self.root, "example.org", name, "tmp"))
             os.makedirs(os.path.join(self.root, "example.org", name, "new"))
-        synced: list[tuple[str, int]] = []
-        real = os.fsync
-
-        def record(fd: int) -> None:
-            """
-            Record whether a file or a directory is fsynced, then fsync it.
-            """
-            info = os.fstat(fd)
-            synced.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino))
-            real(fd)
-
-        self.patch(durable.os, "fsync", record)
+        synced = recordFsyncs(self)
         self.deliver(
             makeEnvelope(
                 [
