@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -25,21 +25,11 @@ from twisted.python.failure import Failure
 
 import smtpmx
 from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile, summarize
-from smtpmx.filterchain import (
-    FilterLoadError,
-    FilterNotFound,
-    findFilterFactories,
-    makeFilters,
-)
+from smtpmx.filterchain import findFilterFactories, makeFilters
 from smtpmx.options import OPTIONS, Option, plainText
-from smtpmx.pluginlookup import listing
+from smtpmx.pluginlookup import PluginLoadError, PluginNotFound, listing
 from smtpmx.validation import ValidatorChain
-from smtpmx.validators import (
-    ValidatorLoadError,
-    ValidatorNotFound,
-    findValidatorFactories,
-    makeValidatorChain,
-)
+from smtpmx.validators import findValidatorFactories, makeValidatorChain
 
 
 def helpText(option: Option) -> str:
@@ -154,6 +144,27 @@ class TableOptions(usage.Options):
         return flags
 
 
+T = TypeVar("T")
+
+
+def loadPlugins(make: Callable[[Sequence[str]], T], specifications: Sequence[str], kind: str) -> T:
+    """
+    Make the plugins named by C{specifications} with C{make}, turning a
+    name not found or a plugin that fails to load into the one-line
+    start-up error the user sees.
+
+    @param kind: C{"validator"} or C{"filter"}, as the options name them.
+    """
+    try:
+        return make(specifications)
+    except PluginNotFound as e:
+        raise ConfigError(
+            f"unknown {kind} {e.args[0]!r} (twistd smtpmx --list-{kind}s lists them)"
+        ) from None
+    except PluginLoadError as e:
+        raise ConfigError(str(e)) from None
+
+
 class Options(TableOptions):
     """
     The command line of C{twistd smtpmx}: the options of
@@ -215,24 +226,8 @@ class Options(TableOptions):
             self.config = loadConfig(
                 fileOptions, self.flagOptions(), configPath=self["config"]
             )
-            try:
-                self.validators = makeValidatorChain(self.config.validators)
-            except ValidatorNotFound as e:
-                raise ConfigError(
-                    f"unknown validator {e.args[0]!r}"
-                    " (twistd smtpmx --list-validators lists them)"
-                ) from None
-            except ValidatorLoadError as e:
-                raise ConfigError(str(e)) from None
-            try:
-                self.filters = makeFilters(self.config.filters)
-            except FilterNotFound as e:
-                raise ConfigError(
-                    f"unknown filter {e.args[0]!r}"
-                    " (twistd smtpmx --list-filters lists them)"
-                ) from None
-            except FilterLoadError as e:
-                raise ConfigError(str(e)) from None
+            self.validators = loadPlugins(makeValidatorChain, self.config.validators, "validator")
+            self.filters = loadPlugins(makeFilters, self.config.filters, "filter")
             if self.config.tlsCertificate is not None:
                 from smtpmx.tls import serverTLSOptions
 
