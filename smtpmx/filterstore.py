@@ -4,7 +4,9 @@ L{IMessageStore} around the real one (the routing store).
 
 For a client outside C{--relay-network}, the message is spooled to a
 temporary file as it arrives (not in a Maildir or the queue; it needs no
-fsync since nothing is acknowledged yet).  At the end of the data the
+fsync since nothing is acknowledged yet); a small one (up to L{CHUNK}
+bytes) is kept in memory as it arrives and spooled in one write at its
+end, for the filters to read, then copied to the store from memory.  At the end of the data the
 filters judge it, reading the spool through C{open()}; on a refusal
 C{finish()} fails with L{smtpmx.reply.Refused} and nothing is stored,
 otherwise the spool is streamed into the inner store's message with the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import replace
 from typing import IO, Callable, Optional
 
@@ -42,7 +45,9 @@ from smtpmx.validation import ValidationContext
 
 # Bytes waiting for the spool before the sender is asked to pause.
 HIGH_WATER = 1 << 20
-# Bytes read from the spool at a time, when copying it to the store.
+# Bytes read from the spool at a time, when copying it to the store.  A
+# message no bigger is kept in memory as it arrives: it is spooled in one
+# write at its end, and copied to the store from memory, not read back.
 CHUNK = 1 << 16
 # The folder of a junked local copy: Maildir++ ".Junk".
 JUNK_FOLDER = "Junk"
@@ -52,7 +57,9 @@ class Spool:
     """
     The temporary file one message is spooled to, written then read back
     through one file object.  Its methods block: they are called through
-    C{runBlocking}, one at a time.
+    C{runBlocking}, and take turns (a lock), since a cancelled transaction
+    removes the spool while a write it no longer waits for may still run;
+    once removed, the spool is never made again.
 
     @ivar path: the file's path, once it exists.
     """
@@ -61,11 +68,17 @@ class Spool:
         self.directory = directory
         self.path: Optional[str] = None
         self._file: Optional[IO[bytes]] = None
+        self._lock = threading.Lock()
+        self._removed = False
 
     def _create(self) -> None:
         """
         Make the file, readable by us alone.
+
+        @raise OSError: the spool was removed already.
         """
+        if self._removed:
+            raise OSError("the spool was removed")
         fd, self.path = tempfile.mkstemp(prefix="smtpmx-filter-", dir=self.directory)
         self._file = os.fdopen(fd, "w+b")
 
@@ -73,10 +86,27 @@ class Spool:
         """
         Append C{chunks}, making the file on first use.
         """
+        with self._lock:
+            self._write(chunks)
+
+    def _write(self, chunks: list[bytes]) -> None:
+        """
+        L{write}, the lock held.
+        """
         if self._file is None:
             self._create()
         assert self._file is not None
         self._file.writelines(chunks)
+
+    def completeWith(self, data: bytes) -> None:
+        """
+        Write the whole of a small message and flush it where C{open()}
+        sees it, in one call.
+        """
+        with self._lock:
+            self._write([data])
+            assert self._file is not None
+            self._file.flush()
 
     def complete(self, size: int) -> bytes:
         """
@@ -84,23 +114,33 @@ class Spool:
         empty file for an empty message), and read back its first C{size}
         bytes (fewer at the end), the rest being read with L{read}.
         """
-        if self._file is None:
-            self._create()
-        assert self._file is not None
-        self._file.flush()
-        self._file.seek(0)
-        return self._file.read(size)
+        with self._lock:
+            if self._file is None:
+                self._create()
+            assert self._file is not None
+            self._file.flush()
+            self._file.seek(0)
+            return self._file.read(size)
 
     def read(self, size: int) -> bytes:
         """
         The next C{size} bytes (fewer at the end).
         """
-        assert self._file is not None
-        return self._file.read(size)
+        with self._lock:
+            assert self._file is not None
+            return self._file.read(size)
 
     def remove(self) -> None:
         """
         Close and remove the file, if there is one; never fails.
+        """
+        with self._lock:
+            self._removed = True
+            self._remove()
+
+    def _remove(self) -> None:
+        """
+        L{remove}, the lock held.
         """
         try:
             if self._file is not None:
@@ -252,7 +292,8 @@ class FilteredMessage:
         self.size += len(data)
         self._buffer.append(data)
         self._buffered += len(data)
-        self._flush()
+        if self.size > CHUNK:
+            self._flush()
         if self._buffered >= HIGH_WATER:
             d: Deferred = Deferred()
             self._paused.append(d)
@@ -325,10 +366,16 @@ class FilteredMessage:
         """
         removed: Optional[Deferred] = None
         try:
-            await self._whenDrained()
-            if self._failure is not None:
-                self._failure.raiseException()
-            head = await self._runBlocking(self._spool.complete, CHUNK)
+            if self.size <= CHUNK:
+                # All of it is still in memory, nothing was written: it is
+                # spooled in one go, and never read back.
+                head, self._buffer, self._buffered = b"".join(self._buffer), [], 0
+                await self._runBlocking(self._spool.completeWith, head)
+            else:
+                await self._whenDrained()
+                if self._failure is not None:
+                    self._failure.raiseException()
+                head = await self._runBlocking(self._spool.complete, CHUNK)
             assert self._spool.path is not None
             message = SpooledMessage(self.envelope, self.size, self._spool.path)
             context = self._store.context(self.envelope)
@@ -340,7 +387,7 @@ class FilteredMessage:
             inner = self._store.inner.receive(filedEnvelope(self.envelope, result))
             self._inner = inner
             try:
-                await self._copy(inner, head)
+                await self._copy(inner, head, whole=self.size <= CHUNK)
             except BaseException:
                 inner.abort()
                 raise
@@ -353,17 +400,19 @@ class FilteredMessage:
                 removed = self._runBlocking(self._spool.remove)
             await removed
 
-    async def _copy(self, inner: IIncomingMessage, chunk: bytes) -> None:
+    async def _copy(self, inner: IIncomingMessage, chunk: bytes, whole: bool) -> None:
         """
         Stream the spool into the inner store's message, from its first
         C{chunk} on, in chunks read off the reactor thread, following the
         store's backpressure.
+
+        @param whole: C{chunk} is the whole message.
         """
         while chunk:
             pending = inner.write(chunk)
             if pending is not None:
                 await pending
-            if len(chunk) < CHUNK:
+            if whole or len(chunk) < CHUNK:
                 # A short read of a regular file is its end.
                 break
             chunk = await self._runBlocking(self._spool.read, CHUNK)

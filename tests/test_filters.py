@@ -28,7 +28,7 @@ from smtpmx.filterchain import (
     makeFilters,
 )
 from smtpmx.filtering import Accept, Junk, Reject
-from smtpmx.filterstore import FilteringStore, filedEnvelope
+from smtpmx.filterstore import CHUNK, FilteringStore, Spool, filedEnvelope
 from smtpmx.interfaces import IFilterableMessage, IFilteredMessage, IMessageStore
 from smtpmx.reply import Refused
 from smtpmx.testing import MemoryStore, filterableMessage, runAtOnce, runFilter
@@ -492,6 +492,49 @@ class FilteringStoreTests(SynchronousTestCase):
         while held:
             d, f, args = held.pop(0)
             d.callback(f(*args))
+        self.assertEqual(os.listdir(self.spool), [])
+
+    def test_smallMessageOneWrite(self):
+        """
+        A message of at most L{CHUNK} bytes is spooled in one write at its
+        end, for the filters to read, and copied to the store from memory:
+        two thread hops in all (the write, the removal), the same bytes
+        stored; a bigger one is spooled as it arrives and read back.
+        """
+        for size, hops in ((CHUNK, 2), (CHUNK + 1, None)):
+            calls: list = []
+
+            def counting(f, *args):
+                """
+                Count the thread hop, then run C{f} at once.
+                """
+                calls.append(f.__name__)
+                return runAtOnce(f, *args)
+
+            judge = Fixed(Accept())
+            store = FilteringStore(
+                self.inner, chainOf(judge), Access.fromConfig(self.config),
+                self.config, counting, self.spool, reactor=Clock(),
+            )
+            data = b"Subject: x\n\n" + b"x" * (size - 13) + b"\n"
+            message, d = self.send(store, data, chunks=5)
+            self.successResultOf(d)
+            self.assertEqual(judge.seen, [data])
+            self.assertEqual(self.inner.messages[-1].body, data)
+            if hops is None:
+                self.assertIn("complete", calls)
+            else:
+                self.assertEqual(calls, ["completeWith", "remove"])
+            self.assertEqual(os.listdir(self.spool), [])
+
+    def test_spoolRemovedFirst(self):
+        """
+        A spool removed (a cancelled transaction) before a write it no
+        longer waited for ran is never made: that write fails.
+        """
+        spool = Spool(self.spool)
+        spool.remove()
+        self.assertRaises(OSError, spool.completeWith, b"late")
         self.assertEqual(os.listdir(self.spool), [])
 
     def test_filedEnvelope(self):

@@ -15,9 +15,13 @@ from typing import Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import globalLogPublisher
+from twisted.web.client import URI
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
@@ -29,6 +33,7 @@ from smtpmx.filters.rspamd import (
     DEFAULT_URL,
     RspamdError,
     RspamdFilter,
+    RspamdEndpoints,
     RspamdFilterFactory,
     SpooledBody,
     checkURL,
@@ -38,7 +43,7 @@ from smtpmx.filters.rspamd import (
 from smtpmx.interfaces import IMessageFilter, IMessageFilterFactory
 from smtpmx.config import Config
 from smtpmx.envelope import Envelope
-from smtpmx.testing import runAtOnce
+from smtpmx.testing import runAtOnce, validationContext
 from tests import rspamd as harness
 from tests.rspamd import HAM, FileMessage, makeEnvelope, spam, threadContext
 from tests.e2e import freePort
@@ -273,6 +278,65 @@ class SpooledBodyTests(SynchronousTestCase):
         message.remove()
         body = SpooledBody(message, runAtOnce)
         self.failureResultOf(body.startProducing(RecordingConsumer()), FileNotFoundError)
+
+
+class EndpointTests(SynchronousTestCase):
+    """
+    L{RspamdEndpoints} connects to an IP address without a name lookup,
+    to a name through L{HostnameEndpoint}, and quietly.
+    """
+
+    def endpoint(self, url: bytes):
+        """
+        The endpoint the filter's HTTP client would use for C{url}.
+        """
+        return RspamdEndpoints(MemoryReactor()).endpointForURI(URI.fromBytes(url))
+
+    def test_addresses(self) -> None:
+        """
+        IPv4 and IPv6 addresses get plain TCP endpoints, names a
+        L{HostnameEndpoint}.
+        """
+        self.assertIsInstance(self.endpoint(b"http://127.0.0.1:11333/checkv2").endpoint,
+                              TCP4ClientEndpoint)
+        self.assertIsInstance(self.endpoint(b"http://[::1]:11333/checkv2").endpoint,
+                              TCP6ClientEndpoint)
+        self.assertIsInstance(self.endpoint(b"http://rspamd.test:11333/checkv2").endpoint,
+                              HostnameEndpoint)
+
+    def test_quiet(self) -> None:
+        """
+        The factory of each connection is made quiet: no "Starting
+        factory" log line per message checked (rspamd closes each
+        connection).
+        """
+        reactor = MemoryReactor()
+        endpoint = RspamdEndpoints(reactor).endpointForURI(
+            URI.fromBytes(b"http://127.0.0.1:11333/checkv2")
+        )
+        factory = Factory.forProtocol(Protocol)
+        endpoint.connect(factory)
+        self.assertFalse(factory.noisy)
+        self.assertEqual(reactor.tcpClients[0][:2], ("127.0.0.1", 11333))
+
+
+class CountingRunner:
+    """
+    A C{runBlocking} that counts its thread hops.
+    """
+
+    def __init__(self) -> None:
+        """
+        No call yet.
+        """
+        self.calls = 0
+
+    def __call__(self, f, *args, **kwargs) -> Deferred:
+        """
+        Count the call, then run it in the reactor's thread pool.
+        """
+        self.calls += 1
+        return deferToThread(f, *args, **kwargs)
 
 
 class FactoryTests(SynchronousTestCase):
@@ -630,6 +694,36 @@ class FakeServerTests(FilterTestCase):
                 self.assertEqual(verdict.headers[1], ("X-Spam-Score", "1.50"))
             self.assertEqual(counting.accepted, 1)
             self.assertEqual(resource.received, [HAM] * 6)
+        return Deferred.fromCoroutine(run())
+
+    def test_smallMessageOneRead(self) -> Deferred:
+        """
+        A message no bigger than a chunk is read in one thread hop (open,
+        read and close together); a bigger one is streamed in chunks.
+        Both arrive whole, and no per-connection log line is written.
+        """
+        async def run() -> None:
+            """
+            The test's steps, run on the reactor.
+            """
+            resource, _, url = self.fake(200, b'{"action": "no action", "score": 0}')
+            events: list = []
+            globalLogPublisher.addObserver(events.append)
+            self.addCleanup(globalLogPublisher.removeObserver, events.append)
+            counting = CountingRunner()
+            context = validationContext(
+                config=Config(hostname="mx.example.com"), runBlocking=counting, reactor=reactor
+            )
+            small = self.makeFilter(url, chunkSize=len(HAM))
+            await small.filterMessage(context, self.message(HAM))
+            self.assertEqual(counting.calls, 1)
+            big = self.makeFilter(url, chunkSize=len(HAM) // 3)
+            await big.filterMessage(context, self.message(HAM))
+            self.assertGreater(counting.calls, 4)
+            self.assertEqual(resource.received, [HAM, HAM])
+            self.assertEqual(
+                [e for e in events if "factory" in str(e.get("log_format", ""))], []
+            )
         return Deferred.fromCoroutine(run())
 
     def test_httpError(self) -> Deferred:

@@ -7,7 +7,9 @@ to C{/checkv2}, the envelope goes in request header fields (C{IP},
 C{Helo}, C{From}, one C{Rcpt} per recipient, C{Queue-Id}, C{Hostname},
 C{MTA-Name}), and the reply is a JSON object (RFC 8259) whose C{action}
 says what to do.  The body is streamed from the spooled file, read in
-chunks off the reactor thread, never whole in memory.  Requests go through
+chunks off the reactor thread, never whole in memory; a message of at most
+L{CHUNK_SIZE} bytes is read in one go, in the thread hop that opens it, and
+leaves with the request's head in one write.  Requests go through
 Twisted's own HTTP client with a persistent connection pool, so a server
 that keeps connections open gets one connection reused for many checks.
 
@@ -31,11 +33,18 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS,
+)
 from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.web.client import (
-    Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived,
+    Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone, ResponseFailed,
+    ResponseNeverReceived,
 )
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
@@ -45,7 +54,8 @@ from smtpmx.interfaces import IFilterableMessage, IMessageFilter, IMessageFilter
 
 DEFAULT_URL = "http://127.0.0.1:11333"
 
-# How much of the spooled message is read and sent at a time.
+# How much of the spooled message is read and sent at a time.  A message
+# no bigger is read whole, in the one thread hop that opens the file.
 CHUNK_SIZE = 64 * 1024
 
 # The largest JSON reply read; rspamd's replies are a few kilobytes.
@@ -167,6 +177,60 @@ def _replyText(text: object) -> str:
     if not isinstance(text, str):
         return ""
     return "".join(c for c in text if " " <= c <= "~")[:200].strip()
+
+
+def readWhole(message: IFilterableMessage, size: int) -> bytes:
+    """
+    Open C{message}, read its first C{size} bytes and close it: the whole
+    of a small message in one call (it blocks: called through
+    C{runBlocking}, in one thread hop instead of one each for opening,
+    reading and closing).
+    """
+    with message.open() as file:
+        data = file.read(size)
+    if len(data) != size:
+        raise RspamdError(f"the spooled message has {len(data)} bytes, not {size}")
+    return data
+
+
+@implementer(IBodyProducer)
+class LoadedBody:
+    """
+    The body of a C{/checkv2} request for a small message already read
+    (L{readWhole}): written at once, so that the request's head and body
+    leave in one write to the connection.
+
+    @ivar length: its size, sent as C{Content-Length}.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        """
+        @param data: the whole body.
+        """
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer) -> Deferred:
+        """
+        Write the body to C{consumer}: it is all sent.
+        """
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """
+        Nothing is left to pause.
+        """
+
+    def resumeProducing(self) -> None:
+        """
+        Nothing is left to resume.
+        """
+
+    def stopProducing(self) -> None:
+        """
+        Nothing is left to stop.
+        """
 
 
 @implementer(IBodyProducer)
@@ -340,6 +404,63 @@ class ReplyReader(Protocol):
             self.done.errback(reason)
 
 
+@implementer(IStreamClientEndpoint)
+class QuietEndpoint:
+    """
+    An endpoint whose connections' factories keep quiet: the HTTP client
+    makes a factory per connection, and rspamd closes its connections
+    after each answer (C{Connection: close}), so a noisy factory would log
+    "Starting factory" and "Stopping factory" for every message checked.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        """
+        @param endpoint: the endpoint that connects.
+        """
+        self.endpoint = endpoint
+
+    def connect(self, protocolFactory) -> Deferred:
+        """
+        Connect with C{protocolFactory}, made quiet.
+        """
+        protocolFactory.noisy = False
+        return self.endpoint.connect(protocolFactory)
+
+
+@implementer(IAgentEndpointFactory)
+class RspamdEndpoints:
+    """
+    Where the HTTP client connects for rspamd's address: an IP address
+    (the usual C{127.0.0.1}) straight over TCP, without a name lookup; a
+    host name through L{HostnameEndpoint}; C{https} over TLS with the
+    client's usual checks of the certificate.  Connections are quiet
+    (L{QuietEndpoint}).
+    """
+
+    def __init__(self, reactor) -> None:
+        """
+        @param reactor: the reactor to connect with.
+        """
+        self.reactor = reactor
+        self.policy = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri) -> IStreamClientEndpoint:
+        """
+        The endpoint for C{uri} (a L{twisted.web.client.URI}).
+        """
+        host = uri.host.decode("ascii")
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self.reactor, host, uri.port)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return QuietEndpoint(endpoint)
+
+
 @implementer(IMessageFilter)
 class RspamdFilter:
     """
@@ -380,7 +501,9 @@ class RspamdFilter:
             self.pool = HTTPConnectionPool(reactor, persistent=True)
             self.pool.maxPersistentPerHost = MAX_PERSISTENT
             self.pool.cachedConnectionTimeout = IDLE_TIMEOUT
-            self.agent = Agent(reactor, pool=self.pool)
+            self.agent = Agent.usingEndpointFactory(
+                reactor, RspamdEndpoints(reactor), pool=self.pool
+            )
         return self.agent
 
     def filterMessage(self, session, message: IFilterableMessage) -> Deferred:
@@ -399,9 +522,17 @@ class RspamdFilter:
             agent = self.connectWith(getattr(session, "reactor", None))
         except RspamdError:
             return fail()
-        body = SpooledBody(message, session.runBlocking, self.chunkSize)
         headers = requestHeaders(message, session.config.hostname)
-        d = agent.request(b"POST", self.url, headers, body)
+        if message.size <= self.chunkSize:
+            # A small message is read whole in one thread hop, then sent
+            # with the request's head in one write.
+            d = session.runBlocking(readWhole, message, message.size)
+            d.addCallback(
+                lambda data: agent.request(b"POST", self.url, headers, LoadedBody(data))
+            )
+        else:
+            body = SpooledBody(message, session.runBlocking, self.chunkSize)
+            d = agent.request(b"POST", self.url, headers, body)
         d.addCallback(self.replied)
         d.addCallback(self.decoded)
         d.addErrback(_cancelled)
