@@ -38,7 +38,21 @@ class RemoteAddress:
     address: Address
 
 
-Destination = Union[LocalMailbox, RemoteAddress]
+@dataclass(frozen=True)
+class LmtpRecipient:
+    """
+    A recipient of one of our domains whose mail is handed to an LMTP
+    server (RFC 2033), such as Dovecot: queued, then delivered over LMTP
+    with the address exactly as it is to be sent.
+
+    @ivar endpoint: the LMTP server's Twisted client endpoint string.
+    """
+
+    address: Address
+    endpoint: str
+
+
+Destination = Union[LocalMailbox, RemoteAddress, LmtpRecipient]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 from smtpmx.optiontypes import (
+    DELIVERY,
+    MODE,
     DELIMITER,
     DIRECTORY,
     DNS_SERVER,
@@ -214,6 +216,25 @@ SECTIONS: tuple[Section, ...] = (
                 "Maildirs live at ``DIR/<domain>/<localpart>/{tmp,new,cur}``.",
                 DIRECTORY, field="maildirRoot", default="Maildir",
                 details="docs/storage.rst describes the layout.",
+            ),
+            Option(
+                "delivery", "[DOMAIN=]BACKEND",
+                "How local mail is delivered: ``maildir`` (files under ``--maildir-root``)"
+                " or ``lmtp:ENDPOINT`` (handed to an LMTP server such as Dovecot, RFC 2033),"
+                " for one domain or, without ``DOMAIN=``, for the others.",
+                DELIVERY, field="delivery", default=(), defaultText="``maildir``",
+                repeatable=True,
+                details="``ENDPOINT`` is a Twisted client endpoint: ``unix:/run/dovecot/lmtp``"
+                " or ``tcp:127.0.0.1:24``.  A domain not named uses the entry without a"
+                " domain, else ``maildir``.  Mail for an LMTP domain is queued durably"
+                " before the ``250`` and handed over at once; docs/storage.rst describes it.",
+            ),
+            Option(
+                "maildir-mode", "MODE",
+                "Octal mode of Maildir files; directories get the matching search bits.",
+                MODE, field="maildirMode", default=0o600,
+                details="``0660`` with a setgid Maildir root lets a Dovecot running in"
+                " the root's group read and write the mail (docs/storage.rst).",
             ),
             Option(
                 "validator", "NAME[:ARG]",
@@ -501,4 +522,22 @@ def certificateWithKey(values: dict[str, Any], given: Mapping[str, Given]) -> No
         )
 
 
-RULES: tuple[Rule, ...] = (smarthostIsStarRoute, oneRoutePerDomain, certificateWithKey)
+def oneBackendPerDomain(values: dict[str, Any], given: Mapping[str, Given]) -> None:
+    """
+    A domain has at most one delivery backend, and there is at most one
+    entry without a domain; a named domain is a local domain.
+    """
+    seen: set[Optional[str]] = set()
+    label = given["delivery"].label if "delivery" in given else "--delivery"
+    for domain, _ in values["delivery"]:
+        if domain in seen:
+            which = repr(domain) if domain else "the domains not named"
+            raise ConfigError(f"{label}: more than one backend for {which}")
+        if domain is not None and domain not in values["domain"]:
+            raise ConfigError(f"{label}: {domain!r} is not a local domain (--domain)")
+        seen.add(domain)
+
+
+RULES: tuple[Rule, ...] = (
+    smarthostIsStarRoute, oneRoutePerDomain, certificateWithKey, oneBackendPerDomain,
+)

@@ -275,6 +275,58 @@ def checkRoute(value: Any, label: str) -> tuple[str, str, int]:
     return domain, host, port
 
 
+def checkDelivery(value: Any, label: str) -> tuple[Optional[str], str]:
+    """
+    A C{[DOMAIN=]BACKEND} delivery entry: C{maildir} or C{lmtp:ENDPOINT}
+    (a Twisted client endpoint, C{unix:/run/dovecot/lmtp} or
+    C{tcp:127.0.0.1:24}), for one domain or, without C{DOMAIN=}, for
+    every domain not named elsewhere.
+
+    @return: C{(domain or None, backend)}.
+    """
+    text = checkString(value, label).strip()
+    domain: Optional[str] = None
+    head, eq, rest = text.partition("=")
+    if eq and not head.startswith(("maildir", "lmtp:")):
+        domain, text = checkDomain(head.strip(), label), rest.strip()
+    if text == "maildir":
+        return domain, text
+    if text.startswith("lmtp:") and text[len("lmtp:"):]:
+        endpoint = text[len("lmtp:"):]
+        if not endpoint.startswith(("tcp:", "unix:", "tcp6:", "tls:")):
+            raise ConfigError(
+                f"{label}: an LMTP endpoint is a Twisted client endpoint such as"
+                f" unix:/run/dovecot/lmtp or tcp:127.0.0.1:24, not {endpoint!r}"
+            )
+        return domain, text
+    raise ConfigError(f"{label}: expected [DOMAIN=]maildir or [DOMAIN=]lmtp:ENDPOINT, not {value!r}")
+
+
+def checkMode(value: Any, label: str) -> int:
+    """
+    An octal file mode for Maildir files (C{0600}, C{0660}, C{0640}): read
+    and write for the owner at least, nothing for others to write or run.
+    """
+    text = str(value).strip() if not isinstance(value, int) or isinstance(value, bool) else oct(value)
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ConfigError(f"{label}: expected an octal mode such as 0600 or 0660, not {value!r}") from None
+    if mode & ~0o666 or mode & 0o600 != 0o600 or mode & 0o002:
+        raise ConfigError(
+            f"{label}: {value!r} must give the owner read and write, and no one"
+            " execute bits or write access for others (0600, 0640, 0660)"
+        )
+    return mode
+
+
+def showMode(mode: int) -> str:
+    """
+    A file mode as it is written in the options: C{0660}.
+    """
+    return f"0{mode:o}"
+
+
 def checkDNSServer(value: Any, label: str) -> tuple[str, int]:
     """
     The resolver's address, C{IP[:PORT]} (port 53 if left out).
@@ -452,6 +504,13 @@ DNS_SERVER = ValueType(
     Optional[tuple[str, int]],
     show=lambda address: hostPort(*address),
 )
+DELIVERY = ValueType(
+    "[DOMAIN=]maildir or [DOMAIN=]lmtp:ENDPOINT",
+    checked(checkDelivery),
+    tuple[Optional[str], str],
+    show=lambda entry: f"{entry[0]}={entry[1]}" if entry[0] else entry[1],
+)
+MODE = ValueType("octal file mode", checked(checkMode), int, showMode)
 PORT = ValueType("TCP port (1-65535)", checked(checkPort), int)
 POSITIVE_INT = ValueType("positive integer", checked(checkPositiveInt), int)
 SECONDS = ValueType("positive number of seconds", checked(checkPositiveNumber), float, showNumber)

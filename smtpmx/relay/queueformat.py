@@ -72,6 +72,9 @@ class QueuedRecipient:
     @ivar lastReply: the last reply or error, for the operator and the
         bounce, or L{None} before the first attempt.
     @ivar remoteMta: the host that gave C{lastReply}, if any.
+    @ivar via: L{None} for a recipient relayed to the next hop of its
+        domain; for a local recipient of a domain delivered over LMTP, the
+        Twisted client endpoint of the LMTP server (C{unix:/run/dovecot/lmtp}).
     """
 
     address: str
@@ -80,6 +83,7 @@ class QueuedRecipient:
     nextAttempt: float = 0.0
     lastReply: Optional[str] = None
     remoteMta: Optional[str] = None
+    via: Optional[str] = None
 
 
 @dataclass
@@ -133,6 +137,7 @@ def encodeMessage(message: QueuedMessage) -> bytes:
                 "nextAttempt": r.nextAttempt,
                 "lastReply": r.lastReply,
                 "remoteMta": r.remoteMta,
+                **({"via": r.via} if r.via is not None else {}),
             }
             for r in message.recipients
         ],
@@ -191,6 +196,7 @@ def decodeMessage(data: bytes, messageId: str) -> QueuedMessage:
             nextAttempt=float(_field(entry, "nextAttempt", (int, float))),
             lastReply=_field(entry, "lastReply", (str,), optional=True),
             remoteMta=_field(entry, "remoteMta", (str,), optional=True),
+            via=_field(entry, "via", (str,), optional=True),
         )
         if recipient.state not in STATES:
             raise CorruptMessage(f"unknown recipient state {recipient.state!r}")
