@@ -5,6 +5,10 @@ every transaction and answers as a test tells it to — per-recipient
 replies, a reply to the end of data, temporary failures for the first
 transactions, replies withheld (to test timeouts), garbage, STARTTLS with
 a given certificate, with or without PIPELINING, SIZE and EHLO itself.
+With C{lmtp=True} it speaks LMTP instead (RFC 2033 section 4): LHLO in
+place of EHLO and HELO, no STARTTLS, and after the data one reply per
+accepted recipient, in RCPT order (C{dataReplies}); L{Sink.listenUNIX}
+serves it on a unix socket as well.
 
 In memory, a test of the relay client runs a L{Sink} on its own reactor
 and reads L{Sink.transactions} and L{Sink.sessions}.
@@ -207,7 +211,12 @@ class SinkProtocol(LineReceiver):
         self.sink.transactionEnded(self.transaction)
         self.transaction = None
         if "." not in self.sink.hang:
-            self.reply(self.sink.finalReply)
+            if self.sink.lmtp:
+                # RFC 2033 section 4.2: one reply per accepted recipient.
+                for path in self.sink.transactions[-1].accepted:
+                    self.reply(self.sink.dataReplies.get(path.lower(), self.sink.finalReply))
+            else:
+                self.reply(self.sink.finalReply)
         self.setLineMode(leftover)
 
     def lineReceived(self, line: bytes) -> None:
@@ -233,9 +242,29 @@ class SinkProtocol(LineReceiver):
         else:
             handler(argument)
 
+    def do_LHLO(self, argument: str) -> None:
+        """
+        LMTP's greeting (RFC 2033 section 4.1): what EHLO is to SMTP, and
+        only in LMTP mode.
+        """
+        if not self.sink.lmtp:
+            self.reply("500 5.5.2 unknown command")
+            return
+        self.ehlo(argument)
+
     def do_EHLO(self, argument: str) -> None:
         """
-        Greet back with the extensions the sink offers.
+        Greet back with the extensions the sink offers; refused in LMTP
+        mode (RFC 2033 section 4.1: an LMTP server must not accept EHLO).
+        """
+        if self.sink.lmtp:
+            self.reply("500 5.5.1 this is LMTP: say LHLO")
+            return
+        self.ehlo(argument)
+
+    def ehlo(self, argument: str) -> None:
+        """
+        The reply to EHLO or LHLO: the extensions the sink offers.
         """
         self.heloName = argument
         lines = ["250 sink.test"]
@@ -244,14 +273,17 @@ class SinkProtocol(LineReceiver):
         if self.sink.size:
             lines.append("SIZE 100000000")
         lines += ["8BITMIME", "ENHANCEDSTATUSCODES"]
-        if self.sink.tlsOptions is not None and not self.tls:
+        if self.sink.tlsOptions is not None and not self.tls and not self.sink.lmtp:
             lines.append("STARTTLS")
         self.reply("\n".join(lines))
 
     def do_HELO(self, argument: str) -> None:
         """
-        Greet back, plain SMTP.
+        Greet back, plain SMTP; refused in LMTP mode.
         """
+        if self.sink.lmtp:
+            self.reply("500 5.5.1 this is LMTP: say LHLO")
+            return
         self.heloName = argument
         self.reply("250 sink.test")
 
@@ -360,6 +392,8 @@ class Sink(Factory):
         hang: Sequence[str] = (),
         drop: Sequence[str] = (),
         failFirst: int = 0,
+        lmtp: bool = False,
+        dataReplies: Optional[Mapping[str, str]] = None,
     ) -> None:
         """
         @param replies: fixed replies by verb (C{{"EHLO": "502 5.5.1 no"}}),
@@ -368,6 +402,9 @@ class Sink(Factory):
         @param finalReply: the reply to the end of data.
         @param failFirst: answer C{451 4.3.0} to every RCPT of this many
             transactions, the first ones.
+        @param lmtp: speak LMTP (RFC 2033) instead of SMTP.
+        @param dataReplies: in LMTP mode, the reply after the data for
+            each forward-path (lower-cased); C{finalReply} for the others.
         @param certificate: the paths of a certificate and its key PEM:
             offer STARTTLS with them.
         """
@@ -382,6 +419,8 @@ class Sink(Factory):
         self.hang = {h.upper() for h in hang}
         self.drop = {d.upper() for d in drop}
         self.failFirst = failFirst
+        self.lmtp = lmtp
+        self.dataReplies = {k.lower(): v for k, v in (dataReplies or {}).items()}
         self.transactionsStarted = 0
         self.tlsOptions = None
         if certificate is not None:
@@ -423,6 +462,16 @@ class Sink(Factory):
         """
         self._port = self.reactor.listenTCP(port, self, interface=self.interface)
         return self._port.getHost().port
+
+    def listenUNIX(self, path: str) -> str:
+        """
+        Start listening on a unix socket instead of the interface (as
+        Dovecot's LMTP does at C{/run/dovecot/lmtp}).
+
+        @return: the socket's path.
+        """
+        self._port = self.reactor.listenUNIX(path, self)
+        return path
 
     def openConnections(self) -> int:
         """

@@ -41,11 +41,34 @@ class NextHop:
     @ivar port: the TCP port.
     @ivar name: the host name a certificate must match with C{--relay-tls
         verify}: the MX host name, or the host given in the route.
+    @ivar endpoint: for an LMTP server (docs/relay.rst), the Twisted client
+        endpoint string to connect to instead of C{host} and C{port}
+        (C{unix:/run/dovecot/lmtp}, C{tcp:127.0.0.1:24}); L{None} for a
+        host found by L{resolveNextHops}.
     """
 
     host: str
     port: int
     name: str
+    endpoint: Optional[str] = None
+
+    @classmethod
+    def lmtp(cls, endpoint: str) -> NextHop:
+        """
+        The next hop of recipients queued with C{via} an LMTP server: its
+        endpoint string, no DNS (docs/relay.rst).
+        """
+        return cls(host="", port=0, name="localhost", endpoint=endpoint)
+
+    @property
+    def label(self) -> str:
+        """
+        The next hop for log lines and reasons: C{name[address]:port}, or
+        C{lmtp:ENDPOINT}.
+        """
+        if self.endpoint is not None:
+            return f"lmtp:{self.endpoint}"
+        return f"{self.name}[{self.host}]:{self.port}"
 
 
 class PermanentFailure(Exception):

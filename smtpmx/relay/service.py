@@ -4,6 +4,11 @@ hops, one transaction per (message, next hop) carrying every recipient
 that shares it, retries on the schedule, and bounces what fails for good
 (docs/relay.rst).
 
+Recipients queued with C{via} an LMTP server (a local domain delivered
+with C{--delivery lmtp:ENDPOINT}, docs/storage.rst) need no DNS: they are
+grouped by endpoint and handed over in one LMTP transaction (RFC 2033),
+their results recorded as a relay's are.
+
 Connections are reused: the service owns a L{SessionPool} (the connection
 cache, which also caps simultaneous transactions) that C{deliver} takes
 idle sessions from and gives them back to; stopping the service closes
@@ -33,6 +38,7 @@ from smtpmx.access import Access
 from smtpmx.address import AddressError, UnsafeMailbox, mailboxName, parseAddress
 from smtpmx.bounce import BounceFailure, headersOf, makeBounce
 from smtpmx.config import Config
+from smtpmx.delivery import backendFor, lmtpEndpoint
 from smtpmx.delivery.maildir import deliverBytes, mailboxPath
 from smtpmx.envelope import LocalMailbox
 from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, resolveNextHops
@@ -273,8 +279,13 @@ class RelayService(Service):
             ])
             due = []
         byDomain: dict[str, list[QueuedRecipient]] = defaultdict(list)
+        groups: dict[tuple, tuple[list[NextHop], list[QueuedRecipient]]] = {}
         for r in due:
-            byDomain[r.address.rpartition("@")[2].lower()].append(r)
+            if r.via is not None:
+                # An LMTP server's recipients: one transaction per endpoint.
+                groups.setdefault(("lmtp", r.via), ([NextHop.lmtp(r.via)], []))[1].append(r)
+            else:
+                byDomain[r.address.rpartition("@")[2].lower()].append(r)
 
         async def lookUp(domain: str, recipients: list[QueuedRecipient]) -> Optional[list[NextHop]]:
             """
@@ -289,7 +300,6 @@ class RelayService(Service):
 
         domains = list(byDomain.items())
         resolved = await _gather([lookUp(domain, rs) for domain, rs in domains])
-        groups: dict[tuple, tuple[list[NextHop], list[QueuedRecipient]]] = {}
         for hops, (domain, recipients) in zip(resolved, domains):
             if hops is None:
                 continue
@@ -345,16 +355,18 @@ class RelayService(Service):
                 size=message.size,
                 tlsPolicy=self.config.relayTls,
                 trustRoot=self.config.caCerts,
+                protocol="smtp" if hop.endpoint is None else "lmtp",
             )
+            destination = (hop.host, hop.port) if hop.endpoint is None else (hop.endpoint, 0)
             result: DeliveryResult = await self.pool.limited(
-                (hop.host, hop.port), self.deliver, request,
+                destination, self.deliver, request,
                 reactor=self.reactor, runBlocking=self.runBlocking, pool=self.pool,
             )
             delay = self.clock.seconds() - started
             if not result.connected:
                 self.log.info(
-                    "{id}: relay={host}[{addr}]:{port} unreachable ({why}), delay={delay:.1f}",
-                    id=message.id, host=hop.name, addr=hop.host, port=hop.port,
+                    "{id}: relay={relay} unreachable ({why}), delay={delay:.1f}",
+                    id=message.id, relay=hop.label,
                     why=result.error or "connection failed", delay=delay,
                 )
                 lastError = result.error
@@ -370,9 +382,9 @@ class RelayService(Service):
                     attempt = RecipientAttempt(rr.disposition, f"{rr.code} {rr.text}".strip(), _status(rr), hop.name)
                 found.append((r, attempt))
                 self.log.info(
-                    "{id}: to=<{to}> relay={host}[{addr}]:{port} conn_use={use} delay={delay:.1f} tls={tls} "
+                    "{id}: to=<{to}> relay={relay} conn_use={use} delay={delay:.1f} tls={tls} "
                     "verified={verified} status={status} ({reply})",
-                    id=message.id, to=r.address, host=hop.name, addr=hop.host, port=hop.port,
+                    id=message.id, to=r.address, relay=hop.label,
                     use=result.connectionUse, delay=delay, tls=result.tls or "none", verified=result.verified,
                     status=_LOGGED_STATUS[attempt.disposition], reply=attempt.reply,
                 )
@@ -468,14 +480,18 @@ class RelayService(Service):
 
     async def _sendBounce(self, message: QueuedMessage, bounceId: str, data: bytes) -> None:
         """
-        File the bounce in the sender's Maildir when it is local, else queue it for relay.
+        File the bounce in the sender's Maildir when it is local, else queue
+        it: for relay, or for the LMTP server of the sender's domain.
         """
         try:
             sender = parseAddress(message.sender)
         except AddressError:
             self.log.info("{id}: cannot bounce to unparsable <{sender}>", id=message.id, sender=message.sender)
             return
+        via = None
         if self.access.isLocal(sender.domain):
+            via = lmtpEndpoint(backendFor(self.config.delivery, sender.domain.lower()))
+        if via is None and self.access.isLocal(sender.domain):
             try:
                 mailbox = LocalMailbox(sender.domain.lower(), mailboxName(sender, self.config.recipientDelimiter))
                 path = mailboxPath(self.config.maildirRoot, mailbox)
@@ -492,7 +508,7 @@ class RelayService(Service):
         bounce = QueuedMessage(
             id=bounceId, created=self.clock.seconds(), sender="", size=len(data),
             clientHost="127.0.0.1", heloName=self.config.hostname,
-            recipients=[QueuedRecipient(address=message.sender, nextAttempt=self.clock.seconds())],
+            recipients=[QueuedRecipient(address=message.sender, nextAttempt=self.clock.seconds(), via=via)],
         )
         await self.runBlocking(self.queue.add, bounce, data)
         self.log.info("{id}: bounce {bounce} queued for <{sender}>", id=message.id, bounce=bounceId, sender=message.sender)

@@ -1,7 +1,7 @@
 """
 One SMTP transaction with one next hop (RFC 5321, with ESMTP PIPELINING,
-SIZE, 8BITMIME, SMTPUTF8 and STARTTLS): the sequencing of the relay
-client.
+SIZE, 8BITMIME, SMTPUTF8 and STARTTLS), or one LMTP transaction with an
+LMTP server (RFC 2033): the sequencing of the relay client.
 
 L{deliver} takes one L{DeliveryRequest}, connects (or takes over an idle
 session from a L{SessionPool}), greets, upgrades to TLS as the request's
@@ -19,6 +19,10 @@ through the thread runner and dot-stuffed across chunk boundaries (RFC 5321
 section 4.5.2, L{DotStuffer}), and writing it follows the transport's flow
 control, so memory stays bounded whatever its size.  docs/relay.rst tells
 the whole story.
+
+LMTP (C{DeliveryRequest.protocol == "lmtp"}, RFC 2033 section 4) differs
+where the protocols do: LHLO, no STARTTLS, a Twisted endpoint string as the
+hop (L{NextHop.endpoint}), one reply per accepted recipient after the data.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -122,6 +126,8 @@ class DeliveryRequest:
     @ivar trustRoot: a PEM file of CA certificates for
         L{TLSPolicy.VERIFY}, or L{None} for the system's.
     @ivar timeouts: L{DEFAULT_TIMEOUTS} with the overrides given merged in.
+    @ivar protocol: C{"smtp"}, or C{"lmtp"} for an LMTP server (RFC 2033)
+        at C{hop.endpoint}; the TLS policy is then not used.
     """
 
     hop: NextHop
@@ -133,12 +139,15 @@ class DeliveryRequest:
     tlsPolicy: Union[TLSPolicy, str] = TLSPolicy.MAY
     trustRoot: Optional[str] = None
     timeouts: Mapping[str, float] = field(default_factory=dict)
+    protocol: str = "smtp"
 
     def __post_init__(self) -> None:
         """
         Freeze the recipients into a tuple and merge the timeouts over the
-        defaults.
+        defaults; check the protocol.
         """
+        if self.protocol not in ("smtp", "lmtp"):
+            raise ValueError(f"unknown protocol {self.protocol!r}")
         object.__setattr__(self, "recipients", tuple(self.recipients))
         object.__setattr__(self, "timeouts", MappingProxyType({**DEFAULT_TIMEOUTS, **self.timeouts}))
 
@@ -328,8 +337,8 @@ class _Attempt:
         self.pool = pool
         self.timeouts = request.timeouts
         self.recipients = list(dict.fromkeys(request.recipients))
-        hop = request.hop
-        self.label = f"{hop.name}[{hop.host}]:{hop.port}"
+        self.lmtp = request.protocol == "lmtp"
+        self.label = request.hop.label
         self.policy: Optional[TLSPolicy] = None
         self.key: tuple = ()
 
@@ -359,11 +368,17 @@ class _Attempt:
         hop = request.hop
         # Sessions are shared only between transactions that would have
         # set them up the same way.
-        self.key = (hop.host, hop.port, hop.name, self.policy.value, request.heloName, request.trustRoot)
+        self.key = (
+            hop.host, hop.port, hop.name, hop.endpoint, request.protocol, self.policy.value,
+            request.heloName, request.trustRoot,
+        )
         if self.pool is not None:
             result = await self.reuse()
             if result is not None:
                 return result
+        if self.lmtp:
+            # RFC 2033 section 4.1 knows no STARTTLS: a local socket.
+            return await self.session(None)
         try:
             context = await clientTLSOptions(self.policy, hop.name, request.trustRoot, self.runBlocking)
         except Exception as e:
@@ -413,7 +428,10 @@ class _Attempt:
         hop = self.request.hop
         timeout = self.timeouts["connect"]
         protocol = ClientProtocol(self.reactor)
-        endpoint = HostnameEndpoint(self.reactor, hop.host, hop.port, timeout=timeout)
+        if hop.endpoint is not None:
+            endpoint = clientFromString(self.reactor, hop.endpoint)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, hop.host, hop.port, timeout=timeout)
         connecting = endpoint.connect(_OneConnection(protocol))
         timer = self.reactor.callLater(timeout + 1, connecting.cancel)
         try:
@@ -474,8 +492,8 @@ class _Attempt:
 
     async def greet(self, protocol: ClientProtocol, context, result: DeliveryResult) -> dict[str, str]:
         """
-        Greeting, EHLO (HELO if EHLO is refused), STARTTLS as the policy
-        says and EHLO again (RFC 3207 section 4.2: what was learnt before
+        Greeting, EHLO (HELO if EHLO is refused; LHLO for LMTP), STARTTLS
+        as the policy says (never over LMTP) and EHLO again (RFC 3207 section 4.2: what was learnt before
         TLS is forgotten).  Sets C{result.tls} and C{result.verified}.
 
         @return: the extensions offered, C{KEYWORD: parameters}.
@@ -489,6 +507,8 @@ class _Attempt:
             refusal = resultOf(greeting)
             raise _Refused(f"{self.label} refused to talk to us: {refusal.code} {refusal.text}")
         extensions = await self.hello(protocol)
+        if self.lmtp:
+            return extensions
         if context is not None and policy.wantsTLS and "STARTTLS" in extensions:
             protocol.send("STARTTLS")
             reply = await protocol.expect(t["command"], "STARTTLS")
@@ -507,14 +527,16 @@ class _Attempt:
 
     async def hello(self, protocol: ClientProtocol) -> dict[str, str]:
         """
-        EHLO, or HELO when EHLO gets a 5xx (RFC 5321 section 3.2).
+        EHLO, or HELO when EHLO gets a 5xx (RFC 5321 section 3.2); LHLO
+        alone for LMTP (RFC 2033 section 4.1).
 
         @return: the extensions offered (none after HELO).
-        @raise _Refused: both were refused, or EHLO got a 4xx.
+        @raise _Refused: both were refused, or EHLO (or LHLO) got a 4xx.
         """
         heloName = self.request.heloName
-        protocol.send(f"EHLO {heloName}")
-        reply = await protocol.expect(self.timeouts["command"], "EHLO")
+        verb = "LHLO" if self.lmtp else "EHLO"
+        protocol.send(f"{verb} {heloName}")
+        reply = await protocol.expect(self.timeouts["command"], verb)
         if reply.code == 250:
             extensions = {}
             for line in reply.text.split("\n")[1:]:
@@ -522,7 +544,7 @@ class _Attempt:
                 if keyword:
                     extensions[keyword.upper()] = params.strip()
             return extensions
-        if 500 <= reply.code < 600:
+        if 500 <= reply.code < 600 and not self.lmtp:
             protocol.send(f"HELO {heloName}")
             reply = await protocol.expect(self.timeouts["command"], "HELO")
             if reply.code == 250:
@@ -611,6 +633,13 @@ class _Attempt:
             stage = "sending message content"
             await self.sendMessage(protocol)
             stage = "end of data"
+            if self.lmtp:
+                # RFC 2033 section 4.2: one reply per accepted recipient,
+                # in order; a lost connection leaves the rest temporary.
+                for r in accepted:
+                    stage = f"end of data for <{r}>"
+                    results[r] = resultOf(await protocol.expect(t["finalDot"], stage))
+                return TransactionEnd(results, finished=True, dataSent=True)
             reply = await protocol.expect(t["finalDot"], "end of data")
             for r in accepted:
                 results[r] = resultOf(reply)
