@@ -385,3 +385,46 @@ class RelayServiceTests(SynchronousTestCase):
         self.service.startService()
         self.assertIsNot(self.service.pool, pool)
         self.assertFalse(self.service.pool.closed)
+
+    def test_groupedByEndpoint(self):
+        """
+        One LMTP transaction per endpoint, apart from the relayed
+        recipients of the same message; the hop is the endpoint string.
+        """
+        message = QueuedMessage(
+            id="L1", created=self.clock.seconds(), sender="a@client.example", size=0,
+            clientHost="127.0.0.1", heloName="client.example",
+            recipients=[
+                QueuedRecipient("alice@example.org", nextAttempt=self.clock.seconds(), via="unix:/run/dovecot/lmtp"),
+                QueuedRecipient("x@remote.example", nextAttempt=self.clock.seconds()),
+                QueuedRecipient("Bob@example.org", nextAttempt=self.clock.seconds(), via="unix:/run/dovecot/lmtp"),
+                QueuedRecipient("carol@example.net", nextAttempt=self.clock.seconds(), via="tcp:127.0.0.1:24"),
+            ],
+        )
+        self.queue.add(message, b"Subject: hello\n\nbody\n")
+        self.service.queued(message)
+        calls = sorted(
+            (c["request"].protocol, c["request"].hop.endpoint, tuple(c["recipients"])) for c in self.deliver.calls
+        )
+        self.assertEqual(calls, [
+            ("lmtp", "tcp:127.0.0.1:24", ("carol@example.net",)),
+            ("lmtp", "unix:/run/dovecot/lmtp", ("alice@example.org", "Bob@example.org")),
+            ("smtp", None, ("x@remote.example",)),
+        ])
+        self.assertEqual(self.queue.ids(), [])
+
+    def test_bounceToSenderOfLmtpDomain(self):
+        """
+        A bounce for a sender of a local domain delivered over LMTP is
+        queued via its LMTP server, not filed in smtpmx's Maildir.
+        """
+        self.config = dataclasses.replace(self.config, delivery=(("example.org", "lmtp:unix:/run/dovecot/lmtp"),))
+        self.service.config = self.config
+        self.deliver.replies["bad@remote.example"] = (550, "5.1.1 no such user")
+        self.enqueue("Someone@example.org", "bad@remote.example")
+        bounceCall = self.deliver.calls[-1]
+        self.assertEqual(
+            (bounceCall["request"].protocol, bounceCall["request"].hop.endpoint, bounceCall["recipients"]),
+            ("lmtp", "unix:/run/dovecot/lmtp", ["Someone@example.org"]),
+        )
+        self.assertFalse(os.path.exists(self.config.maildirRoot + "/example.org"))
