@@ -17,7 +17,7 @@ As a subprocess, for end-to-end tests and benchmarks::
 
     python -m tests.sink --host 127.0.0.3 [--port 0] --record FILE \\
         [--reply-rcpt ADDR=CODE_TEXT ...] [--reply-data CODE_TEXT] \\
-        [--fail-first N] [--connections FILE]
+        [--fail-first N] [--connections FILE] [--lmtp]
 
 it prints C{listening on HOST:PORT} once it listens, appends one JSON line
 per transaction it accepted (its final reply was 2xx) to C{FILE}, fsynced
@@ -234,7 +234,9 @@ class SinkProtocol(LineReceiver):
         if verb in self.sink.drop:
             self.transport.abortConnection()
             return
-        handler = getattr(self, "do_" + verb, None)
+        if verb in ("LHLO", "EHLO", "HELO") and (verb == "LHLO") != self.sink.lmtp:
+            verb = "WRONG-GREETING"  # LHLO to SMTP, EHLO or HELO to LMTP: unknown.
+        handler = getattr(self, "do_" + ("EHLO" if verb == "LHLO" else verb), None)
         if verb in self.sink.replies:
             self.reply(self.sink.replies[verb])
         elif handler is None:
@@ -242,29 +244,10 @@ class SinkProtocol(LineReceiver):
         else:
             handler(argument)
 
-    def do_LHLO(self, argument: str) -> None:
-        """
-        LMTP's greeting (RFC 2033 section 4.1): what EHLO is to SMTP, and
-        only in LMTP mode.
-        """
-        if not self.sink.lmtp:
-            self.reply("500 5.5.2 unknown command")
-            return
-        self.ehlo(argument)
-
     def do_EHLO(self, argument: str) -> None:
         """
-        Greet back with the extensions the sink offers; refused in LMTP
-        mode (RFC 2033 section 4.1: an LMTP server must not accept EHLO).
-        """
-        if self.sink.lmtp:
-            self.reply("500 5.5.1 this is LMTP: say LHLO")
-            return
-        self.ehlo(argument)
-
-    def ehlo(self, argument: str) -> None:
-        """
-        The reply to EHLO or LHLO: the extensions the sink offers.
+        Greet back with the extensions the sink offers (to LHLO in LMTP
+        mode, which refuses EHLO and HELO: RFC 2033 section 4.1).
         """
         self.heloName = argument
         lines = ["250 sink.test"]
@@ -279,11 +262,8 @@ class SinkProtocol(LineReceiver):
 
     def do_HELO(self, argument: str) -> None:
         """
-        Greet back, plain SMTP; refused in LMTP mode.
+        Greet back, plain SMTP.
         """
-        if self.sink.lmtp:
-            self.reply("500 5.5.1 this is LMTP: say LHLO")
-            return
         self.heloName = argument
         self.reply("250 sink.test")
 
@@ -578,6 +558,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
                         help="the reply to the end of the data")
     parser.add_argument("--fail-first", type=int, default=0, metavar="N",
                         help="answer 451 to every RCPT of the first N transactions")
+    parser.add_argument("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
     options = parser.parse_args(argv)
     if not options.host.startswith("127."):
         parser.error("only loopback (127.0.0.0/8) addresses")
@@ -590,6 +571,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
     sink = RecordingSink(
         reactor, options.record, options.connections, interface=options.host,
         rcptReplies=rcptReplies, finalReply=options.reply_data, failFirst=options.fail_first,
+        lmtp=options.lmtp,
     )
     port = sink.listen(options.port)
     sys.stdout.write(f"listening on {options.host}:{port}\n")
