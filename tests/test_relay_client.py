@@ -628,6 +628,20 @@ class DeliveryRequestTests(SynchronousTestCase):
         with self.assertRaises(dataclasses.FrozenInstanceError):
             request.sender = "other@example.org"
 
+    def test_protocol(self) -> None:
+        """
+        A request is SMTP unless it says C{"lmtp"} (docs/relay.rst); any
+        other protocol is refused at once.  An LMTP hop is an endpoint
+        string, labelled C{lmtp:ENDPOINT} in logs.
+        """
+        self.assertEqual(self.request().protocol, "smtp")
+        hop = NextHop.lmtp("unix:/run/dovecot/lmtp")
+        self.assertEqual(self.request(hop=hop, protocol="lmtp").protocol, "lmtp")
+        self.assertEqual((hop.endpoint, hop.label), ("unix:/run/dovecot/lmtp", "lmtp:unix:/run/dovecot/lmtp"))
+        self.assertEqual(NextHop("192.0.2.1", 25, "mx.example").label, "mx.example[192.0.2.1]:25")
+        with self.assertRaises(ValueError):
+            self.request(protocol="esmtp")
+
     @pytest.mark.rfc("5321", "4.5.3.2", "5321-4.5.3.2-2")
     @pytest.mark.rfc("5321", "4.5.3.2.1")
     @pytest.mark.rfc("5321", "4.5.3.2.2")

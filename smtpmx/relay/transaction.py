@@ -253,7 +253,7 @@ def deliver(
 
     @param request: what to deliver, to whom and how.
     @param reactor: the reactor to connect with and time out on
-        (L{IReactorTCP}, L{IReactorTime}).
+        (L{IReactorTCP}, L{IReactorUNIX} for LMTP, L{IReactorTime}).
     @param runBlocking: runs a blocking callable off the reactor thread and
         returns a L{Deferred} of its result (C{deferToThread}-like).
     @param pool: the connection cache: a session is taken from it (after
