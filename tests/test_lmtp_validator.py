@@ -321,6 +321,29 @@ class FakeServerTests(TestCase):
         self.assertIsInstance(await self.ask(validator), Accept)
         self.assertEqual(len(server.connections), 2)
 
+    async def test_cancelledCheck(self) -> None:
+        """
+        A check the session gives up on (its own validator timeout) frees
+        the connection's turn: the next check is answered, on a new
+        connection since the old one's late replies could not be told
+        from the new check's.
+        """
+        answers = iter([None, "250 2.1.5 OK"])
+        server, validator = self.serve(lambda c: next(answers))
+        d = validator.validateRecipient(context(), parseAddress("alice@example.org"))
+        await deferLater(reactor, 0.2)
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertIsInstance(await self.ask(validator), Accept)
+        self.assertEqual(len(server.connections), 2)
+
+    def test_boundedByDefault(self) -> None:
+        """
+        Every check is bounded by 10 seconds unless told otherwise.
+        """
+        self.assertEqual(LmtpValidator().timeout, 10.0)
+        self.assertEqual(lmtpFactory.makeValidator("tcp:127.0.0.1:24").timeout, 10.0)
+
     async def test_garbledReply(self) -> None:
         """
         A reply that is not a reply (a protocol error): C{451 4.3.0}, and

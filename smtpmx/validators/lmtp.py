@@ -35,7 +35,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred, DeferredLock, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, gatherResults, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -144,9 +144,10 @@ class LmtpProbe:
                         raise
             raise AssertionError("not reached")
         except BaseException:
-            # Cancelled or failed mid-dialogue: the replies still to come
-            # could not be told from the next check's.
-            if self._protocol is not None and not self._protocol.inStep:
+            # Cancelled or failed mid-check: replies still to come could
+            # not be told from the next check's, so the next one starts on
+            # a new connection.
+            if self._protocol is not None:
                 self._drop(self._protocol)
             raise
         finally:
@@ -293,13 +294,17 @@ class LmtpValidator:
     def validateRecipient(self, session: ValidationContext, recipient: Address) -> Deferred:
         """
         Ask the server; its reply to RCPT decides (L{verdictOf}), and a
-        server that cannot be asked gives C{451 4.3.0}.
+        server that cannot be asked gives C{451 4.3.0}.  Cancelled (the
+        session's own bound), it fails with C{CancelledError}.
         """
         endpoint = self.endpointFor(session, recipient)
         if endpoint is None:
             return succeed(None)
 
-        def unavailable(failure: Failure) -> Reject:
+        def unavailable(failure: Failure) -> Reject | Failure:
+            if failure.check(CancelledError):
+                # The session gave up waiting, and says so itself.
+                return failure
             self.log.warn(
                 "LMTP server {endpoint} gave no answer on {rcpt}: {why}",
                 endpoint=endpoint,
