@@ -511,3 +511,55 @@ class DovecotTests(TestCase):
         self.assertEqual((verdict.code, verdict.enhanced), (451, "4.3.0"))
         verdict = await self.ask("alice@example.org", self.dovecot.lmtpUNIX)
         self.assertEqual((verdict.code, verdict.enhanced), (451, "4.3.0"))
+
+
+class LmtpValidatorOnTheWireTests(SynchronousTestCase):
+    """
+    The real C{twistd smtpmx --validator lmtp:ENDPOINT --validator any}
+    asking a real private Dovecot: what the SMTP client hears at RCPT.
+    """
+
+    def test_dovecotDecidesAtRcpt(self) -> None:
+        """
+        A Dovecot user is accepted and its message delivered; an unknown
+        address is C{550 5.1.1}, a user over quota C{552 5.2.2}, both in
+        the SMTP dialogue; with Dovecot stopped, C{451 4.3.0}.  The log
+        says C{by lmtp}.
+        """
+        import smtplib
+
+        from tests.e2e import RunningServer
+        from tests.helpers import message
+
+        missing = dovecotMissing()
+        if missing:
+            raise SkipTest(missing)
+        dovecot = RunningDovecot.start(self.addCleanup)
+        dovecot.fileMessage("carol@example.org", b"Subject: big\r\n\r\n" + b"x" * 4000 + b"\r\n")
+        server = RunningServer.start(
+            self.addCleanup,
+            ["--domain", "example.org", "--validator", f"lmtp:{dovecot.lmtpUNIX}", "--validator", "any"],
+        )
+
+        def rcpts(*recipients: str) -> list[tuple[int, str]]:
+            with smtplib.SMTP(server.host, server.port, local_hostname="client.example", timeout=30) as c:
+                c.ehlo()
+                c.mail("sender@remote.example")
+                answers = [(code, text.decode()) for code, text in (c.rcpt(r) for r in recipients)]
+                if answers[0][0] == 250:
+                    self.assertEqual(c.data(message(subject="wire", to=recipients[0]))[0], 250)
+                return answers
+
+        alice, nobody, carol = rcpts("alice@example.org", "nobody@example.org", "carol@example.org")
+        self.assertEqual(alice[0], 250)
+        self.assertEqual(nobody[0], 550)
+        self.assertTrue(nobody[1].startswith("5.1.1"), nobody)
+        self.assertEqual(carol[0], 552)
+        self.assertTrue(carol[1].startswith("5.2.2"), carol)
+        self.assertEqual(len(server.newMessages("example.org", "alice")), 1)
+        self.assertIn("by lmtp", server.output())
+
+        dovecot.stop()
+        [(code, text)] = rcpts("alice@example.org")
+        self.assertEqual((code, text[:5]), (451, "4.3.0"))
+        self.assertNotIn("Traceback", server.log())
