@@ -49,7 +49,10 @@ LAYERS = (
             "smtpmx.validation", "smtpmx.filtering", "smtpmx.pluginlookup", "smtpmx.filterchain",
             "smtpmx.filterstore", "smtpmx.access", "smtpmx.tls", "smtpmx.validators",
             "smtpmx.validators.mailbox", "smtpmx.validators.anylocal",
-            "smtpmx.validators.aliases", "smtpmx.validators.policy", "smtpmx.plugins",
+            "smtpmx.validators.aliases", "smtpmx.validators.policy", "smtpmx.validators.lmtp",
+            # The client's line layer, shared by the relay and the lmtp
+            # validator; it imports only values.
+            "smtpmx.relay.protocol", "smtpmx.plugins",
             "smtpmx.plugins.builtin_validators", "smtpmx.plugins.builtin_filters",
             "smtpmx.filters", "smtpmx.filters.rspamd",
         ),
@@ -58,7 +61,7 @@ LAYERS = (
     (
         "relay",
         (
-            "smtpmx.relay.nexthop", "smtpmx.relay.protocol", "smtpmx.relay.pool",
+            "smtpmx.relay.nexthop", "smtpmx.relay.pool",
             "smtpmx.relay.transaction", "smtpmx.relay.service",
         ),
     ),

@@ -97,7 +97,7 @@ class ThirdPartyPluginTests(SynchronousTestCase):
         )
         self.assertEqual(output.returncode, 0, output.stderr)
         lines = output.stdout.splitlines()
-        self.assertEqual(lines[0], "['aliases', 'any', 'denybob', 'mailbox', 'policy']")
+        self.assertEqual(lines[0], "['aliases', 'any', 'denybob', 'lmtp', 'mailbox', 'policy']")
         self.assertEqual(lines[1], "denybob 550")
         self.assertFalse(os.path.exists(os.path.join(directory, "smtpmx", "__init__.py")))
 

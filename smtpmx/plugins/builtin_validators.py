@@ -1,7 +1,7 @@
 """
 The built-in recipient validators, shipped as plugins shaped exactly like
-third-party ones (docs/plugins.rst): C{mailbox}, C{any}, C{aliases:PATH} and
-C{policy:ENDPOINT}.
+third-party ones (docs/plugins.rst): C{mailbox}, C{any}, C{aliases:PATH},
+C{policy:ENDPOINT} and C{lmtp[:ENDPOINT]}.
 """
 
 from __future__ import annotations
@@ -114,7 +114,36 @@ class PolicyValidatorFactory:
         return PolicyValidator(argument)
 
 
+@implementer(IPlugin, IRecipientValidatorFactory)
+class LmtpValidatorFactory:
+    """
+    Makes the C{lmtp[:ENDPOINT]} validator.
+    """
+
+    name = "lmtp"
+    description = (
+        "lmtp[:ENDPOINT] - asks the LMTP server (Dovecot) at each RCPT whether it takes"
+        " the local recipient: unknown users 550 5.1.1, over quota its 552/452, down"
+        " 451 4.3.0; ENDPOINT defaults to the recipient domain's --delivery lmtp: backend."
+    )
+
+    def makeValidator(self, argument: Optional[str]):
+        """
+        An L{smtpmx.validators.lmtp.LmtpValidator} for the endpoint
+        C{argument} (checked now) or, without one, each domain's LMTP
+        backend; it connects on first use.
+
+        @raise ValueError: C{argument} is not an endpoint string.
+        """
+        from smtpmx.validators.lmtp import LmtpValidator, checkEndpoint
+
+        if argument:
+            checkEndpoint(argument)
+        return LmtpValidator(argument or None)
+
+
 mailbox = MailboxValidatorFactory()
 anyLocal = AnyLocalValidatorFactory()
 aliases = AliasesValidatorFactory()
 policy = PolicyValidatorFactory()
+lmtp = LmtpValidatorFactory()
