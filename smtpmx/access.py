@@ -21,7 +21,7 @@ from typing import Iterable, Optional, Union
 from smtpmx import reply
 from smtpmx.address import Address, UnsafeMailbox, mailboxName
 from smtpmx.config import Config
-from smtpmx.delivery import backendFor, lmtpEndpoint
+from smtpmx.backends import backendFor, lmtpEndpoint
 from smtpmx.envelope import Destination, LmtpRecipient, LocalMailbox, RemoteAddress
 from smtpmx.reply import Reply
 from smtpmx.validation import Accept, Reject
