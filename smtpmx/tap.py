@@ -500,7 +500,11 @@ def buildService(
     runBlocking = threadRunner(reactor)
     queue = Queue(config.queueDir)
     queueStore = QueueStore(queue, runBlocking, reactor)
-    store = RoutingStore(MaildirStore(config.maildirRoot, runBlocking), queueStore)
+    # Mail for LMTP domains (--delivery) is queued, then handed over by
+    # the relay service, which hears of each message once it is committed.
+    store = RoutingStore(
+        MaildirStore(config.maildirRoot, runBlocking, mode=config.maildirMode), queueStore
+    )
     if filters:
         chain = FilterChain(filters, reactor, config.filterTimeout, config.filterFailure)
         # Spooled messages wait in the queue's tmp/, on the queue's disk;
