@@ -156,7 +156,7 @@ class LmtpDomainTests(SynchronousTestCase):
         r, dest = MIXED.decide("198.51.100.1", Address("bo\x01b", "example.org"), Accept())
         self.assertEqual((r.code, r.enhanced, dest), (550, "5.1.3", []))
 
-    @pytest.mark.rfc("5321", "4.5.1")
+    @pytest.mark.rfc("5321", "4.5.1", "5321-4.5.1-2")
     def test_postmasterToLmtp(self):
         """
         C{postmaster@} an LMTP domain goes to its LMTP server like any of
@@ -165,7 +165,7 @@ class LmtpDomainTests(SynchronousTestCase):
         address = Address("PostMaster", "example.org")
         self.assertEqual(MIXED.postmaster(address), LmtpRecipient(address, LMTP))
 
-    @pytest.mark.rfc("5321", "4.5.1")
+    @pytest.mark.rfc("5321", "4.5.1", "5321-4.5.1-3")
     def test_barePostmasterToLmtp(self):
         """
         A bare C{postmaster} belongs to the first local domain; when that is
@@ -176,7 +176,7 @@ class LmtpDomainTests(SynchronousTestCase):
             LmtpRecipient(Address("postmaster", "example.org"), LMTP),
         )
 
-    @pytest.mark.rfc("5321", "4.5.1")
+    @pytest.mark.rfc("5321", "4.5.1", "5321-4.5.1-2", "5321-4.5.1-3")
     def test_postmasterMaildir(self):
         """
         C{postmaster@} a Maildir domain, and a bare C{postmaster} when the

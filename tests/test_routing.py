@@ -228,13 +228,13 @@ class RoutingStoreTests(SynchronousTestCase):
         either and the failure is reported.
         """
 
-        def failing(mailbox: str, name: str) -> str:
+        def failing(mailbox: str, name: str, mode: int = durable.FILE_MODE) -> str:
             """
             Fail to move the second copy into C{new/}.
             """
             if mailbox.endswith("carol"):
                 raise OSError(errno.EIO, "I/O error")
-            return real(mailbox, name)
+            return real(mailbox, name, mode)
 
         real = maildir.renameIntoNew
         self.patch(maildir, "renameIntoNew", failing)
