@@ -6,17 +6,23 @@ L{Access.decide} turns a validator's verdict into the reply to RCPT and the
 destinations of the recipient.  Whatever a validator says, a recipient in a
 domain that is neither local nor a relay domain, from a client outside the
 relay networks, is refused C{554 5.7.1}.
+
+A local recipient goes to its domain's delivery backend (C{--delivery},
+docs/storage.rst): a L{LocalMailbox} for a Maildir domain, an
+L{LmtpRecipient} (queued, then handed to the LMTP server, RFC 2033) for an
+LMTP domain.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 from smtpmx import reply
 from smtpmx.address import Address, UnsafeMailbox, mailboxName
 from smtpmx.config import Config
-from smtpmx.envelope import Destination, LocalMailbox, RemoteAddress
+from smtpmx.backends import backendFor, lmtpEndpoint
+from smtpmx.envelope import Destination, LmtpRecipient, LocalMailbox, RemoteAddress
 from smtpmx.reply import Reply
 from smtpmx.validation import Accept, Reject
 
@@ -35,7 +41,12 @@ class Access:
         relayDomains: Iterable[str] = (),
         relayNetworks: Iterable[str] = (),
         delimiter: str = "+",
+        delivery: tuple[tuple[Optional[str], str], ...] = (),
     ) -> None:
+        """
+        @param delivery: C{--delivery}'s checked entries, C{(domain or
+            None, backend)}; none means every local domain is a Maildir one.
+        """
         self.domains = tuple(d.lower() for d in domains)
         self._domainSet = frozenset(self.domains)
         self._relayDomains = frozenset(d.lower() for d in relayDomains)
@@ -43,6 +54,7 @@ class Access:
             ipaddress.ip_network(n, strict=False) for n in relayNetworks
         )
         self.delimiter = delimiter
+        self._delivery = tuple(delivery)
 
     @classmethod
     def fromConfig(cls, config: Config) -> "Access":
@@ -55,6 +67,7 @@ class Access:
             config.relayDomains,
             config.relayNetworks,
             config.recipientDelimiter,
+            config.delivery,
         )
 
     def isLocal(self, domain: str) -> bool:
@@ -62,6 +75,30 @@ class Access:
         Whether mail for C{domain} is delivered here.
         """
         return domain.lower() in self._domainSet
+
+    def lmtpEndpoint(self, domain: str) -> Optional[str]:
+        """
+        The LMTP server's endpoint when the local C{domain} is delivered
+        over LMTP, L{None} when it is a Maildir domain (C{--delivery}).
+        """
+        return lmtpEndpoint(backendFor(self._delivery, domain.lower()))
+
+    def localDestination(self, target: Address) -> Union[LocalMailbox, LmtpRecipient]:
+        """
+        Where a recipient in one of our domains is delivered: its Maildir,
+        or, for an LMTP domain, the LMTP server with the address exactly
+        as given (the server, not smtpmx, interprets its local part).
+
+        @raise UnsafeMailbox: the address cannot be delivered here: its
+            local part cannot name a Maildir, or (for LMTP) it holds a
+            control character and is never sent on.
+        """
+        endpoint = self.lmtpEndpoint(target.domain)
+        if endpoint is not None:
+            if target.hasControlCharacters():
+                raise UnsafeMailbox(f"control character in {target!r}")
+            return LmtpRecipient(target, endpoint)
+        return LocalMailbox(target.domain.lower(), mailboxName(target, self.delimiter))
 
     def clientMayRelay(self, clientHost: str) -> bool:
         """
@@ -83,23 +120,25 @@ class Access:
         """
         return domain.lower() in self._relayDomains or self.clientMayRelay(clientHost)
 
-    def postmaster(self, recipient: Address) -> Optional[LocalMailbox]:
+    def postmaster(self, recipient: Address) -> Optional[Union[LocalMailbox, LmtpRecipient]]:
         """
-        The mailbox of C{recipient} when it is a postmaster we must always
-        accept (RFC 5321 4.5.1): C{postmaster@} a local domain, or a bare
-        C{postmaster}.
+        The destination of C{recipient} when it is a postmaster we must
+        always accept (RFC 5321 4.5.1): C{postmaster@} a local domain, or a
+        bare C{postmaster} (which belongs to the first local domain).  Like
+        any recipient of its domain it goes to the domain's backend: its
+        Maildir, or the LMTP server (which must know it, docs/storage.rst).
         """
         if not recipient.domain:
-            return LocalMailbox(self.domains[0], "postmaster")
-        if not self.isLocal(recipient.domain):
+            recipient = Address("postmaster", self.domains[0])
+        elif not self.isLocal(recipient.domain):
             return None
         try:
             name = mailboxName(recipient, self.delimiter)
         except UnsafeMailbox:
             return None
-        if name == "postmaster":
-            return LocalMailbox(recipient.domain.lower(), name)
-        return None
+        if name != "postmaster":
+            return None
+        return self.localDestination(recipient)
 
     def decide(
         self, clientHost: str, recipient: Address, verdict: Accept | Reject | None
@@ -122,10 +161,9 @@ class Access:
         for target in targets:
             if self.isLocal(target.domain):
                 try:
-                    name = mailboxName(target, self.delimiter)
+                    destinations.append(self.localDestination(target))
                 except UnsafeMailbox:
                     return reply.UNSAFE_MAILBOX, []
-                destinations.append(LocalMailbox(target.domain.lower(), name))
             else:
                 destinations.append(RemoteAddress(target))
         return reply.RECIPIENT_OK, destinations

@@ -23,10 +23,13 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import stat
 import time
 from typing import Iterable, Optional, Union
 
-# Directories and files of the mail system are private to it (and its user).
+# Directories and files of the mail system are private to it (and its user)
+# unless a caller asks for more (--maildir-mode, for a Dovecot in the
+# group: docs/storage.rst).
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -45,6 +48,30 @@ _COPY_UNSUPPORTED = frozenset(
 _counter = itertools.count()
 
 Data = Union[bytes, bytearray, memoryview]
+
+
+def directoryModeFor(fileMode: int) -> int:
+    """
+    The mode of the directories that hold files of C{fileMode}: the same
+    bits, plus search (C{x}) wherever the files may be read, so that whoever
+    may read the files may reach them: C{0600} gives C{0700}, C{0640}
+    C{0750}, C{0660} C{0770}.
+    """
+    return fileMode | ((fileMode & 0o444) >> 2)
+
+
+def _applyDirectoryMode(path: str, mode: int) -> None:
+    """
+    Give a directory just made exactly C{mode}, whatever the process's
+    umask took away, keeping the setgid bit it inherited from a setgid
+    parent (a C{chmod} without it would clear it, and with it the group
+    that new files inherit).  The default mode costs nothing.
+    """
+    if mode == DIRECTORY_MODE:
+        return
+    current = os.stat(path).st_mode
+    if stat.S_IMODE(current) & 0o777 != mode:
+        os.chmod(path, mode | (current & stat.S_ISGID))
 
 
 def temporaryName() -> str:
@@ -78,46 +105,50 @@ def fsyncFile(fd: int) -> None:
     os.fsync(fd)
 
 
-def _makeDirectory(path: str, created: list[str]) -> None:
+def _makeDirectory(path: str, created: list[str], mode: int = DIRECTORY_MODE) -> None:
     """
     Create C{path} and any missing parents, recording what was created.
     Another thread creating the same directory at the same time is fine.
 
     @param created: the list each directory created is appended to,
         parents before children.
+    @param mode: the mode of the directories created.
     """
     try:
-        os.mkdir(path, DIRECTORY_MODE)
+        os.mkdir(path, mode)
     except FileExistsError:
         return
     except FileNotFoundError:
         parent = os.path.dirname(path)
         if not parent or parent == path:
             raise
-        _makeDirectory(parent, created)
+        _makeDirectory(parent, created, mode)
         try:
-            os.mkdir(path, DIRECTORY_MODE)
+            os.mkdir(path, mode)
         except FileExistsError:
             # Another thread making the same directory won the race.
             return
+    _applyDirectoryMode(path, mode)
     created.append(path)
 
 
-def makeDirectories(paths: Iterable[str]) -> list[str]:
+def makeDirectories(paths: Iterable[str], mode: int = DIRECTORY_MODE) -> list[str]:
     """
     Create every directory of C{paths} that is missing, with any missing
-    parent (mode C{0o700}), then fsync the parent of every directory
-    created, once each, so that the new entries survive a crash.  Safe to
-    call from several threads at once.  An existing directory costs one
-    C{mkdir} and no fsync.
+    parent (mode C{0o700} unless told otherwise), then fsync the parent of
+    every directory created, once each, so that the new entries survive a
+    crash.  Safe to call from several threads at once.  An existing
+    directory costs one C{mkdir} and no fsync; its mode is left alone.
 
     @param paths: the directories, parents before children.
+    @param mode: the mode of the directories created, exactly (the umask
+        does not apply; a setgid bit inherited from the parent is kept).
 
     @return: the directories created, parents first.
     """
     created: list[str] = []
     for path in paths:
-        _makeDirectory(os.path.normpath(path), created)
+        _makeDirectory(os.path.normpath(path), created, mode)
     parents: dict[str, None] = {}
     for directory in reversed(created):
         parents[os.path.dirname(directory)] = None
@@ -126,9 +157,10 @@ def makeDirectories(paths: Iterable[str]) -> list[str]:
     return created
 
 
-def ensureEmptyFile(path: str) -> bool:
+def ensureEmptyFile(path: str, mode: int = FILE_MODE) -> bool:
     """
-    Make sure an empty marker file exists at C{path} (mode C{0o600}),
+    Make sure an empty marker file exists at C{path} (mode C{0o600}
+    unless told otherwise),
     durably: a file created is fsynced, and so is its directory.  An
     existing file costs one C{open} and is left as it is.  Safe to call
     from several threads at once.
@@ -138,7 +170,7 @@ def ensureEmptyFile(path: str) -> bool:
     @raise FileNotFoundError: its directory is missing.
     """
     try:
-        fd = createFile(path)
+        fd = createFile(path, mode=mode)
     except FileExistsError:
         return False
     try:
@@ -153,11 +185,15 @@ def ensureEmptyFile(path: str) -> bool:
     return True
 
 
-def createFile(path: str, readable: bool = False) -> int:
+def createFile(path: str, readable: bool = False, mode: int = FILE_MODE) -> int:
     """
-    Create a new file, mode C{0o600}; never open an existing one.
+    Create a new file, mode C{0o600} unless told otherwise; never open an
+    existing one.
 
     @param readable: open it for reading too (to copy from it later).
+    @param mode: the file's mode, exactly: a mode other than the default
+        is set again after the file is made, for the process's umask
+        (C{022} by default) would take a group's write bit away.
 
     @return: the file descriptor.
 
@@ -165,7 +201,15 @@ def createFile(path: str, readable: bool = False) -> int:
     """
     flags = os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     flags |= os.O_RDWR if readable else os.O_WRONLY
-    return os.open(path, flags, FILE_MODE)
+    fd = os.open(path, flags, mode)
+    if mode != FILE_MODE:
+        try:
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            removeFile(path)
+            raise
+    return fd
 
 
 def writeAll(fd: int, data: Data) -> None:
@@ -276,18 +320,19 @@ def moveFile(source: str, target: str, replace: bool = True) -> None:
         raise
 
 
-def writeNewFile(path: str, data: Union[Data, Iterable[Data]]) -> None:
+def writeNewFile(path: str, data: Union[Data, Iterable[Data]], mode: int = FILE_MODE) -> None:
     """
     Create C{path}, write C{data} and fsync it: the first half of
     L{writeDurably}, for a caller that gives the file its final name later.
     On failure the file is removed.
 
     @param data: the content, or an iterable of chunks of it.
+    @param mode: the file's mode (L{createFile}).
 
     @raise FileExistsError: the name is taken; nothing was changed.
     """
     chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-    fd = createFile(path)
+    fd = createFile(path, mode=mode)
     try:
         try:
             for chunk in chunks:
@@ -306,6 +351,7 @@ def writeDurably(
     temporaryDirectory: Optional[str] = None,
     replace: bool = True,
     name: Optional[str] = None,
+    mode: int = FILE_MODE,
 ) -> None:
     """
     Put C{data} at C{path} so that it is either wholly there, durably, or
@@ -322,6 +368,7 @@ def writeDurably(
         fsynced is removed again.
     @param name: the temporary file's name, L{None} for a
         L{temporaryName}.
+    @param mode: the file's mode (L{createFile}).
 
     @raise FileNotFoundError: a directory is missing; nothing was changed.
     """
@@ -331,7 +378,7 @@ def writeDurably(
         temporary = os.path.join(directory, "." + name)
     else:
         temporary = os.path.join(temporaryDirectory, name)
-    writeNewFile(temporary, data)
+    writeNewFile(temporary, data, mode)
     try:
         moveFile(temporary, path, replace)
     except BaseException:

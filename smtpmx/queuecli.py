@@ -123,8 +123,10 @@ def formatDuration(seconds: float) -> str:
 def formatMessage(message: QueuedMessage, now: float) -> list[str]:
     """
     The lines that describe one queued message: ID, age, size and sender,
-    then each recipient with its state, attempts, next attempt and last
-    reply.
+    then each recipient with its state, where it goes when that is not
+    the next hop of its domain (C{via lmtp ENDPOINT}: a local recipient
+    handed to an LMTP server, docs/storage.rst), attempts, next attempt
+    and last reply.
     """
     sender = f"<{message.sender}>"
     lines = [
@@ -133,6 +135,8 @@ def formatMessage(message: QueuedMessage, now: float) -> list[str]:
     ]
     for r in message.recipients:
         parts = [f"  <{_printable(r.address)}>", r.state]
+        if r.via is not None:
+            parts.append(f"via lmtp {_printable(r.via)}")
         parts.append(_count(r.attempts, "attempt"))
         if r.state == PENDING:
             due = r.nextAttempt - now

@@ -1,8 +1,10 @@
 """
-The message store the server uses: local recipients go to the Maildirs,
-remote ones to the relay queue, and a message for both is stored in both,
-all or nothing, before the one C{250} reply to its DATA (RFC 5321 section
-6.1; C{docs/storage.rst}).
+The message store the server uses: local recipients go to the Maildirs;
+remote ones, and those of domains delivered over LMTP
+(L{smtpmx.envelope.LmtpRecipient}, handed to the LMTP server from the
+queue), to the relay queue; and a message for both is stored in both, all
+or nothing, before the one C{250} reply to its DATA (RFC 5321 section 6.1;
+C{docs/storage.rst}).
 """
 
 from __future__ import annotations
@@ -122,7 +124,10 @@ class _SplitMessage:
 class RoutingStore:
     """
     Sends each recipient of a message where it belongs: a L{LocalMailbox}
-    to the Maildir store, a remote address to the relay queue.  A message
+    to the Maildir store; a remote address, and an L{smtpmx.envelope.LmtpRecipient} (which
+    the relay service hands to its LMTP server), to the relay queue.  The
+    C{250} to DATA thus waits for the queue copy to be committed, as
+    Postfix queues before its LMTP delivery (docs/storage.rst).  A message
     with recipients of one kind only is simply handed to that store.
     """
 
@@ -131,7 +136,7 @@ class RoutingStore:
         @param maildir: the store for local recipients, such as
             L{smtpmx.delivery.maildir.MaildirStore}; its messages provide
             L{ITwoPhaseMessage}.
-        @param queue: the store for remote recipients, such as
+        @param queue: the store for remote and LMTP recipients, such as
             L{smtpmx.relay.intake.QueueStore}; its messages provide
             L{ITwoPhaseMessage}.
         """

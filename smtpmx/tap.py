@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 import smtpmx
 from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile, summarize
+from smtpmx.durable import DIRECTORY_MODE, directoryModeFor, makeDirectories
 from smtpmx.filterchain import findFilterFactories, makeFilters
 from smtpmx.options import OPTIONS, Option, plainText
 from smtpmx.pluginlookup import PluginLoadError, PluginNotFound, listing
@@ -419,20 +420,26 @@ class SMTPMXService(MultiService):
         @raise StartupFailed: one of them cannot be.
         """
         self._announce()
-        checkWritable("--maildir-root", self.config.maildirRoot)
+        # A root made here is reachable by the group that may read the
+        # mail (--maildir-mode); making it setgid is the operator's call.
+        checkWritable(
+            "--maildir-root", self.config.maildirRoot, directoryModeFor(self.config.maildirMode)
+        )
         checkWritable("--queue-dir", self.config.queueDir)
         super().startService()
 
 
-def checkWritable(option: str, path: str) -> None:
+def checkWritable(option: str, path: str, mode: int = DIRECTORY_MODE) -> None:
     """
     Make sure directory C{path} exists and can be written, at start-up
-    (blocking is fine: nothing else runs yet).
+    (blocking is fine: nothing else runs yet).  A directory made here
+    gets C{mode} exactly, whatever the umask: C{0700}, or for the Maildir
+    root the directory mode of C{--maildir-mode}.
 
     @raise StartupFailed: with one line naming the option and the problem.
     """
     try:
-        os.makedirs(path, 0o700, exist_ok=True)
+        makeDirectories([path], mode)
         if not os.path.isdir(path):
             raise NotADirectoryError(20, "Not a directory", path)
         if not os.access(path, os.W_OK | os.X_OK):
@@ -500,7 +507,11 @@ def buildService(
     runBlocking = threadRunner(reactor)
     queue = Queue(config.queueDir)
     queueStore = QueueStore(queue, runBlocking, reactor)
-    store = RoutingStore(MaildirStore(config.maildirRoot, runBlocking), queueStore)
+    # Mail for LMTP domains (--delivery) is queued, then handed over by
+    # the relay service, which hears of each message once it is committed.
+    store = RoutingStore(
+        MaildirStore(config.maildirRoot, runBlocking, mode=config.maildirMode), queueStore
+    )
     if filters:
         chain = FilterChain(filters, reactor, config.filterTimeout, config.filterFailure)
         # Spooled messages wait in the queue's tmp/, on the queue's disk;

@@ -34,6 +34,7 @@ LAYERS = (
             "smtpmx.options", "smtpmx.optiontypes", "smtpmx.config", "smtpmx.durable",
             "smtpmx.relay", "smtpmx.relay.stuffing", "smtpmx.relay.retry",
             "smtpmx.relay.tlspolicy", "smtpmx.relay.queueformat", "smtpmx.delivery",
+            "smtpmx.backends",
         ),
     ),
     (

@@ -93,6 +93,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertNotIn("\n", line)
         self.assertIn("domains=localhost", line)
         self.assertIn("listen=tcp:2525:interface=127.0.0.1", line)
+        self.assertIn(" maildir-mode=0600 delivery=maildir ", line)
 
 
 class FileTests(TempDirMixin, SynchronousTestCase):

@@ -163,7 +163,7 @@ class EnsureFolderTests(SynchronousTestCase):
         """
         real = durable.ensureEmptyFile
 
-        def crash(path: str) -> bool:
+        def crash(path: str, mode: int = durable.FILE_MODE) -> bool:
             """
             Make the marker, then crash.
             """

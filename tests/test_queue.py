@@ -22,7 +22,7 @@ from zope.interface.verify import verifyObject
 
 from smtpmx import durable, streaming
 from smtpmx.address import Address
-from smtpmx.envelope import Envelope, LocalMailbox, Recipient, RemoteAddress
+from smtpmx.envelope import Envelope, LmtpRecipient, LocalMailbox, Recipient, RemoteAddress
 from smtpmx.interfaces import IIncomingMessage, IMessageStore, ITwoPhaseMessage
 from smtpmx.relay.intake import QueueStore
 from smtpmx.relay.queue import Queue
@@ -809,6 +809,44 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
             [r.address for r in self.queue.load("0A1B2C").recipients],
             ["Info.Desk@elsewhere.example"],
         )
+
+    def test_lmtpRecipients(self) -> None:
+        """
+        A recipient of a domain delivered over LMTP is queued with the LMTP
+        server's endpoint as C{via}, its address exactly as given (case and
+        delimiter tag kept: the LMTP server interprets it), beside a
+        relayed recipient without C{via}; the message gets only our
+        C{Received} header (the LMTP server adds C{Return-Path} and
+        C{Delivered-To}, docs/storage.rst).
+        """
+        bob = Address("Bob+Lists", "Example.ORG")
+        envelope = makeEnvelope(
+            [("Bob+Lists@Example.ORG", LmtpRecipient(bob, "unix:/run/dovecot/lmtp")), "carol@example.com"]
+        )
+        message = self.store.receive(envelope)
+        message.write(b"Subject: hi\n\nbody\n")
+        self.successResultOf(message.finish())
+        self.assertEqual(self.content("0A1B2C"), RECEIVED + b"Subject: hi\n\nbody\n")
+        queued = self.queue.load("0A1B2C")
+        self.assertEqual(
+            [(r.address, r.via) for r in queued.recipients],
+            [("Bob+Lists@Example.ORG", "unix:/run/dovecot/lmtp"), ("carol@example.com", None)],
+        )
+        self.assertEqual(self.announced, [queued])
+
+    def test_viaRoundTrip(self) -> None:
+        """
+        C{via} survives the queue file; a recipient without it is written
+        as before (no C{via} key), so older queue files read the same.
+        """
+        message = QueuedMessage(
+            id="0A1B2C", created=1.0, sender="", size=0, clientHost="192.0.2.1", heloName="h",
+            recipients=[QueuedRecipient("a@example.org", via="tcp:127.0.0.1:24"), QueuedRecipient("b@example.net")],
+        )
+        data = encodeMessage(message)
+        self.assertEqual(decodeMessage(data, "0A1B2C"), message)
+        entries = json.loads(data)["recipients"]
+        self.assertEqual(("via" in entries[0], "via" in entries[1]), (True, False))
 
     def test_refused(self) -> None:
         """

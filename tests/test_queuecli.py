@@ -118,6 +118,39 @@ class QueueCommandTests(SynchronousTestCase):
             f"2 messages, {len(DATA) + len(BOUNCE)} bytes, 2 recipients pending.\n",
         )
 
+    def test_listLmtp(self) -> None:
+        """
+        A local recipient waiting for its LMTP server says so: C{via lmtp
+        ENDPOINT}, after its state; C{show} says the same.
+        """
+        self.queue.add(
+            QueuedMessage(
+                id="ABC123",
+                created=NOW - 5,
+                sender="alice@example.net",
+                size=0,
+                clientHost="192.0.2.1",
+                heloName="client.example",
+                recipients=[
+                    QueuedRecipient(
+                        "Bob+Lists@Example.ORG",
+                        attempts=1,
+                        nextAttempt=NOW + 55,
+                        lastReply="connection refused",
+                        via="unix:/run/dovecot/lmtp",
+                    ),
+                ],
+            ),
+            BOUNCE,
+        )
+        line = "  <Bob+Lists@Example.ORG>  pending  via lmtp unix:/run/dovecot/lmtp  1 attempt  next attempt in 55s\n"
+        status, out, err = self.runCommand("list")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(f"ABC123  {len(BOUNCE)} bytes  queued 5s ago  from <alice@example.net>\n" + line, out)
+        self.assertNotIn("via", out.replace(line, ""))
+        status, out, err = self.runCommand("show", "ABC123")
+        self.assertIn(line, out)
+
     def test_listEmpty(self) -> None:
         """
         C{list} on an empty queue says so.

@@ -297,7 +297,7 @@ class RelayServiceTests(SynchronousTestCase):
         """
         from smtpmx.relay import service as serviceModule
 
-        def diskFull(path, data):
+        def diskFull(path, data, mode=0o600):
             """
             A Maildir delivery on a full disk.
             """

@@ -18,7 +18,8 @@ from zope.interface.verify import verifyObject
 from smtpmx import durable, streaming
 from smtpmx.delivery import maildir
 from smtpmx.delivery.maildir import MaildirStore
-from smtpmx.envelope import LocalMailbox
+from smtpmx.address import Address
+from smtpmx.envelope import LmtpRecipient, LocalMailbox
 from smtpmx.interfaces import IIncomingMessage, IMessageStore
 from smtpmx.relay.intake import QueueStore
 from smtpmx.relay.queue import Queue
@@ -161,6 +162,39 @@ class RoutingStoreTests(SynchronousTestCase):
         # Queue prepare, Maildir finish, queue commit.
         self.assertEqual(self.runner.calls, 3)
 
+    def test_lmtpOnly(self) -> None:
+        """
+        A message for recipients of an LMTP domain only goes to the queue,
+        with the LMTP server as their C{via}, and nothing in the Maildir
+        root: the C{250} waits for the queue copy alone (docs/storage.rst).
+        """
+        dora = Address("Dora", "example.org")
+        message = self.store.receive(makeEnvelope([("Dora@example.org", LmtpRecipient(dora, "tcp:127.0.0.1:24"))]))
+        message.write(b"body\n")
+        self.successResultOf(message.finish())
+        self.assertEqual(self.maildirFiles(), [])
+        [queued] = self.queue.list()
+        self.assertEqual([(r.address, r.via) for r in queued.recipients], [("Dora@example.org", "tcp:127.0.0.1:24")])
+        self.assertEqual(self.announced, [queued])
+
+    def test_maildirAndLmtp(self) -> None:
+        """
+        A message for a Maildir domain and an LMTP domain is filed in the
+        Maildir and queued for the LMTP server, all or nothing, and
+        announced to the relay service only once both are done.
+        """
+        dora = Address("dora", "lmtp.example")
+        message = self.store.receive(
+            makeEnvelope([BOB, ("dora@lmtp.example", LmtpRecipient(dora, "unix:/run/dovecot/lmtp"))])
+        )
+        message.write(b"body\n")
+        self.successResultOf(message.finish())
+        self.assertEqual(len(self.delivered("bob")), 1)
+        [queued] = self.queue.list()
+        self.assertEqual([(r.address, r.via) for r in queued.recipients], [("dora@lmtp.example", "unix:/run/dovecot/lmtp")])
+        self.assertEqual(self.announced, [queued])
+        self.assertEqual(self.runner.calls, 3)
+
     def test_backpressure(self) -> None:
         """
         Body bytes go to both parts; the writer is asked to wait while
@@ -194,13 +228,13 @@ class RoutingStoreTests(SynchronousTestCase):
         either and the failure is reported.
         """
 
-        def failing(mailbox: str, name: str) -> str:
+        def failing(mailbox: str, name: str, mode: int = durable.FILE_MODE) -> str:
             """
             Fail to move the second copy into C{new/}.
             """
             if mailbox.endswith("carol"):
                 raise OSError(errno.EIO, "I/O error")
-            return real(mailbox, name)
+            return real(mailbox, name, mode)
 
         real = maildir.renameIntoNew
         self.patch(maildir, "renameIntoNew", failing)

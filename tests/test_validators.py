@@ -214,6 +214,56 @@ class AnyLocalValidatorTests(MaildirFixture, SynchronousTestCase):
         self.assertEqual((verdict.code, verdict.enhanced), (550, "5.1.3"))
 
 
+class LmtpDomainTests(MaildirFixture, SynchronousTestCase):
+    """
+    C{mailbox} and C{any} have no opinion on a domain delivered over LMTP:
+    its mailboxes live in the LMTP server, not under the Maildir root
+    (docs/storage.rst).
+    """
+
+    def setUp(self):
+        """
+        C{example.org} over LMTP, C{files.example} in Maildirs, with a
+        Maildir for alice in both (as a leftover from before the switch).
+        """
+        super().setUp()
+        os.makedirs(os.path.join(self.root, "files.example", "alice", "new"))
+        self.session = FakeSession(
+            Config(
+                domains=("example.org", "files.example"),
+                maildirRoot=self.root,
+                delivery=(("example.org", "lmtp:unix:/run/dovecot/lmtp"),),
+            )
+        )
+
+    def verdicts(self, localpart, domain):
+        """
+        The verdicts of C{mailbox} and C{any} on C{localpart@domain}.
+        """
+        address = Address(localpart, domain)
+        return [
+            verdictOf(self, v.validateRecipient(self.session, address))
+            for v in (MailboxValidator(), AnyLocalValidator())
+        ]
+
+    def test_noOpinionOnLmtpDomain(self):
+        """
+        A recipient of the LMTP domain gets no opinion from either, even
+        when a Maildir with its name exists, and nothing is looked up.
+        """
+        self.assertEqual(self.verdicts("alice", "Example.ORG"), [None, None])
+        self.assertEqual(self.verdicts("nobody", "example.org"), [None, None])
+        self.assertEqual(self.session.blockingCalls, [])
+
+    def test_maildirDomainUnchanged(self):
+        """
+        Beside it, a Maildir domain is judged as before.
+        """
+        mailbox, anyLocal = self.verdicts("alice", "files.example")
+        self.assertIsInstance(mailbox, Accept)
+        self.assertIsInstance(anyLocal, Accept)
+
+
 ALIASES = """\
 # The aliases of example.org.
 info@example.org: alice@example.org, bob@elsewhere.example   # two targets

@@ -2,40 +2,13 @@
 Local delivery backends: where a message for one of our own domains is
 filed.  C{maildir} files it under C{--maildir-root}
 (L{smtpmx.delivery.maildir}); C{lmtp:ENDPOINT} hands it to an LMTP server
-through the queue (docs/storage.rst).
+through the queue (docs/storage.rst).  The choice of a domain's backend is
+L{smtpmx.backends}' (a value module the SMTP dialogue may use), given here
+too.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from smtpmx.backends import LMTP_PREFIX, MAILDIR, backendFor, lmtpEndpoint
 
-MAILDIR = "maildir"
-LMTP_PREFIX = "lmtp:"
-
-
-def backendFor(delivery: tuple[tuple[Optional[str], str], ...], domain: str) -> str:
-    """
-    The backend of a local domain, from C{--delivery}'s entries: the entry
-    naming the domain, else the entry without a domain, else C{maildir}.
-
-    @param delivery: the checked entries, C{(domain or None, backend)}.
-    @param domain: a local domain, lower-cased.
-
-    @return: C{"maildir"} or C{"lmtp:ENDPOINT"}.
-    """
-    default = MAILDIR
-    for named, backend in delivery:
-        if named == domain:
-            return backend
-        if named is None:
-            default = backend
-    return default
-
-
-def lmtpEndpoint(backend: str) -> Optional[str]:
-    """
-    The LMTP server's endpoint of a backend, or L{None} for C{maildir}.
-    """
-    if backend.startswith(LMTP_PREFIX):
-        return backend[len(LMTP_PREFIX):]
-    return None
+__all__ = ["LMTP_PREFIX", "MAILDIR", "backendFor", "lmtpEndpoint"]

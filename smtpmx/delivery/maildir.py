@@ -139,10 +139,11 @@ def newPath(mailbox: str, name: str) -> str:
     return os.path.join(mailbox, "new", name)
 
 
-def ensureMaildir(path: str) -> None:
+def ensureMaildir(path: str, mode: int = durable.FILE_MODE) -> None:
     """
     Make sure C{path} is a Maildir: create it, any missing parent, and its
-    C{tmp}, C{new} and C{cur} subdirectories (mode C{0o700}), then fsync
+    C{tmp}, C{new} and C{cur} subdirectories (mode C{0o700}, or the
+    directory mode matching C{--maildir-mode}), then fsync
     the parent of every directory created so that the new entries survive
     a crash.  Safe to call from several threads at once.  Blocks.
 
@@ -153,42 +154,52 @@ def ensureMaildir(path: str) -> None:
     C{tmp/} and without its marker.
 
     @param path: the Maildir.
+    @param mode: the mode of the files in it (C{--maildir-mode}); its
+        directories get L{durable.directoryModeFor} it.
     """
     path = os.path.normpath(path)
     subdirectories = [os.path.join(path, sub) for sub in SUBDIRECTORIES]
+    directoryMode = durable.directoryModeFor(mode)
     if isFolder(path):
         parent = os.path.dirname(path)
         durable.makeDirectories(
-            [parent] + [os.path.join(parent, sub) for sub in SUBDIRECTORIES] + [path]
+            [parent] + [os.path.join(parent, sub) for sub in SUBDIRECTORIES] + [path],
+            directoryMode,
         )
-        durable.ensureEmptyFile(os.path.join(path, FOLDER_MARKER))
-        durable.makeDirectories(subdirectories)
+        durable.ensureEmptyFile(os.path.join(path, FOLDER_MARKER), mode)
+        durable.makeDirectories(subdirectories, directoryMode)
     else:
-        durable.makeDirectories([path] + subdirectories)
+        durable.makeDirectories([path] + subdirectories, directoryMode)
 
 
-def createTemporary(mailbox: str, name: str, readable: bool = False) -> int:
+def createTemporary(
+    mailbox: str, name: str, readable: bool = False, mode: int = durable.FILE_MODE
+) -> int:
     """
-    Create C{tmp/<name>} in a Maildir, mode C{0o600}, creating the Maildir
-    on first delivery.  The common case, a Maildir that exists, costs one
-    C{open}.  Blocks.
+    Create C{tmp/<name>} in a Maildir, mode C{0o600} unless told otherwise,
+    creating the Maildir on first delivery.  The common case, a Maildir
+    that exists, costs one C{open} (and one C{fchmod} for a mode other
+    than the default).  Blocks.
 
     @param readable: open it for reading too.
+    @param mode: the file's mode (C{--maildir-mode}).
 
     @return: the file descriptor.
     """
     path = temporaryPath(mailbox, name)
     try:
-        return durable.createFile(path, readable)
+        return durable.createFile(path, readable, mode)
     except FileNotFoundError:
-        ensureMaildir(mailbox)
-        return durable.createFile(path, readable)
+        ensureMaildir(mailbox, mode)
+        return durable.createFile(path, readable, mode)
 
 
-def renameIntoNew(mailbox: str, name: str) -> str:
+def renameIntoNew(mailbox: str, name: str, mode: int = durable.FILE_MODE) -> str:
     """
     Move a finished file from C{tmp/} to C{new/}, creating a C{new/} that
     went missing.  The caller fsyncs C{new/} afterwards.  Blocks.
+
+    @param mode: the Maildir's file mode, for a C{new/} made again.
 
     @return: the path in C{new/}.
     """
@@ -199,12 +210,14 @@ def renameIntoNew(mailbox: str, name: str) -> str:
     except FileNotFoundError:
         if not os.path.exists(source):
             raise
-        ensureMaildir(mailbox)
+        ensureMaildir(mailbox, mode)
         durable.moveFile(source, target)
     return target
 
 
-def deliverBytes(mailbox: str, data: bytes, hostname: Optional[str] = None) -> str:
+def deliverBytes(
+    mailbox: str, data: bytes, hostname: Optional[str] = None, mode: int = durable.FILE_MODE
+) -> str:
     """
     File a whole message held in memory (a bounce, a notice) into a
     Maildir, creating the Maildir if need be: written in C{tmp/}, fsynced,
@@ -213,6 +226,7 @@ def deliverBytes(mailbox: str, data: bytes, hostname: Optional[str] = None) -> s
 
     @param mailbox: the Maildir, from L{mailboxPath}.
     @param hostname: passed to L{uniqueName}.
+    @param mode: the file's mode (C{--maildir-mode}).
 
     @return: the path of the delivered file.
     """
@@ -220,12 +234,12 @@ def deliverBytes(mailbox: str, data: bytes, hostname: Optional[str] = None) -> s
     target = newPath(mailbox, name)
     temporaryDirectory = os.path.join(mailbox, "tmp")
     try:
-        durable.writeDurably(target, data, temporaryDirectory, replace=False, name=name)
+        durable.writeDurably(target, data, temporaryDirectory, replace=False, name=name, mode=mode)
     except FileNotFoundError:
         # A Maildir not made yet, or missing a subdirectory: nothing was
         # written, so make it and write again.
-        ensureMaildir(mailbox)
-        durable.writeDurably(target, data, temporaryDirectory, replace=False, name=name)
+        ensureMaildir(mailbox, mode)
+        durable.writeDurably(target, data, temporaryDirectory, replace=False, name=name, mode=mode)
     return target
 
 
@@ -249,13 +263,15 @@ class MaildirCopy:
         renamed into C{new/}.
     """
 
-    def __init__(self, mailbox: str, headers: bytes) -> None:
+    def __init__(self, mailbox: str, headers: bytes, mode: int = durable.FILE_MODE) -> None:
         """
         @param mailbox: the Maildir.
         @param headers: the headers that start this copy.
+        @param mode: the file's mode (C{--maildir-mode}).
         """
         self.mailbox = mailbox
         self.headers = headers
+        self.mode = mode
         self.name = ""
         self.fd: Optional[int] = None
         self.state = CopyState.NONE
@@ -265,7 +281,7 @@ class MaildirCopy:
         Create this copy's file in C{tmp/} and write its headers.
         """
         self.name = uniqueName(hostname)
-        self.fd = createTemporary(self.mailbox, self.name, readable)
+        self.fd = createTemporary(self.mailbox, self.name, readable, self.mode)
         self.state = CopyState.TMP
         durable.writeAll(self.fd, self.headers)
         return self.fd
@@ -351,7 +367,7 @@ class MaildirFiles(MessageFiles):
         """
         directories: dict[str, None] = {}
         for copy in self._copies:
-            renameIntoNew(copy.mailbox, copy.name)
+            renameIntoNew(copy.mailbox, copy.name, copy.mode)
             copy.state = CopyState.NEW
             directories[os.path.join(copy.mailbox, "new")] = None
         for directory in directories:
@@ -405,6 +421,11 @@ class MaildirStore:
     mailboxes and folders are filed all or nothing.  One envelope files a
     mailbox in one folder only, so that no recipient gets the same message
     both in its INBOX and in its Junk folder.
+
+    Files get C{mode} (C{--maildir-mode}) and the directories it makes
+    the matching search bits (L{durable.directoryModeFor}): C{0660} and
+    C{0770} let a Dovecot in the Maildir root's group read and write
+    them (docs/storage.rst).
     """
 
     def __init__(
@@ -414,6 +435,7 @@ class MaildirStore:
         hostname: Optional[str] = None,
         chunkSize: int = CHUNK_SIZE,
         backlogLimit: int = BACKLOG_LIMIT,
+        mode: int = durable.FILE_MODE,
     ) -> None:
         """
         @param root: the Maildir root; made absolute now, so that a later
@@ -425,8 +447,10 @@ class MaildirStore:
         @param chunkSize: body bytes gathered before a write job is sent.
         @param backlogLimit: pending body bytes past which C{write} asks
             the caller to wait.
+        @param mode: the mode of the files filed (C{--maildir-mode}).
         """
         self._root = os.path.abspath(root)
+        self._mode = mode
         self._runBlocking = runBlocking
         self._hostname = socket.gethostname() if hostname is None else hostname
         self._chunkSize = chunkSize
@@ -465,6 +489,7 @@ class MaildirStore:
                 MaildirCopy(
                     mailboxPath(self._root, destination),
                     top + deliveredTo(recipient.address) + trace,
+                    self._mode,
                 )
             )
         if not copies:

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from smtpmx import durable
-from smtpmx.envelope import Envelope, RemoteAddress
+from smtpmx.envelope import Envelope, LmtpRecipient, RemoteAddress
 from smtpmx.interfaces import IMessageStore
 from smtpmx.relay.queue import Queue
 from smtpmx.relay.queueformat import QueuedMessage, QueuedRecipient, checkId, encodeMessage
@@ -153,16 +153,19 @@ class QueueFiles(MessageFiles):
 @implementer(IMessageStore)
 class QueueStore:
     """
-    Files messages for remote recipients into the relay queue, streaming
+    Files messages for remote recipients, and for the local recipients of
+    domains delivered over LMTP, into the relay queue, streaming
     the body to disk as it arrives, as
     L{smtpmx.delivery.maildir.MaildirStore} does.
 
     The message is stored as the next hop will get it: our C{Received}
     header, the envelope's C{extraHeaders} (the message filters' fields,
     so that relayed mail carries them too), then the message as received
-    (no C{Return-Path}, no C{Delivered-To}).  Each distinct recipient address (the domain compared
-    without regard to case) gets one entry, its address kept as given and
-    due at once.
+    (no C{Return-Path}, no C{Delivered-To}: an LMTP server adds them).
+    Each distinct recipient address (the domain compared without regard to
+    case) gets one entry, its address kept as given and due at once; an
+    L{LmtpRecipient}'s entry has the LMTP server's endpoint as C{via}
+    (docs/storage.rst).
 
     Its messages provide L{smtpmx.interfaces.ITwoPhaseMessage}: besides
     C{finish} a two-phase completion (C{prepare}, C{commit}, C{rollback})
@@ -206,22 +209,23 @@ class QueueStore:
         """
         Begin queueing a message for every recipient of C{envelope}.
 
-        @raise ValueError: a recipient is not remote, the queue ID is not
-            valid, or there is no recipient.
+        @raise ValueError: a recipient is neither remote nor for an LMTP
+            server, the queue ID is not valid, or there is no recipient.
         """
         checkId(envelope.queueId)
         recipients: list[QueuedRecipient] = []
         seen: set[tuple[str, str]] = set()
         for recipient in envelope.recipients:
             destination = recipient.destination
-            if not isinstance(destination, RemoteAddress):
+            if not isinstance(destination, (RemoteAddress, LmtpRecipient)):
                 raise ValueError(f"QueueStore cannot deliver to {destination!r}")
             address = destination.address
             key = (address.localpart, address.domain.lower())
             if key in seen:
                 continue
             seen.add(key)
-            recipients.append(QueuedRecipient(address=str(address)))
+            via = destination.endpoint if isinstance(destination, LmtpRecipient) else None
+            recipients.append(QueuedRecipient(address=str(address), via=via))
         if not recipients:
             raise ValueError("a message needs at least one recipient")
         message = QueuedMessage(
@@ -250,7 +254,10 @@ class QueueStore:
             "{id}: queued for relay: from=<{sender}> to=[{to}] size={size}",
             id=message.id,
             sender=message.sender,
-            to=", ".join(f"<{r.address}>" for r in message.recipients),
+            to=", ".join(
+                f"<{r.address}>" + (f" via lmtp {r.via}" if r.via is not None else "")
+                for r in message.recipients
+            ),
             size=message.size,
         )
         if self.onQueued is not None:

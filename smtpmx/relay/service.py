@@ -499,7 +499,7 @@ class RelayService(Service):
                 self.log.info("{id}: cannot bounce to unsafe <{sender}>", id=message.id, sender=message.sender)
                 return
             filed = headers.returnPath(None) + headers.deliveredTo(sender) + data
-            await self.runBlocking(deliverBytes, path, filed)
+            await self.runBlocking(deliverBytes, path, filed, mode=self.config.maildirMode)
             self.log.info(
                 "{id}: bounce {bounce} filed locally for <{sender}>", id=message.id, bounce=bounceId,
                 sender=message.sender,

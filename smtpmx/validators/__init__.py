@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 from smtpmx.address import Address, UnsafeMailbox, mailboxName
+from smtpmx.backends import backendFor, lmtpEndpoint
 from smtpmx.interfaces import IRecipientValidatorFactory
 from smtpmx.pluginlookup import (
     PluginLoadError,
@@ -91,14 +92,20 @@ def makeValidatorChain(
 
 def localMailbox(session, recipient: Address) -> Optional[str | Reject]:
     """
-    The Maildir name of a recipient in one of our domains.
+    The Maildir name of a recipient in one of our domains whose mail is
+    filed in Maildirs.  A domain delivered over LMTP (C{--delivery
+    DOMAIN=lmtp:ENDPOINT}) keeps no Maildir here, so the Maildir validators
+    (C{mailbox}, C{any}) have no opinion on it: the C{lmtp} validator or
+    C{aliases} speaks for it (docs/storage.rst).
 
-    @return: L{None} when the recipient is not local, the mailbox name, or
-        a C{550 5.1.3} L{Reject} when its local part cannot be a directory
-        name.
+    @return: L{None} when the recipient is not local or its domain is an
+        LMTP one, the mailbox name, or a C{550 5.1.3} L{Reject} when its
+        local part cannot be a directory name.
     """
     config = session.config
     if not recipient.domain or recipient.domain.lower() not in config.domains:
+        return None
+    if lmtpEndpoint(backendFor(config.delivery, recipient.domain.lower())) is not None:
         return None
     try:
         return mailboxName(recipient, config.recipientDelimiter)

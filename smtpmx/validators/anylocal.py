@@ -1,6 +1,8 @@
 """
-The C{any} validator: every recipient in a local domain is accepted, and
-its Maildir is made on first delivery.
+The C{any} validator: every recipient in a local domain filed in Maildirs
+is accepted, and its Maildir is made on first delivery.  A domain delivered
+over LMTP is not its business (its mailboxes live in the LMTP server): no
+opinion.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from smtpmx.validators import localMailbox
 class AnyLocalValidator:
     """
     Accepts every local recipient whose name is a safe Maildir name; has no
-    opinion on other domains.
+    opinion on other domains, nor on those delivered over LMTP.
     """
 
     def validateRecipient(self, session, recipient: Address) -> Optional[Accept | Reject]:

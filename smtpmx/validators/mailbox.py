@@ -1,6 +1,8 @@
 """
 The C{mailbox} validator: a local recipient is accepted when its Maildir
 already exists, at C{<maildir-root>/<domain>/<name>} (C{docs/storage.rst}).
+A domain delivered over LMTP has no Maildir here: the validator has no
+opinion on its recipients.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from smtpmx.validators import badMailbox, localMailbox
 class MailboxValidator:
     """
     Accepts a local recipient whose Maildir exists; has no opinion on the
-    others (so the chain ends in C{550 5.1.1} for them).  The local part is
+    others, nor on the domains delivered over LMTP (so the chain ends in
+    C{550 5.1.1} for them unless a later validator knows them).  The local part is
     matched case-insensitively with its delimiter tag stripped.
     """
 
