@@ -50,6 +50,23 @@ EXAMPLE_ORG_NOTES: dict[str, str] = {
     ),
 }
 
+# Another way example.org may set an option it leaves at its default: a
+# note, then the lines to set, all commented out below the default (the
+# lines indented, so that they are not taken for the default).
+EXAMPLE_ORG_ALTERNATIVES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "delivery": (
+        "example.org may hand its mail to Dovecot over LMTP instead of filing it"
+        " into Maildirs (README.rst, \"Handing mail to Dovecot\";"
+        " etc/dovecot-smtpmx.conf), with the lmtp validator asking Dovecot at"
+        " RCPT in place of mailbox, which has no opinion on an LMTP domain:",
+        (
+            'delivery = ["lmtp:unix:/run/dovecot/lmtp"]',
+            'validator = ["policy:tcp:127.0.0.1:10023", "aliases:/etc/smtpmx/aliases",',
+            '             "lmtp"]',
+        ),
+    ),
+}
+
 README_START = ".. options-start: written from smtpmx/options.py by python -m smtpmx.optiondocs --write"
 README_END = ".. options-end"
 
@@ -219,6 +236,10 @@ def tomlDefault(option: Option) -> str:
         return tomlValue([show(v) if isinstance(v, str) else v for v in option.default])
     if isinstance(option.default, str):
         return tomlValue(show(option.default))
+    if isinstance(option.default, int) and not isinstance(option.default, bool):
+        if show(option.default) != str(option.default):
+            # An octal mode: 0o600 is 384 in TOML, clearer as the text "0600".
+            return tomlValue(show(option.default))
     return tomlValue(option.default)
 
 
@@ -233,16 +254,21 @@ def exampleFile(
     sections: Sequence[Section] = SECTIONS,
     example: Optional[dict[str, Any]] = None,
     notes: Optional[dict[str, str]] = None,
+    alternatives: Optional[dict[str, tuple[str, tuple[str, ...]]]] = None,
 ) -> str:
     """
     C{etc/smtpmx.toml}: every key of the file with its help and its
     default, commented out, and the values of C{example} set, each below
-    its note in C{notes}, if any.
+    its note in C{notes}, if any.  An option C{example} leaves at its
+    default may have, in C{alternatives}, a note and the lines another
+    setup would set, commented out below the default.
     """
     if example is None:
         example = EXAMPLE_ORG
         notes = EXAMPLE_ORG_NOTES if notes is None else notes
+        alternatives = EXAMPLE_ORG_ALTERNATIVES if alternatives is None else alternatives
     notes = {} if notes is None else notes
+    alternatives = {} if alternatives is None else alternatives
     out = [
         "# smtpmx configuration, for a small domain (example.org).",
         "#",
@@ -278,6 +304,9 @@ def exampleFile(
                 if option.name in notes:
                     out += _comment(notes[option.name])
                 out.append(f"{option.name} = {tomlValue(example[option.name])}")
+            elif option.name in alternatives:
+                note, lines = alternatives[option.name]
+                out += _comment(note) + [f"#     {line}" for line in lines]
     return "\n".join(out) + "\n"
 
 

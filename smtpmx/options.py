@@ -205,7 +205,8 @@ SECTIONS: tuple[Section, ...] = (
                 defaultFrom=lambda context: context.getfqdn(),
             ),
             Option(
-                "domain", "DOMAIN", "A local domain: its mail is filed into Maildirs.",
+                "domain", "DOMAIN",
+                "A local domain: its mail is delivered here (into Maildirs, or see ``--delivery``).",
                 DOMAIN, field="domains", default=("localhost",), repeatable=True, unique=True,
                 atLeastOne="local domain", fileAliases=("domains",),
                 details="Domains are compared in lower case.  ``postmaster@`` every"
@@ -222,12 +223,15 @@ SECTIONS: tuple[Section, ...] = (
                 "How local mail is delivered: ``maildir`` (files under ``--maildir-root``)"
                 " or ``lmtp:ENDPOINT`` (handed to an LMTP server such as Dovecot, RFC 2033),"
                 " for one domain or, without ``DOMAIN=``, for the others.",
-                DELIVERY, field="delivery", default=(), defaultText="``maildir``",
+                DELIVERY, field="delivery", default=(), defaultText="maildir for every domain",
                 repeatable=True,
                 details="``ENDPOINT`` is a Twisted client endpoint: ``unix:/run/dovecot/lmtp``"
                 " or ``tcp:127.0.0.1:24``.  A domain not named uses the entry without a"
                 " domain, else ``maildir``.  Mail for an LMTP domain is queued durably"
-                " before the ``250`` and handed over at once; docs/storage.rst describes it.",
+                " before the ``250`` and handed over at once; docs/storage.rst describes it."
+                "  Give an LMTP domain the ``lmtp`` validator too, so that unknown users"
+                " and full mailboxes are refused at ``RCPT`` (README.rst, \"Handing mail"
+                " to Dovecot\").",
             ),
             Option(
                 "maildir-mode", "MODE",
@@ -239,23 +243,34 @@ SECTIONS: tuple[Section, ...] = (
             Option(
                 "validator", "NAME[:ARG]",
                 "A recipient validator (built in: ``mailbox``, ``any``, ``aliases:PATH``,"
-                " ``policy:ENDPOINT``); they are consulted in order, the first verdict decides.",
+                " ``policy:ENDPOINT``, ``lmtp[:ENDPOINT]``); they are consulted in order,"
+                " the first verdict decides.",
                 VALIDATOR, field="validators", default=("mailbox",), repeatable=True,
                 fileAliases=("validators",),
                 details="``twistd smtpmx --list-validators`` lists those installed."
                 "  The built-ins: ``mailbox`` (a local recipient whose Maildir exists),"
                 " ``any`` (every local recipient; the Maildir is made on first"
                 " delivery), ``aliases:PATH`` (the recipients of an aliases file,"
-                " re-read when it changes) and ``policy:ENDPOINT`` (asks a Postfix"
+                " re-read when it changes), ``policy:ENDPOINT`` (asks a Postfix"
                 " policy server such as postgrey at each RCPT; ``ENDPOINT`` is a Twisted"
-                " client endpoint, ``tcp:127.0.0.1:10023``).  List ``policy:`` before"
-                " ``mailbox``: the first verdict wins.  docs/plugins.rst tells how to"
-                " write one.",
+                " client endpoint, ``tcp:127.0.0.1:10023``) and ``lmtp[:ENDPOINT]``"
+                " (asks the LMTP server, the ``ENDPOINT`` given or the recipient"
+                " domain's ``--delivery`` backend, at each RCPT: an unknown user is"
+                " ``550 5.1.1``, a full mailbox the server's ``552`` or ``452``, a"
+                " server that is down ``451 4.3.0``).  ``mailbox`` and ``any`` have no"
+                " opinion on a domain delivered over LMTP (its mail is not under"
+                " ``--maildir-root``), so such a domain needs ``lmtp`` (or"
+                " ``aliases:PATH``) in the list, or its recipients are refused."
+                "  List ``policy:`` first, since the first verdict wins.  docs/plugins.rst"
+                " describes them and tells how to write one.",
             ),
             Option(
                 "recipient-delimiter", "C",
                 "``user+tag@domain`` is delivered to ``user``'s Maildir; empty for none.",
                 DELIMITER, field="recipientDelimiter", default="+",
+                details="The recipients of a domain delivered over LMTP are handed over as"
+                " given, ``+tag`` and all: the LMTP server applies its own delimiter"
+                " (Dovecot's ``recipient_delimiter``).",
             ),
             Option(
                 "max-message-size", "BYTES",
@@ -323,9 +338,10 @@ SECTIONS: tuple[Section, ...] = (
                 "  ``rspamd[:URL]`` asks rspamd (at ``http://127.0.0.1:11333`` by"
                 " default).  Filters see mail from clients outside"
                 " ``--relay-network`` only.  ``Accept`` and ``Junk`` verdicts add their"
-                " header fields to every copy; a ``Junk`` files the local copies in the"
+                " header fields to every copy; a ``Junk`` files the Maildir copies in the"
                 " Junk folder (Maildir++ ``.Junk``, the IMAP folder ``Junk`` in Dovecot:"
-                " docs/storage.rst); a ``Reject`` refuses the message after its data."
+                " docs/storage.rst; over LMTP the server files it, by a Sieve script on"
+                " the filters' fields); a ``Reject`` refuses the message after its data."
                 "  docs/plugins.rst tells how to write one.",
             ),
             Option(
