@@ -56,6 +56,20 @@ class DovecotEndToEndTests(SynchronousTestCase):
         if missing:
             raise SkipTest(missing)
         self.dovecot = RunningDovecot.start(self.addCleanup)
+        self.addCleanup(self.assertDovecotContent)
+
+    def assertDovecotContent(self) -> None:
+        """
+        Dovecot logged no error or warning: it could read and write every
+        Maildir smtpmx made (mode, group, setgid) and took every
+        transaction without complaint (its master's note that we stopped
+        it aside).
+        """
+        for line in self.dovecot.log().splitlines():
+            if "master: Warning: Killed with signal 15" in line:
+                continue
+            self.assertNotIn("Error:", line)
+            self.assertNotIn("Warning:", line)
 
     def server(self, *args: str, maildirRoot: str = "Maildir", pythonPath: Sequence[str] = (),
                aliases: str = "") -> RunningServer:
