@@ -43,6 +43,15 @@ HOSTNAME = "mx.smtpmx.test"
 TIMEOUT = 20
 
 
+def smtplibSession(server: RunningServer) -> smtplib.SMTP:
+    """
+    An smtplib session with C{server}, after EHLO.
+    """
+    c = smtplib.SMTP(server.host, server.port, local_hostname="client.example", timeout=TIMEOUT)
+    c.ehlo()
+    return c
+
+
 class DovecotEndToEndTests(SynchronousTestCase):
     """
     Each test starts its own private Dovecot and the smtpmx it needs.
@@ -194,6 +203,28 @@ class DovecotEndToEndTests(SynchronousTestCase):
         """
         self.lmtpDelivery(self.dovecot.lmtpUNIX)
 
+    def test_bodyByteForByteOverLmtp(self) -> None:
+        """
+        A 1 MB message with 8-bit text, lines that begin with a dot and a
+        line that is only a dot (dot-stuffed on both hops, RFC 5321
+        section 4.5.2) reaches Dovecot over LMTP byte for byte.
+        """
+        server = self.server(
+            "--delivery", f"example.org=lmtp:{self.dovecot.lmtpUNIX}",
+            "--validator", "lmtp", "--validator", "any",
+        )
+        body = (b".leading dot\r\n..two dots\r\n.\r\nna\xc3\xafve caf\xc3\xa9\r\n"
+                + b"0123456789abcdef" * 64 + b"\r\n") * 1000
+        data = message(unique("body-"), body=body, extra=b"Content-Type: text/plain; charset=utf-8\r\n"
+                       b"Content-Transfer-Encoding: 8bit\r\n")
+        with smtplibSession(server) as c:
+            self.assertEqual(c.sendmail("someone@client.example", ["alice@example.org"], data,
+                                        mail_options=["BODY=8BITMIME"]), {})
+        self.waitForEmptyQueue(server)
+        [stored] = self.waitForImap("alice@example.org", 1)
+        self.assertEqual(stored[stored.index(b"\r\n\r\n") + 4:], body)
+        self.assertTrue(stored.endswith(data[data.index(b"\r\n\r\n"):]))
+
     def test_backendsSideBySide(self) -> None:
         """
         One message to an LMTP domain and a Maildir domain: Dovecot has
@@ -260,6 +291,36 @@ class DovecotEndToEndTests(SynchronousTestCase):
         self.assertIn(token.encode(), stored)
         self.assertIn(b"\nDelivered-To: alice@example.org\n", headerBlock(stored.replace(b"\r\n", b"\n")))
         # Nothing more comes: the message was handed over once.
+        time.sleep(1)
+        self.assertEqual(len(self.dovecot.messages("alice@example.org")), 1)
+
+    def test_queuedViaLmtpSurvivesACrash(self) -> None:
+        """
+        A message queued via the LMTP server while Dovecot is down stays
+        queued via it when smtpmx is killed (SIGKILL) and started again in
+        the same directory; with Dovecot back and the queue flushed it is
+        delivered once.
+        """
+        server = self.server(
+            "--delivery", f"example.org=lmtp:{self.dovecot.lmtpUNIX}",
+            "--validator", "aliases:aliases", "--retry-schedule", "3600",
+            aliases="alice@example.org: alice@example.org\n",
+        )
+        self.dovecot.stop()
+        token = unique("crash-")
+        rcpts, reply = send(server, "someone@client.example", ["alice@example.org"], message(token))
+        assert reply is not None
+        queueId = queueIdOf(reply)
+        server.kill9()
+        server.launch()
+        result = queueCommand(server, "list")
+        self.assertIn(f"<alice@example.org>  pending  via lmtp {self.dovecot.lmtpUNIX}", result.stdout)
+        self.assertEqual(queued(server), [queueId])
+        self.dovecot.launch()
+        self.assertEqual(queueCommand(server, "flush").returncode, 0)
+        self.waitForEmptyQueue(server)
+        [stored] = self.waitForImap("alice@example.org", 1)
+        self.assertIn(token.encode(), stored)
         time.sleep(1)
         self.assertEqual(len(self.dovecot.messages("alice@example.org")), 1)
 
