@@ -347,6 +347,14 @@ class DovecotEndToEndTests(SynchronousTestCase):
             time.sleep(USERS_REREAD)
             code, text = c.data(message(token, sender="sender@files.example"))
             self.assertEqual(code, 250, text)
+        self.assertBobBounced(server, token)
+
+    def assertBobBounced(self, server: RunningServer, token: str) -> None:
+        """
+        The queue empties, alice has the message C{token} over IMAP, and
+        C{sender@files.example} has one RFC 3464 report for it naming bob
+        as failed with Dovecot's C{5.1.1}.
+        """
         self.waitForEmptyQueue(server)
         [alice] = self.waitForImap("alice@example.org", 1)
         self.assertIn(token.encode(), alice)
@@ -359,3 +367,28 @@ class DovecotEndToEndTests(SynchronousTestCase):
         self.assertIn("bob@example.org", recipient["Final-Recipient"])
         self.assertTrue(recipient["Status"].startswith("5.1.1"), recipient["Status"])
         self.assertIn(token.encode(), bounce)
+
+    def test_userRemovedWhileDovecotDown(self) -> None:
+        """
+        alice and bob accepted (an aliases file) while Dovecot is down, the
+        message deferred; bob removed meanwhile; Dovecot started again
+        (reading its users afresh) and the queue flushed: alice gets it,
+        bob's LMTP C{550 5.1.1} turns his deferral into a bounce to the
+        sender.
+        """
+        server = self.server(
+            "--delivery", f"example.org=lmtp:{self.dovecot.lmtpTCP}",
+            "--validator", "aliases:aliases", "--validator", "any", "--retry-schedule", "3600",
+            aliases="alice@example.org: alice@example.org\nbob@example.org: bob@example.org\n",
+        )
+        self.dovecot.stop()
+        token = unique("down-gone-")
+        rcpts, reply = send(server, "sender@files.example", ["alice@example.org", "bob@example.org"],
+                            message(token, sender="sender@files.example"))
+        self.assertEqual([code for code, _ in rcpts], [250, 250])
+        assert reply is not None
+        waitUntil(lambda: queueCommand(server, "list").stdout.count("1 attempt") == 2, TIMEOUT)
+        self.dovecot.removeUser("bob@example.org")
+        self.dovecot.launch()
+        self.assertEqual(queueCommand(server, "flush").returncode, 0)
+        self.assertBobBounced(server, token)
