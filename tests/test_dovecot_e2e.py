@@ -392,3 +392,57 @@ class DovecotEndToEndTests(SynchronousTestCase):
         self.dovecot.launch()
         self.assertEqual(queueCommand(server, "flush").returncode, 0)
         self.assertBobBounced(server, token)
+
+    def test_bounceToAnLmtpSender(self) -> None:
+        """
+        The sender is alice of the LMTP domain: bob, removed after RCPT,
+        bounces, and the RFC 3464 report (null reverse path) is queued via
+        Dovecot and read by alice over IMAP.
+        """
+        server = self.server(
+            "--delivery", f"example.org=lmtp:{self.dovecot.lmtpUNIX}",
+            "--validator", "lmtp", "--validator", "any", "--retry-schedule", "3600",
+        )
+        token = unique("lmtp-bounce-")
+        with smtplibSession(server) as c:
+            self.assertEqual(c.mail("alice@example.org")[0], 250)
+            self.assertEqual(c.rcpt("bob@example.org")[0], 250)
+            self.dovecot.removeUser("bob@example.org")
+            time.sleep(USERS_REREAD)
+            code, text = c.data(message(token, sender="alice@example.org"))
+            self.assertEqual(code, 250, text)
+        self.waitForEmptyQueue(server)
+        [bounce] = self.waitForImap("alice@example.org", 1)
+        self.assertTrue(bounce.startswith(b"Return-Path: <>\r\n"), bounce[:200])
+        report = email.message_from_bytes(bounce, policy=email.policy.compat32)
+        self.assertEqual(report.get_param("report-type"), "delivery-status")
+        _, [recipient] = deliveryStatus(report)
+        self.assertIn("bob@example.org", recipient["Final-Recipient"])
+        self.assertTrue(recipient["Status"].startswith("5.1.1"), recipient["Status"])
+        self.assertIn(token.encode(), bounce)
+
+    def test_junkOverLmtp(self) -> None:
+        """
+        A junked message to an LMTP domain and a Maildir domain: the
+        Maildir copy is filed in C{.Junk}; the LMTP copy carries the
+        filter's C{X-Spam: Yes} into Dovecot's INBOX, where a Sieve script
+        would file it (docs/storage.rst: the Junk folder is not smtpmx's
+        business for LMTP domains).
+        """
+        plugins = makeTemporaryDirectory(self.addCleanup, "smtpmx-filter-")
+        writeExampleFilters(plugins)
+        server = self.server(
+            "--delivery", f"example.org=lmtp:{self.dovecot.lmtpUNIX}",
+            "--relay-network", "192.0.2.0/24", "--validator", "lmtp", "--validator", "any",
+            "--filter", "verdict:junk", pythonPath=[plugins],
+        )
+        token = unique("junk-lmtp-")
+        rcpts, reply = send(server, "someone@client.example", ["alice@example.org", "erin@files.example"],
+                            message(token))
+        assert reply is not None and reply[0] == 250, (rcpts, reply)
+        [alice] = self.waitForImap("alice@example.org", 1)
+        self.assertIn(b"\nX-Spam: Yes\n", headerBlock(alice.replace(b"\r\n", b"\n")))
+        self.assertEqual(self.dovecot.messages("alice@example.org", "Junk"), [])
+        junk = os.path.join(server.maildir("files.example", "erin"), ".Junk", "new")
+        waitUntil(lambda: os.path.isdir(junk) and os.listdir(junk), TIMEOUT)
+        self.assertEqual(server.newMessages("files.example", "erin"), [])
