@@ -65,9 +65,9 @@ class DovecotEndToEndTests(SynchronousTestCase):
         if missing:
             raise SkipTest(missing)
         self.dovecot = RunningDovecot.start(self.addCleanup)
-        self.addCleanup(self.assertDovecotContent)
+        self.addCleanup(self.assertDovecotLoggedNoError)
 
-    def assertDovecotContent(self) -> None:
+    def assertDovecotLoggedNoError(self) -> None:
         """
         Dovecot logged no error or warning: it could read and write every
         Maildir smtpmx made (mode, group, setgid) and took every
