@@ -30,7 +30,8 @@ from twisted.internet.threads import deferToThreadPool  # noqa: E402
 from smtpmx.delivery.maildir import deliverBytes  # noqa: E402
 from smtpmx.relay.nexthop import NextHop  # noqa: E402
 from smtpmx.relay.pool import SessionPool  # noqa: E402
-from smtpmx.relay.transaction import DeliveryRequest, Disposition, deliver  # noqa: E402
+from smtpmx.relay.request import DeliveryRequest, Disposition  # noqa: E402
+from smtpmx.relay.transaction import deliver  # noqa: E402
 from tests.sink import RunningSink  # noqa: E402
 
 

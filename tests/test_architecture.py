@@ -63,7 +63,7 @@ LAYERS = (
         "relay",
         (
             "smtpmx.relay.nexthop", "smtpmx.relay.pool",
-            "smtpmx.relay.transaction", "smtpmx.relay.service",
+            "smtpmx.relay.request", "smtpmx.relay.transaction", "smtpmx.relay.service",
         ),
     ),
     ("entry", ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs")),

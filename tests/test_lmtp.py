@@ -28,7 +28,8 @@ from smtpmx.relay.pool import SessionPool
 from smtpmx.relay.queue import Queue
 from smtpmx.relay.queueformat import PENDING, QueuedMessage, QueuedRecipient
 from smtpmx.relay.service import RelayService
-from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, deliver
+from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition
+from smtpmx.relay.transaction import deliver
 from tests.sink import Sink
 
 MESSAGE = b"Received: from client.example\nSubject: test\n\nHello.\n.leading dot\nend\n"

@@ -26,14 +26,14 @@ from smtpmx.config import ConfigError, loadConfig
 
 from smtpmx.relay.protocol import ClientProtocol, SessionError, parseEnhanced
 from smtpmx.relay.tlspolicy import TLSPolicy
-from smtpmx.relay.transaction import (
+from smtpmx.relay.request import (
     DEFAULT_TIMEOUTS,
     DeliveryRequest,
     DeliveryResult,
     Disposition,
     RecipientResult,
-    deliver,
 )
+from smtpmx.relay.transaction import deliver
 from smtpmx.relay.nexthop import NextHop
 from tests import certs
 from tests.sink import Sink

@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpmx.relay.pool import PooledSession, SessionPool
 from smtpmx.relay.protocol import ClientProtocol
-from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, deliver
+from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition
+from smtpmx.relay.transaction import deliver
 from smtpmx.relay.nexthop import NextHop
 from tests import certs
 from tests.test_relay_client import MESSAGE, SHORT, _RelayTestMixin, runBlocking

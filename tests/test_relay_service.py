@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes
 from smtpmx.relay.tlspolicy import TLSPolicy
-from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
+from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
 from smtpmx.relay.queue import Queue
 from smtpmx.relay.queueformat import PENDING, QueuedMessage, QueuedRecipient
 from smtpmx.relay.service import RelayService

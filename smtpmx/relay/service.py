@@ -46,7 +46,7 @@ from smtpmx.relay.pool import SessionPool
 from smtpmx.relay.queue import Queue
 from smtpmx.relay.queueformat import BOUNCED, DELIVERED, PENDING, QueuedMessage, QueuedRecipient
 from smtpmx.relay.retry import isExpired, nextAttemptDelay
-from smtpmx.relay.transaction import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
+from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
 
 # How often the queue is looked at for due messages and flush requests.
 POLL_INTERVAL = 1.0
