@@ -60,6 +60,31 @@ def recordDirectorySyncs(case) -> list[str]:
     return synced
 
 
+def dropConnections(factory) -> None:
+    """
+    Close the server side of every connection a fake server's C{factory}
+    keeps in its C{connections} list.
+    """
+    for connection in factory.connections:
+        connection.transport.loseConnection()
+
+
+def listenLoopback(case, factory) -> int:
+    """
+    Serve C{factory} (a fake server keeping its C{connections}) on a free
+    port of 127.0.0.1 for the length of the test C{case}: its connections
+    are dropped and the port closed at the end.
+
+    @return: the port.
+    """
+    from twisted.internet import reactor
+
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    case.addCleanup(port.stopListening)
+    case.addCleanup(dropConnections, factory)
+    return port.getHost().port
+
+
 def recordFsyncs(case) -> list[tuple[str, int]]:
     """
     Make the test C{case} record every C{fsync} that L{smtpmx.durable}

@@ -28,6 +28,7 @@ from smtpmx.testing import validationContext
 from smtpmx.validation import Accept, Reject, ValidationContext
 from smtpmx.validators.lmtp import LmtpValidator, verdictOf
 from tests.dovecot import USERS_REREAD, RunningDovecot, dovecotMissing
+from tests.helpers import dropConnections, listenLoopback
 
 
 def context(config: Optional[Config] = None, **fields) -> ValidationContext:
@@ -207,19 +208,9 @@ class FakeServerTests(TestCase):
         at the end of the test.
         """
         server = FakeLmtp(answer, pipelining)
-        port = reactor.listenTCP(0, server, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(self.dropConnections, server)
-        validator = LmtpValidator(f"tcp:127.0.0.1:{port.getHost().port}")
+        validator = LmtpValidator(f"tcp:127.0.0.1:{listenLoopback(self, server)}")
         self.addCleanup(validator.close)
         return server, validator
-
-    def dropConnections(self, server: FakeLmtp) -> None:
-        """
-        Close the server's side of every connection.
-        """
-        for connection in server.connections:
-            connection.transport.loseConnection()
 
     async def ask(self, validator: LmtpValidator, recipient: str = "alice@example.org"):
         """
@@ -367,7 +358,7 @@ class FakeServerTests(TestCase):
         server = FakeLmtp(lambda c: "550 5.1.1 unix says no")
         port = reactor.listenUNIX(path, server)
         self.addCleanup(port.stopListening)
-        self.addCleanup(self.dropConnections, server)
+        self.addCleanup(dropConnections, server)
         validator = LmtpValidator(f"unix:{path}")
         self.addCleanup(validator.close)
         verdict = await self.ask(validator)
@@ -381,7 +372,7 @@ class FakeServerTests(TestCase):
         server = FakeLmtp(lambda c: "550 5.1.1 no")
         port = reactor.listenTCP(0, server, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        self.addCleanup(self.dropConnections, server)
+        self.addCleanup(dropConnections, server)
         validator = LmtpValidator()
         self.addCleanup(validator.close)
         config = Config(

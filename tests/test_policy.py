@@ -34,7 +34,7 @@ from smtpmx.validators.policy import (
     verdictOf,
 )
 from tests.e2e import RunningServer, freePort
-from tests.helpers import message, unique
+from tests.helpers import dropConnections, listenLoopback, message, unique
 from tests.postgrey import RunningPostgrey, postgreyMissing
 from tests.serverhelpers import Server
 
@@ -319,19 +319,9 @@ class PolicyServerTests(TestCase):
         the end of the test.
         """
         server = FakePolicy(answer)
-        port = reactor.listenTCP(0, server, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(self.dropConnections, server)
-        validator = PolicyValidator(f"tcp:127.0.0.1:{port.getHost().port}")
+        validator = PolicyValidator(f"tcp:127.0.0.1:{listenLoopback(self, server)}")
         self.addCleanup(validator.close)
         return server, validator
-
-    def dropConnections(self, server: FakePolicy) -> None:
-        """
-        Close the server's side of every connection.
-        """
-        for connection in server.connections:
-            connection.transport.loseConnection()
 
     async def ask(self, validator: PolicyValidator, recipient: str = "bob@example.org",
                   session: Optional[ValidationContext] = None):
@@ -496,7 +486,7 @@ class PolicyServerTests(TestCase):
         server = FakePolicy(lambda r: "REJECT unix")
         port = reactor.listenUNIX(path, server)
         self.addCleanup(port.stopListening)
-        self.addCleanup(self.dropConnections, server)
+        self.addCleanup(dropConnections, server)
         validator = PolicyValidator(f"unix:{path}")
         self.addCleanup(validator.close)
         verdict = await self.ask(validator)
