@@ -1,8 +1,9 @@
 """
 Every interface that a third party, or a test, plugs into.
 
-Validators decide recipients and message filters judge whole messages (the
-plugin API of C{docs/plugins.rst}); a message store makes accepted messages
+Validators decide recipients, message filters judge whole messages and
+delivery backends carry local mail from the queue (the plugin API of
+C{docs/plugins.rst}); a message store makes accepted messages
 durable (C{docs/storage.rst}).  The
 server knows storage only through L{IMessageStore}, never a concrete class.
 """
