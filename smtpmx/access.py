@@ -9,7 +9,8 @@ relay networks, is refused C{554 5.7.1}.
 
 A local recipient goes to its domain's delivery backend (C{--delivery},
 docs/storage.rst): a L{LocalMailbox} for a Maildir domain, an
-L{LmtpRecipient} (queued, then handed to the LMTP server, RFC 2033) for an
+L{CourierRecipient} (queued, then handed to its delivery backend, such as
+an LMTP server, RFC 2033) for an
 LMTP domain.
 """
 
@@ -21,8 +22,8 @@ from typing import Iterable, Optional, Union
 from smtpmx import reply
 from smtpmx.address import Address, UnsafeMailbox, mailboxName
 from smtpmx.config import Config
-from smtpmx.backends import backendFor, lmtpEndpoint
-from smtpmx.envelope import Destination, LmtpRecipient, LocalMailbox, RemoteAddress
+from smtpmx.backends import MAILDIR, backendFor, lmtpEndpoint
+from smtpmx.envelope import CourierRecipient, Destination, LocalMailbox, RemoteAddress
 from smtpmx.reply import Reply
 from smtpmx.validation import Accept, Reject
 
@@ -83,7 +84,7 @@ class Access:
         """
         return lmtpEndpoint(backendFor(self._delivery, domain.lower()))
 
-    def localDestination(self, target: Address) -> Union[LocalMailbox, LmtpRecipient]:
+    def localDestination(self, target: Address) -> Union[LocalMailbox, CourierRecipient]:
         """
         Where a recipient in one of our domains is delivered: its Maildir,
         or, for an LMTP domain, the LMTP server with the address exactly
@@ -93,11 +94,11 @@ class Access:
             local part cannot name a Maildir, or (for LMTP) it holds a
             control character and is never sent on.
         """
-        endpoint = self.lmtpEndpoint(target.domain)
-        if endpoint is not None:
+        backend = backendFor(self._delivery, target.domain.lower())
+        if backend != MAILDIR:
             if target.hasControlCharacters():
                 raise UnsafeMailbox(f"control character in {target!r}")
-            return LmtpRecipient(target, endpoint)
+            return CourierRecipient(target, backend)
         return LocalMailbox(target.domain.lower(), mailboxName(target, self.delimiter))
 
     def clientMayRelay(self, clientHost: str) -> bool:
@@ -120,7 +121,7 @@ class Access:
         """
         return domain.lower() in self._relayDomains or self.clientMayRelay(clientHost)
 
-    def postmaster(self, recipient: Address) -> Optional[Union[LocalMailbox, LmtpRecipient]]:
+    def postmaster(self, recipient: Address) -> Optional[Union[LocalMailbox, CourierRecipient]]:
         """
         The destination of C{recipient} when it is a postmaster we must
         always accept (RFC 5321 4.5.1): C{postmaster@} a local domain, or a

@@ -39,20 +39,37 @@ class RemoteAddress:
 
 
 @dataclass(frozen=True)
-class LmtpRecipient:
+class CourierRecipient:
     """
-    A recipient of one of our domains whose mail is handed to an LMTP
-    server (RFC 2033), such as Dovecot: queued, then delivered over LMTP
-    with the address exactly as it is to be sent.
+    A recipient of one of our domains whose mail is carried from the queue
+    by a delivery backend (docs/plugins.rst), such as an LMTP server
+    (RFC 2033): queued, then handed to the backend with the address
+    exactly as it is to be sent.
 
-    @ivar endpoint: the LMTP server's Twisted client endpoint string.
+    @ivar backend: the backend's specification, C{NAME:ARG}
+        (C{lmtp:unix:/run/dovecot/lmtp}); the queue records it as C{via}.
     """
 
     address: Address
-    endpoint: str
+    backend: str
+
+    @property
+    def endpoint(self) -> Optional[str]:
+        """
+        The LMTP server's endpoint of an C{lmtp:} backend, else L{None}.
+        """
+        name, _, argument = self.backend.partition(":")
+        return argument if name == "lmtp" else None
 
 
-Destination = Union[LocalMailbox, RemoteAddress, LmtpRecipient]
+def LmtpRecipient(address: Address, endpoint: str) -> CourierRecipient:
+    """
+    The L{CourierRecipient} of the LMTP server at C{endpoint}.
+    """
+    return CourierRecipient(address, "lmtp:" + endpoint)
+
+
+Destination = Union[LocalMailbox, RemoteAddress, CourierRecipient]
 
 
 @dataclass(frozen=True)

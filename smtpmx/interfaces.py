@@ -1,8 +1,9 @@
 """
 Every interface that a third party, or a test, plugs into.
 
-Validators decide recipients and message filters judge whole messages (the
-plugin API of C{docs/plugins.rst}); a message store makes accepted messages
+Validators decide recipients, message filters judge whole messages and
+delivery backends carry local mail from the queue (the plugin API of
+C{docs/plugins.rst}); a message store makes accepted messages
 durable (C{docs/storage.rst}).  The
 server knows storage only through L{IMessageStore}, never a concrete class.
 """
@@ -221,4 +222,58 @@ class IMessageStore(Interface):
         @param envelope: an L{smtpmx.envelope.Envelope}.
 
         @return: a provider of L{IIncomingMessage}.
+        """
+
+
+class IDeliveryBackend(Interface):
+    """
+    A courier from the durable relay queue to where a local domain's mail
+    lives (C{--delivery DOMAIN=NAME:ARG}, docs/plugins.rst): its recipients
+    are queued first, with C{via} the backend's specification, and the
+    relay service hands them to L{deliver}, retrying and bouncing by its
+    answer exactly as for a relayed recipient.
+    """
+
+    def deliver(request):
+        """
+        Hand one queued message to the backend for some recipients.
+
+        @param request: an L{smtpmx.backendlookup.CourierRequest}, a frozen
+            value: C{messageFile} (the queued message, our C{Received}
+            field first, LF line endings; read it from a thread),
+            C{size}, C{sender} (C{""} for C{<>}), C{recipients} (addresses
+            without brackets, exactly as received), C{heloName},
+            C{reactor} and C{runBlocking}.
+            L{smtpmx.testing.deliverWithBackend} builds one for tests.
+
+        @return: a L{Deferred} that fires with a mapping of each recipient
+            to its L{smtpmx.relay.request.RecipientResult} (or with an
+            L{smtpmx.relay.request.DeliveryResult}): 2xx delivered, 4xx
+            retried on C{--retry-schedule}, 5xx bounced.  A recipient left
+            out, or a failed Deferred, is a temporary failure.
+        """
+
+
+class IDeliveryBackendFactory(Interface):
+    """
+    A plugin that makes delivery backends; found with
+    C{getPlugins(IDeliveryBackendFactory, smtpmx.plugins)}.
+    """
+
+    name = Attribute("The name used in C{--delivery [DOMAIN=]NAME[:ARG]}.")
+    description = Attribute("One line shown by C{--list-backends}.")
+
+    def makeBackend(argument):
+        """
+        Make a backend.
+
+        @param argument: the text after the first C{:} of the backend
+            specification, or L{None} when there was none.
+
+        @return: a provider of L{IDeliveryBackend}, or L{None} for the
+            built-in C{maildir}, which is no courier (its recipients are
+            filed by the Maildir store before the C{250}).
+
+        @raise ValueError: the argument is unusable; start-up stops with
+            this message.
         """

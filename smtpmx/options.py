@@ -184,6 +184,11 @@ SECTIONS: tuple[Section, ...] = (
                 "Print every message filter found, with its description, and exit.",
                 None, commandLineOnly=True,
             ),
+            Option(
+                "list-backends", "",
+                "Print every delivery backend found, with its description, and exit.",
+                None, commandLineOnly=True,
+            ),
         ),
     ),
     Section(
@@ -219,16 +224,19 @@ SECTIONS: tuple[Section, ...] = (
                 details="docs/storage.rst describes the layout.",
             ),
             Option(
-                "delivery", "[DOMAIN=]BACKEND",
-                "How local mail is delivered: ``maildir`` (files under ``--maildir-root``)"
-                " or ``lmtp:ENDPOINT`` (handed to an LMTP server such as Dovecot, RFC 2033),"
-                " for one domain or, without ``DOMAIN=``, for the others.",
+                "delivery", "[DOMAIN=]NAME[:ARG]",
+                "How local mail is delivered: ``maildir`` (files under ``--maildir-root``),"
+                " ``lmtp:ENDPOINT`` (handed to an LMTP server such as Dovecot, RFC 2033)"
+                " or another delivery backend plugin, for one domain or, without"
+                " ``DOMAIN=``, for the others.",
                 DELIVERY, field="delivery", default=(), defaultText="maildir for every domain",
                 repeatable=True,
                 details="``ENDPOINT`` is a Twisted client endpoint: ``unix:/run/dovecot/lmtp``"
                 " or ``tcp:127.0.0.1:24``.  A domain not named uses the entry without a"
                 " domain, else ``maildir``.  Mail for an LMTP domain is queued durably"
-                " before the ``250`` and handed over at once; docs/storage.rst describes it."
+                " before the ``250`` and handed over at once; docs/storage.rst describes it,"
+                " and so it is for every backend but ``maildir`` (docs/plugins.rst;"
+                " ``twistd smtpmx --list-backends`` lists those installed)."
                 "  Give an LMTP domain the ``lmtp`` validator too, so that unknown users"
                 " and full mailboxes are refused at ``RCPT`` (README.rst, \"Handing mail"
                 " to Dovecot\").",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -277,29 +278,35 @@ def checkRoute(value: Any, label: str) -> tuple[str, str, int]:
 
 def checkDelivery(value: Any, label: str) -> tuple[Optional[str], str]:
     """
-    A C{[DOMAIN=]BACKEND} delivery entry: C{maildir} or C{lmtp:ENDPOINT}
-    (a Twisted client endpoint, C{unix:/run/dovecot/lmtp} or
-    C{tcp:127.0.0.1:24}), for one domain or, without C{DOMAIN=}, for
-    every domain not named elsewhere.
+    A C{[DOMAIN=]NAME[:ARG]} delivery entry, for one domain or, without
+    C{DOMAIN=}, for every domain not named elsewhere: a delivery backend
+    plugin's name and argument (docs/plugins.rst), such as C{maildir} or
+    C{lmtp:ENDPOINT} (a Twisted client endpoint, C{unix:/run/dovecot/lmtp}
+    or C{tcp:127.0.0.1:24}).  Whether a plugin has the name is checked
+    when the backends are made, at start-up.
 
     @return: C{(domain or None, backend)}.
     """
     text = checkString(value, label).strip()
     domain: Optional[str] = None
     head, eq, rest = text.partition("=")
-    if eq and not head.startswith(("maildir", "lmtp:")):
+    # A domain has no colon; a backend's argument may hold an "=".
+    if eq and ":" not in head:
         domain, text = checkDomain(head.strip(), label), rest.strip()
-    if text == "maildir":
-        return domain, text
-    if text.startswith("lmtp:") and text[len("lmtp:"):]:
-        endpoint = text[len("lmtp:"):]
-        if not endpoint.startswith(("tcp:", "unix:", "tcp6:", "tls:")):
+    name, colon, argument = text.partition(":")
+    if not _BACKEND_NAME_RE.fullmatch(name) or (colon and not argument):
+        raise ConfigError(f"{label}: expected [DOMAIN=]NAME[:ARG] such as maildir or lmtp:ENDPOINT, not {value!r}")
+    if name == "lmtp":
+        if not argument.startswith(("tcp:", "unix:", "tcp6:", "tls:")):
             raise ConfigError(
                 f"{label}: an LMTP endpoint is a Twisted client endpoint such as"
-                f" unix:/run/dovecot/lmtp or tcp:127.0.0.1:24, not {endpoint!r}"
+                f" unix:/run/dovecot/lmtp or tcp:127.0.0.1:24, not {argument!r}"
             )
-        return domain, text
-    raise ConfigError(f"{label}: expected [DOMAIN=]maildir or [DOMAIN=]lmtp:ENDPOINT, not {value!r}")
+    return domain, text
+
+
+# A delivery backend plugin's name.
+_BACKEND_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
 
 def checkMode(value: Any, label: str) -> int:
@@ -505,7 +512,7 @@ DNS_SERVER = ValueType(
     show=lambda address: hostPort(*address),
 )
 DELIVERY = ValueType(
-    "[DOMAIN=]maildir or [DOMAIN=]lmtp:ENDPOINT",
+    "[DOMAIN=]NAME[:ARG], such as maildir or lmtp:ENDPOINT",
     checked(checkDelivery),
     tuple[Optional[str], str],
     show=lambda entry: f"{entry[0]}={entry[1]}" if entry[0] else entry[1],

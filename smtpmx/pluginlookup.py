@@ -1,7 +1,8 @@
 """
-Finding plugins by name, shared by the two plugin points: recipient
-validators (C{--validator NAME[:ARG]}) and message filters
-(C{--filter NAME[:ARG]}).
+Finding plugins by name, shared by the three plugin points: recipient
+validators (C{--validator NAME[:ARG]}), message filters
+(C{--filter NAME[:ARG]}) and delivery backends (C{--delivery
+[DOMAIN=]NAME[:ARG]}).
 
 Both follow the pattern of L{twisted.cred.strcred}: factories found with
 C{getPlugins(interface, smtpmx.plugins)} (built-ins and any third-party
@@ -55,7 +56,7 @@ def findFactory(interface, name: str):
 
 def listing(factories: Iterable) -> str:
     """
-    What C{--list-validators} and C{--list-filters} print: one line per
+    What C{--list-validators}, C{--list-filters} and C{--list-backends} print: one line per
     factory, its name then its description on one line.
     """
     lines = []

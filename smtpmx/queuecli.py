@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
+from smtpmx.backends import describeVia
 from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile
 from smtpmx.relay.queue import Queue
 from smtpmx.relay.queueformat import PENDING, CorruptMessage, QueuedMessage, isValidId
@@ -125,7 +126,7 @@ def formatMessage(message: QueuedMessage, now: float) -> list[str]:
     The lines that describe one queued message: ID, age, size and sender,
     then each recipient with its state, where it goes when that is not
     the next hop of its domain (C{via lmtp ENDPOINT}: a local recipient
-    handed to an LMTP server, docs/storage.rst), attempts, next attempt
+    handed to its delivery backend, docs/storage.rst), attempts, next attempt
     and last reply.
     """
     sender = f"<{message.sender}>"
@@ -136,7 +137,7 @@ def formatMessage(message: QueuedMessage, now: float) -> list[str]:
     for r in message.recipients:
         parts = [f"  <{_printable(r.address)}>", r.state]
         if r.via is not None:
-            parts.append(f"via lmtp {_printable(r.via)}")
+            parts.append(f"via {_printable(describeVia(r.via))}")
         parts.append(_count(r.attempts, "attempt"))
         if r.state == PENDING:
             due = r.nextAttempt - now

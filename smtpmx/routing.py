@@ -1,7 +1,7 @@
 """
 The message store the server uses: local recipients go to the Maildirs;
-remote ones, and those of domains delivered over LMTP
-(L{smtpmx.envelope.LmtpRecipient}, handed to the LMTP server from the
+remote ones, and those of domains delivered by a courier backend such as LMTP
+(L{smtpmx.envelope.CourierRecipient}, handed to its backend from the
 queue), to the relay queue; and a message for both is stored in both, all
 or nothing, before the one C{250} reply to its DATA (RFC 5321 section 6.1;
 C{docs/storage.rst}).
@@ -124,8 +124,8 @@ class _SplitMessage:
 class RoutingStore:
     """
     Sends each recipient of a message where it belongs: a L{LocalMailbox}
-    to the Maildir store; a remote address, and an L{smtpmx.envelope.LmtpRecipient} (which
-    the relay service hands to its LMTP server), to the relay queue.  The
+    to the Maildir store; a remote address, and an L{smtpmx.envelope.CourierRecipient} (which
+    the relay service hands to its delivery backend), to the relay queue.  The
     C{250} to DATA thus waits for the queue copy to be committed, as
     Postfix queues before its LMTP delivery (docs/storage.rst).  A message
     with recipients of one kind only is simply handed to that store.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -26,6 +26,8 @@ from twisted.python.failure import Failure
 import smtpmx
 from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile, summarize
 from smtpmx.durable import DIRECTORY_MODE, directoryModeFor, makeDirectories
+from smtpmx.backendlookup import findBackendFactories, makeBackends
+from smtpmx.backends import MAILDIR
 from smtpmx.filterchain import findFilterFactories, makeFilters
 from smtpmx.options import OPTIONS, Option, plainText
 from smtpmx.pluginlookup import PluginLoadError, PluginNotFound, listing
@@ -175,8 +177,8 @@ class Options(TableOptions):
 
     After parsing, C{config} is the checked L{Config}, C{validators} the
     L{ValidatorChain}, C{filters} the message filters as C{(name, filter)}
-    pairs and C{tlsOptions} the server's TLS context factory
-    (or L{None}).
+    pairs, C{backends} the delivery backends by specification and
+    C{tlsOptions} the server's TLS context factory (or L{None}).
     """
 
     synopsis = "[options]"
@@ -198,6 +200,7 @@ class Options(TableOptions):
         self.config: Optional[Config] = None
         self.validators: Optional[ValidatorChain] = None
         self.filters: list[tuple[str, object]] = []
+        self.backends: dict[str, object] = {}
         self.tlsOptions = None
 
     def opt_list_validators(self) -> None:
@@ -217,6 +220,14 @@ class Options(TableOptions):
         sys.stdout.flush()
         raise SystemExit(0)
 
+    def opt_list_backends(self) -> None:
+        """
+        List every delivery backend found, with its description, and exit.
+        """
+        sys.stdout.write(listing(findBackendFactories()))
+        sys.stdout.flush()
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         """
         Load and check the configuration, find the validators and read
@@ -229,6 +240,9 @@ class Options(TableOptions):
             )
             self.validators = loadPlugins(makeValidatorChain, self.config.validators, "validator")
             self.filters = loadPlugins(makeFilters, self.config.filters, "filter")
+            self.backends = loadPlugins(
+                makeBackends, [MAILDIR, *(backend for _, backend in self.config.delivery)], "backend"
+            )
             if self.config.tlsCertificate is not None:
                 from smtpmx.tls import serverTLSOptions
 
@@ -484,6 +498,7 @@ def buildService(
     tlsOptions,
     reactor,
     filters: Sequence[tuple[str, object]] = (),
+    backends: Optional[Mapping[str, object]] = None,
 ) -> SMTPMXService:
     """
     Build the server's services.
@@ -491,6 +506,9 @@ def buildService(
     @param reactor: the reactor to listen, time and run threads with.
     @param filters: the message filters, C{(name, filter)} pairs in order;
         with none, messages go straight to the store.
+    @param backends: the delivery backends of C{config.delivery}, by
+        specification (L{smtpmx.backendlookup.makeBackends}); the relay
+        service hands their queued recipients to them.
     """
     from smtpmx.access import Access
     from smtpmx.delivery.maildir import MaildirStore
@@ -537,6 +555,7 @@ def buildService(
         deliver,
         factory.newQueueId,
         reactor,
+        backends=backends,
     )
     queueStore.onQueued = relay.queued
     service = SMTPMXService(config)
@@ -557,5 +576,6 @@ def makeService(options: Options) -> SMTPMXService:
     from twisted.internet import reactor
 
     return buildService(
-        options.config, options.validators, options.tlsOptions, reactor, options.filters
+        options.config, options.validators, options.tlsOptions, reactor, options.filters,
+        options.backends,
     )

@@ -7,7 +7,10 @@ L{smtpmx.validation.ValidationContext} a validator or a filter is given (its
 C{session} argument), with a C{runBlocking} that runs the function at once;
 L{filterableMessage} builds the message a filter is given, from bytes, and
 L{runFilter} asks a filter about it and checks that the answer is a
-verdict.  How to test a plugin with them is in C{docs/plugins.rst}.
+verdict; L{deliverWithBackend} hands a message, from bytes, to a delivery
+backend and checks that it answers with a result for each recipient, and
+L{RecordingBackend} is a courier that keeps what it is handed.  How to
+test a plugin with them is in C{docs/plugins.rst}.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from smtpmx.address import Address, parseAddress
 from smtpmx.config import Config
 from smtpmx.envelope import Envelope, LocalMailbox, Recipient, RemoteAddress
 from smtpmx.filtering import Accept, Junk, Reject
-from smtpmx.interfaces import IFilterableMessage, IIncomingMessage, IMessageStore
+from smtpmx.interfaces import IDeliveryBackend, IFilterableMessage, IIncomingMessage, IMessageStore
 from smtpmx.validation import ValidationContext
 
 
@@ -258,3 +261,106 @@ def runFilter(messageFilter, message, session=None) -> Deferred:
         return verdict
 
     return maybeDeferred(messageFilter.filterMessage, session, message).addCallback(checked)
+
+
+def deliverWithBackend(
+    backend,
+    data: bytes,
+    recipients: Iterable[str],
+    sender: str = "sender@example.com",
+    specification: str = "test",
+    reactor=None,
+    runBlocking: Callable[..., Deferred] = runAtOnce,
+) -> Deferred:
+    """
+    Hand a message to a delivery backend as the relay service does
+    (docs/plugins.rst): C{data} is written to a temporary file as the
+    queue holds it, and the backend's C{deliver} is given a
+    L{smtpmx.backendlookup.CourierRequest} for it.
+
+    @param backend: a provider of L{smtpmx.interfaces.IDeliveryBackend}.
+    @param data: the message, headers and body, LF line endings.
+    @param recipients: the addresses, without brackets.
+    @param sender: the reverse-path, C{""} for C{<>}.
+    @param specification: the backend's C{NAME:ARG}, as its recipients'
+        C{via} holds it.
+    @param reactor: the request's reactor; a L{Clock} by default.
+    @param runBlocking: the request's thread runner; by default it runs
+        the function at once.
+
+    @return: a L{Deferred} of a C{dict} of each recipient to its
+        L{smtpmx.relay.request.RecipientResult}; it fails with
+        L{TypeError} if the backend answers otherwise or leaves a
+        recipient out.  The temporary file is gone when it fires.
+    """
+    import os
+    import tempfile
+
+    from twisted.internet.task import Clock
+
+    from smtpmx.backendlookup import CourierRequest
+    from smtpmx.relay.request import DeliveryResult, RecipientResult
+
+    recipients = tuple(recipients)
+    descriptor, path = tempfile.mkstemp(prefix="smtpmx-backend-")
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(data)
+    request = CourierRequest(
+        backend=specification, messageFile=path, size=len(data), sender=sender,
+        recipients=recipients, heloName="mx.example.com",
+        reactor=reactor if reactor is not None else Clock(), runBlocking=runBlocking,
+    )
+
+    def check(found) -> dict:
+        """
+        The results, each checked to be a L{RecipientResult}.
+        """
+        if isinstance(found, DeliveryResult):
+            found = found.recipients
+        results = dict(found)
+        for address in recipients:
+            if not isinstance(results.get(address), RecipientResult):
+                raise TypeError(f"no RecipientResult for {address!r}: {results.get(address)!r}")
+        return results
+
+    def cleanUp(passed):
+        """
+        Remove the temporary message file.
+        """
+        os.remove(path)
+        return passed
+
+    return maybeDeferred(backend.deliver, request).addCallback(check).addBoth(cleanUp)
+
+
+@implementer(IDeliveryBackend)
+class RecordingBackend:
+    """
+    A delivery backend for tests that keeps every request and the message
+    it was handed, and answers each recipient from C{results} (C{250
+    2.0.0} by default).
+
+    @ivar requests: the L{smtpmx.backendlookup.CourierRequest}s handed.
+    @ivar messages: the bytes of each request's message, in order.
+    """
+
+    def __init__(self, results: Optional[dict] = None) -> None:
+        """
+        @param results: a recipient address to its
+            L{smtpmx.relay.request.RecipientResult}.
+        """
+        self.results = dict(results or {})
+        self.requests: list = []
+        self.messages: list[bytes] = []
+
+    def deliver(self, request) -> Deferred:
+        """
+        Keep the request and its message; answer from C{results}.
+        """
+        from smtpmx.relay.request import Disposition, RecipientResult
+
+        self.requests.append(request)
+        with open(request.messageFile, "rb") as f:
+            self.messages.append(f.read())
+        delivered = RecipientResult(250, "2.0.0", "2.0.0 Ok", Disposition.DELIVERED)
+        return succeed({r: self.results.get(r, delivered) for r in request.recipients})

@@ -48,6 +48,7 @@ LAYERS = (
         "policy",
         (
             "smtpmx.validation", "smtpmx.filtering", "smtpmx.pluginlookup", "smtpmx.filterchain",
+            "smtpmx.backendlookup",
             "smtpmx.filterstore", "smtpmx.access", "smtpmx.tls", "smtpmx.validators",
             "smtpmx.validators.mailbox", "smtpmx.validators.anylocal",
             "smtpmx.validators.aliases", "smtpmx.validators.policy", "smtpmx.validators.lmtp",
@@ -64,6 +65,8 @@ LAYERS = (
         (
             "smtpmx.relay.nexthop", "smtpmx.relay.pool",
             "smtpmx.relay.request", "smtpmx.relay.transaction", "smtpmx.relay.service",
+            # The built-in delivery backends: lmtp uses the relay's values.
+            "smtpmx.plugins.builtin_backends",
         ),
     ),
     ("entry", ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs")),

@@ -66,12 +66,13 @@ class DeliveryOptionTests(SynchronousTestCase):
 
     def test_bad(self):
         """
-        A backend that is neither, an endpoint that is not one, a domain
+        A backend that is no plugin name, an endpoint that is not one, a domain
         given twice or two entries without a domain, and a domain that is
         not local each stop start-up with one line naming the option.
         """
         for entries in (
-            ["pigeon"],
+            ["pigeon:"],
+            ["9lives"],
             ["lmtp:"],
             ["lmtp:/run/dovecot/lmtp"],
             ["maildir", "lmtp:tcp:127.0.0.1:24"],

@@ -830,7 +830,7 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         queued = self.queue.load("0A1B2C")
         self.assertEqual(
             [(r.address, r.via) for r in queued.recipients],
-            [("Bob+Lists@Example.ORG", "unix:/run/dovecot/lmtp"), ("carol@example.com", None)],
+            [("Bob+Lists@Example.ORG", "lmtp:unix:/run/dovecot/lmtp"), ("carol@example.com", None)],
         )
         self.assertEqual(self.announced, [queued])
 

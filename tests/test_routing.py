@@ -174,7 +174,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.successResultOf(message.finish())
         self.assertEqual(self.maildirFiles(), [])
         [queued] = self.queue.list()
-        self.assertEqual([(r.address, r.via) for r in queued.recipients], [("Dora@example.org", "tcp:127.0.0.1:24")])
+        self.assertEqual([(r.address, r.via) for r in queued.recipients], [("Dora@example.org", "lmtp:tcp:127.0.0.1:24")])
         self.assertEqual(self.announced, [queued])
 
     def test_maildirAndLmtp(self) -> None:
@@ -191,7 +191,7 @@ class RoutingStoreTests(SynchronousTestCase):
         self.successResultOf(message.finish())
         self.assertEqual(len(self.delivered("bob")), 1)
         [queued] = self.queue.list()
-        self.assertEqual([(r.address, r.via) for r in queued.recipients], [("dora@lmtp.example", "unix:/run/dovecot/lmtp")])
+        self.assertEqual([(r.address, r.via) for r in queued.recipients], [("dora@lmtp.example", "lmtp:unix:/run/dovecot/lmtp")])
         self.assertEqual(self.announced, [queued])
         self.assertEqual(self.runner.calls, 3)
 

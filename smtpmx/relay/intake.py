@@ -17,7 +17,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from smtpmx import durable
-from smtpmx.envelope import Envelope, LmtpRecipient, RemoteAddress
+from smtpmx.backends import describeVia
+from smtpmx.envelope import CourierRecipient, Envelope, RemoteAddress
 from smtpmx.interfaces import IMessageStore
 from smtpmx.relay.queue import Queue
 from smtpmx.relay.queueformat import QueuedMessage, QueuedRecipient, checkId, encodeMessage
@@ -164,8 +165,8 @@ class QueueStore:
     (no C{Return-Path}, no C{Delivered-To}: an LMTP server adds them).
     Each distinct recipient address (the domain compared without regard to
     case) gets one entry, its address kept as given and due at once; an
-    L{LmtpRecipient}'s entry has the LMTP server's endpoint as C{via}
-    (docs/storage.rst).
+    L{CourierRecipient}'s entry has its delivery backend's specification as
+    C{via}, such as C{lmtp:unix:/run/dovecot/lmtp} (docs/storage.rst).
 
     Its messages provide L{smtpmx.interfaces.ITwoPhaseMessage}: besides
     C{finish} a two-phase completion (C{prepare}, C{commit}, C{rollback})
@@ -217,14 +218,14 @@ class QueueStore:
         seen: set[tuple[str, str]] = set()
         for recipient in envelope.recipients:
             destination = recipient.destination
-            if not isinstance(destination, (RemoteAddress, LmtpRecipient)):
+            if not isinstance(destination, (RemoteAddress, CourierRecipient)):
                 raise ValueError(f"QueueStore cannot deliver to {destination!r}")
             address = destination.address
             key = (address.localpart, address.domain.lower())
             if key in seen:
                 continue
             seen.add(key)
-            via = destination.endpoint if isinstance(destination, LmtpRecipient) else None
+            via = destination.backend if isinstance(destination, CourierRecipient) else None
             recipients.append(QueuedRecipient(address=str(address), via=via))
         if not recipients:
             raise ValueError("a message needs at least one recipient")
@@ -255,7 +256,7 @@ class QueueStore:
             id=message.id,
             sender=message.sender,
             to=", ".join(
-                f"<{r.address}>" + (f" via lmtp {r.via}" if r.via is not None else "")
+                f"<{r.address}>" + (f" via {describeVia(r.via)}" if r.via is not None else "")
                 for r in message.recipients
             ),
             size=message.size,

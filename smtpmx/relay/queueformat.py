@@ -73,8 +73,11 @@ class QueuedRecipient:
         bounce, or L{None} before the first attempt.
     @ivar remoteMta: the host that gave C{lastReply}, if any.
     @ivar via: L{None} for a recipient relayed to the next hop of its
-        domain; for a local recipient of a domain delivered over LMTP, the
-        Twisted client endpoint of the LMTP server (C{unix:/run/dovecot/lmtp}).
+        domain; for a local recipient of a domain delivered by a courier
+        backend, its specification C{NAME:ARG}
+        (C{lmtp:unix:/run/dovecot/lmtp}).  Queues written before backends
+        were plugins hold a bare LMTP endpoint there, which
+        L{smtpmx.backends.viaBackend} reads as C{lmtp:} that endpoint.
     """
 
     address: str

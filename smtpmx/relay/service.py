@@ -4,10 +4,12 @@ hops, one transaction per (message, next hop) carrying every recipient
 that shares it, retries on the schedule, and bounces what fails for good
 (docs/relay.rst).
 
-Recipients queued with C{via} an LMTP server (a local domain delivered
-with C{--delivery lmtp:ENDPOINT}, docs/storage.rst) need no DNS: they are
-grouped by endpoint and handed over in one LMTP transaction (RFC 2033),
-their results recorded as a relay's are.
+Recipients queued with C{via} a delivery backend (a local domain
+delivered with C{--delivery NAME:ARG}, docs/plugins.rst) need no DNS: they
+are grouped by backend and handed to its C{deliver} at once -- the
+built-in C{lmtp:ENDPOINT} backend makes one LMTP transaction (RFC 2033)
+through this service's C{deliver} and connection cache -- and their
+results are recorded as a relay's are.
 
 Connections are reused: the service owns a L{SessionPool} (the connection
 cache, which also caps simultaneous transactions) that C{deliver} takes
@@ -26,10 +28,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -38,7 +40,9 @@ from smtpmx.access import Access
 from smtpmx.address import AddressError, UnsafeMailbox, mailboxName, parseAddress
 from smtpmx.bounce import BounceFailure, headersOf, makeBounce
 from smtpmx.config import Config
-from smtpmx.delivery import backendFor, lmtpEndpoint
+from smtpmx.backendlookup import CourierRequest, makeBackends
+from smtpmx.backends import MAILDIR, viaBackend
+from smtpmx.delivery import backendFor
 from smtpmx.delivery.maildir import deliverBytes, mailboxPath
 from smtpmx.envelope import LocalMailbox
 from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, resolveNextHops
@@ -103,6 +107,7 @@ class RelayService(Service):
         deliver: Callable[..., Deferred[DeliveryResult]],
         newQueueId: Callable[[], str],
         reactor=None,
+        backends: Optional[Mapping[str, object]] = None,
     ) -> None:
         """
         @param config: the configuration.
@@ -115,6 +120,10 @@ class RelayService(Service):
             C{pool} keywords, fires with a L{DeliveryResult}.
         @param newQueueId: makes the queue ID of a bounce.
         @param reactor: the reactor to connect with; the clock by default.
+        @param backends: the delivery backends already made, by
+            specification (L{smtpmx.backendlookup.configuredBackends});
+            any other a queued recipient's C{via} names is made from the
+            plugins on first use.
         """
         self.config = config
         self.queue = queue
@@ -124,6 +133,7 @@ class RelayService(Service):
         self.deliver = deliver
         self.newQueueId = newQueueId
         self.reactor = reactor if reactor is not None else clock
+        self.backends: dict[str, object] = dict(backends or {})
         self.pool = SessionPool(self.reactor)
         self.access = Access(config.domains, config.relayDomains, config.relayNetworks, config.recipientDelimiter)
         self.messages: dict[str, QueuedMessage] = {}
@@ -280,10 +290,11 @@ class RelayService(Service):
             due = []
         byDomain: dict[str, list[QueuedRecipient]] = defaultdict(list)
         groups: dict[tuple, tuple[list[NextHop], list[QueuedRecipient]]] = {}
+        couriers: dict[str, list[QueuedRecipient]] = defaultdict(list)
         for r in due:
             if r.via is not None:
-                # An LMTP server's recipients: one transaction per endpoint.
-                groups.setdefault(("lmtp", r.via), ([NextHop.lmtp(r.via)], []))[1].append(r)
+                # A delivery backend's recipients: one hand-over per backend.
+                couriers[viaBackend(r.via)].append(r)
             else:
                 byDomain[r.address.rpartition("@")[2].lower()].append(r)
 
@@ -312,7 +323,16 @@ class RelayService(Service):
             """
             record(await self._tryHops(message, recipients, hops))
 
-        await _gather([transact(hops, rs) for hops, rs in groups.values()])
+        async def carry(backend: str, recipients: list[QueuedRecipient]) -> None:
+            """
+            One hand-over to a delivery backend, recorded.
+            """
+            record(await self._handOver(message, recipients, backend))
+
+        await _gather(
+            [transact(hops, rs) for hops, rs in groups.values()]
+            + [carry(backend, rs) for backend, rs in couriers.items()]
+        )
         await self._settle(message, bounced)
 
     async def _resolve(
@@ -355,42 +375,117 @@ class RelayService(Service):
                 size=message.size,
                 tlsPolicy=self.config.relayTls,
                 trustRoot=self.config.caCerts,
-                protocol="smtp" if hop.endpoint is None else "lmtp",
             )
-            destination = (hop.host, hop.port) if hop.endpoint is None else (hop.endpoint, 0)
-            result: DeliveryResult = await self.pool.limited(
-                destination, self.deliver, request,
-                reactor=self.reactor, runBlocking=self.runBlocking, pool=self.pool,
-            )
+            result: DeliveryResult = await self._transact(request)
             delay = self.clock.seconds() - started
             if not result.connected:
-                self.log.info(
-                    "{id}: relay={relay} unreachable ({why}), delay={delay:.1f}",
-                    id=message.id, relay=hop.label,
-                    why=result.error or "connection failed", delay=delay,
-                )
+                self._logUnreachable(message, hop.label, result, delay)
                 lastError = result.error
                 continue
-            found = []
-            for r in recipients:
-                rr = result.recipients.get(r.address)
-                if rr is None:
-                    attempt = RecipientAttempt(
-                        Disposition.TEMPORARY, "451 4.4.0 no reply for this recipient", "4.4.0", hop.name
-                    )
-                else:
-                    attempt = RecipientAttempt(rr.disposition, f"{rr.code} {rr.text}".strip(), _status(rr), hop.name)
-                found.append((r, attempt))
-                self.log.info(
-                    "{id}: to=<{to}> relay={relay} conn_use={use} delay={delay:.1f} tls={tls} "
-                    "verified={verified} status={status} ({reply})",
-                    id=message.id, to=r.address, relay=hop.label,
-                    use=result.connectionUse, delay=delay, tls=result.tls or "none", verified=result.verified,
-                    status=_LOGGED_STATUS[attempt.disposition], reply=attempt.reply,
-                )
-            return found
+            return self._found(message, recipients, hop.label, hop.name, result, delay)
         reply = f"451 4.4.1 {lastError or 'no next hop could be reached'}"
         return [(r, RecipientAttempt(Disposition.TEMPORARY, reply, "4.4.1")) for r in recipients]
+
+    async def _handOver(
+        self, message: QueuedMessage, recipients: list[QueuedRecipient], backend: str
+    ) -> list[tuple[QueuedRecipient, RecipientAttempt]]:
+        """
+        Hand recipients to the delivery backend C{backend} (C{NAME:ARG}):
+        what its C{deliver} says of each is recorded as a relay's reply
+        is; a backend that cannot be made or fails is a temporary failure.
+
+        @return: what it found for each recipient.
+        """
+        started = self.clock.seconds()
+        try:
+            courier = self._courier(backend)
+            found = await maybeDeferred(courier.deliver, CourierRequest(
+                backend=backend,
+                messageFile=self.queue.messagePath(message.id),
+                size=message.size,
+                sender=message.sender,
+                recipients=tuple(r.address for r in recipients),
+                heloName=self.config.hostname,
+                reactor=self.reactor,
+                runBlocking=self.runBlocking,
+                transact=self._transact,
+            ))
+        except Exception as e:
+            self.log.failure("{id}: delivery backend {backend} failed", id=message.id, backend=backend)
+            found = DeliveryResult(connected=False, error=f"delivery backend failed: {e}")
+        result = found if isinstance(found, DeliveryResult) else DeliveryResult(recipients=dict(found))
+        delay = self.clock.seconds() - started
+        if not result.connected:
+            self._logUnreachable(message, backend, result, delay)
+            reply = f"451 4.4.1 {result.error or 'delivery backend unreachable'}"
+            return [(r, RecipientAttempt(Disposition.TEMPORARY, reply, "4.4.1")) for r in recipients]
+        return self._found(message, recipients, backend, result.remoteMta or None, result, delay)
+
+    def _courier(self, backend: str):
+        """
+        The delivery backend of a specification, made from the plugins
+        the first time one is asked for that is not configured (a queue
+        written under another configuration).
+
+        @raise ValueError: it is C{maildir}, which is no courier.
+        @raise LookupError: no plugin has its name.
+        """
+        if backend not in self.backends:
+            self.backends.update(makeBackends([backend]))
+        courier = self.backends[backend]
+        if courier is None:
+            raise ValueError(f"{backend} is no courier")
+        return courier
+
+    def _transact(self, request: DeliveryRequest) -> Deferred[DeliveryResult]:
+        """
+        One SMTP or LMTP transaction with this service's C{deliver}, within
+        its connection cache and caps: what a courier such as C{lmtp} uses.
+        """
+        hop = request.hop
+        destination = (hop.host, hop.port) if hop.endpoint is None else (hop.endpoint, 0)
+        return self.pool.limited(
+            destination, self.deliver, request,
+            reactor=self.reactor, runBlocking=self.runBlocking, pool=self.pool,
+        )
+
+    def _logUnreachable(self, message: QueuedMessage, label: str, result: DeliveryResult, delay: float) -> None:
+        """
+        Log a next hop or backend that never took the message.
+        """
+        self.log.info(
+            "{id}: relay={relay} unreachable ({why}), delay={delay:.1f}",
+            id=message.id, relay=label,
+            why=result.error or "connection failed", delay=delay,
+        )
+
+    def _found(
+        self, message: QueuedMessage, recipients: list[QueuedRecipient], label: str,
+        remoteMta: Optional[str], result: DeliveryResult, delay: float,
+    ) -> list[tuple[QueuedRecipient, RecipientAttempt]]:
+        """
+        What a transaction or hand-over that took the message found for
+        each recipient, each logged; a recipient without a result is a
+        temporary failure.
+        """
+        found = []
+        for r in recipients:
+            rr = result.recipients.get(r.address)
+            if rr is None:
+                attempt = RecipientAttempt(
+                    Disposition.TEMPORARY, "451 4.4.0 no reply for this recipient", "4.4.0", remoteMta
+                )
+            else:
+                attempt = RecipientAttempt(rr.disposition, f"{rr.code} {rr.text}".strip(), _status(rr), remoteMta)
+            found.append((r, attempt))
+            self.log.info(
+                "{id}: to=<{to}> relay={relay} conn_use={use} delay={delay:.1f} tls={tls} "
+                "verified={verified} status={status} ({reply})",
+                id=message.id, to=r.address, relay=label,
+                use=result.connectionUse, delay=delay, tls=result.tls or "none", verified=result.verified,
+                status=_LOGGED_STATUS[attempt.disposition], reply=attempt.reply,
+            )
+        return found
 
     def _record(self, r: QueuedRecipient, attempt: RecipientAttempt, now: float) -> Optional[str]:
         """
@@ -481,7 +576,7 @@ class RelayService(Service):
     async def _sendBounce(self, message: QueuedMessage, bounceId: str, data: bytes) -> None:
         """
         File the bounce in the sender's Maildir when it is local, else queue
-        it: for relay, or for the LMTP server of the sender's domain.
+        it: for relay, or for the delivery backend of the sender's domain.
         """
         try:
             sender = parseAddress(message.sender)
@@ -490,7 +585,8 @@ class RelayService(Service):
             return
         via = None
         if self.access.isLocal(sender.domain):
-            via = lmtpEndpoint(backendFor(self.config.delivery, sender.domain.lower()))
+            backend = backendFor(self.config.delivery, sender.domain.lower())
+            via = None if backend == MAILDIR else backend
         if via is None and self.access.isLocal(sender.domain):
             try:
                 mailbox = LocalMailbox(sender.domain.lower(), mailboxName(sender, self.config.recipientDelimiter))

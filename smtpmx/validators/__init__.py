@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 from smtpmx.address import Address, UnsafeMailbox, mailboxName
-from smtpmx.backends import backendFor, lmtpEndpoint
+from smtpmx.backends import MAILDIR, backendFor
 from smtpmx.interfaces import IRecipientValidatorFactory
 from smtpmx.pluginlookup import (
     PluginLoadError,
@@ -93,8 +93,8 @@ def makeValidatorChain(
 def localMailbox(session, recipient: Address) -> Optional[str | Reject]:
     """
     The Maildir name of a recipient in one of our domains whose mail is
-    filed in Maildirs.  A domain delivered over LMTP (C{--delivery
-    DOMAIN=lmtp:ENDPOINT}) keeps no Maildir here, so the Maildir validators
+    filed in Maildirs.  A domain delivered by a courier backend (C{--delivery
+    DOMAIN=lmtp:ENDPOINT} or another plugin) keeps no Maildir here, so the Maildir validators
     (C{mailbox}, C{any}) have no opinion on it: the C{lmtp} validator or
     C{aliases} speaks for it (docs/storage.rst).
 
@@ -105,7 +105,7 @@ def localMailbox(session, recipient: Address) -> Optional[str | Reject]:
     config = session.config
     if not recipient.domain or recipient.domain.lower() not in config.domains:
         return None
-    if lmtpEndpoint(backendFor(config.delivery, recipient.domain.lower())) is not None:
+    if backendFor(config.delivery, recipient.domain.lower()) != MAILDIR:
         return None
     try:
         return mailboxName(recipient, config.recipientDelimiter)
