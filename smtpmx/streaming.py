@@ -17,6 +17,7 @@ guarantees are described in C{docs/storage.rst}.
 from __future__ import annotations
 
 import enum
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
@@ -54,37 +55,39 @@ class State(enum.Enum):
     ROLLED_BACK = "rolledBack"
 
 
-class MessageFiles:
+class MessageFiles(ABC):
     """
     The files of one message, the blocking side of a L{StreamingMessage}.
     Every method runs in the thread runner, strictly one after another.
 
     A store subclasses it and gives the three steps, L{appendBody},
-    L{seal} and L{publish}, and the clean-up, L{discard}; the jobs
+    L{seal} and L{publish}, and the clean-up, L{discard} (abstract: a
+    subclass missing one cannot be made); the jobs
     L{write}, L{prepare}, L{commit} and L{finish} wrap them so that a step
     that fails has removed every file of the message before it raises.
     """
 
+    @abstractmethod
     def appendBody(self, data: bytes) -> None:
         """
         Append body bytes to the message's file, creating it on first use.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def seal(self) -> None:
         """
         Make every file of the message durable (written and fsynced),
         without making the message visible yet.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def publish(self) -> None:
         """
         Make the sealed message visible, durably: its files renamed to
         their final names and those directories fsynced.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def discard(self) -> list[BaseException]:
         """
         Close and remove every file of the message, wherever it is, and
@@ -92,7 +95,6 @@ class MessageFiles:
 
         @return: the errors met on the way.
         """
-        raise NotImplementedError()
 
     def discardAfter(self, error: BaseException) -> None:
         """

@@ -359,6 +359,41 @@ class DeliverBytesTests(SynchronousTestCase, StoreTestMixin):
         self.assertEqual(self.allFiles(), [])
 
 
+class MessageFilesTests(SynchronousTestCase):
+    """
+    L{streaming.MessageFiles}, the blocking side every store gives.
+    """
+
+    def test_stepsRequired(self) -> None:
+        """
+        A store's files that leave out one of the steps cannot be made at
+        all, rather than failing in the middle of a message.
+        """
+
+        class NoPublish(streaming.MessageFiles):
+            """
+            Every step but L{streaming.MessageFiles.publish}.
+            """
+
+            def appendBody(self, data: bytes) -> None:
+                """
+                Nothing to append to.
+                """
+
+            def seal(self) -> None:
+                """
+                Nothing to seal.
+                """
+
+            def discard(self) -> list[BaseException]:
+                """
+                Nothing to remove.
+                """
+                return []
+
+        self.assertRaises(TypeError, NoPublish)
+
+
 class StreamingStateTests(SynchronousTestCase, StoreTestMixin):
     """
     The states of L{streaming.StreamingMessage}, one L{streaming.State}
