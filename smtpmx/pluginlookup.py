@@ -42,18 +42,6 @@ def findFactories(interface) -> list:
     return sorted(factories, key=lambda f: str(getattr(f, "name", "")))
 
 
-def findFactory(interface, name: str):
-    """
-    The factory plugin providing C{interface} called C{name}.
-
-    @raise PluginNotFound: there is none.
-    """
-    for factory in findFactories(interface):
-        if getattr(factory, "name", None) == name:
-            return factory
-    raise PluginNotFound(name)
-
-
 def listing(factories: Iterable) -> str:
     """
     What C{--list-validators}, C{--list-filters} and C{--list-backends} print: one line per

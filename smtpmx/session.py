@@ -123,7 +123,6 @@ class Transaction:
 
     reversePath: Optional[Address]
     smtputf8: bool
-    declaredSize: Optional[int]
     context: ValidationContext
     recipients: list[Recipient] = field(default_factory=list)
     accepted: int = 0
@@ -228,13 +227,6 @@ class Session:
         self._headers: Optional[HeaderScanner] = None
         self._message: Optional[IIncomingMessage] = None
         self._tooBig = False
-
-    @property
-    def reversePath(self) -> Optional[Address]:
-        """
-        The sender of the current transaction, L{None} for C{<>} or none.
-        """
-        return self.transaction.reversePath if self.transaction else None
 
     @property
     def inData(self) -> bool:
@@ -423,7 +415,7 @@ class Session:
             self.clientHost, self.heloName, path, self.config, self.runBlocking,
             esmtp=self.esmtp, declaredSize=size, reactor=self._clock,
         )
-        self.transaction = Transaction(path, smtputf8, size, context)
+        self.transaction = Transaction(path, smtputf8, context)
         return Answer(reply.SENDER_OK)
 
     def smtp_RCPT(self, argument: str) -> Answer | Deferred:
@@ -571,6 +563,10 @@ class Session:
         envelope, self._envelope = self._envelope, None
         reader, self._reader = self._reader, None
         scanner, self._headers = self._headers, None
+        tooManyHops = scanner is not None and scanner.received > self.config.maxHops
+        if tooManyHops:
+            # A mail loop (RFC 5321 section 6.3): nothing is kept.
+            self.abortMessage()
         message, self._message = self._message, None
         t, self.transaction = self.transaction, None
         assert envelope is not None and reader is not None and t is not None
@@ -584,9 +580,7 @@ class Session:
 
         if self._tooBig:
             return succeed(record(reply.TOO_BIG))
-        if scanner.received > self.config.maxHops:
-            if message is not None:
-                message.abort()
+        if tooManyHops:
             return succeed(record(reply.TOO_MANY_HOPS))
         if message is None:
             return succeed(record(reply.STORAGE_FAILED))

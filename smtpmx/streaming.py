@@ -280,20 +280,7 @@ class StreamingMessage:
             raise RuntimeError("finish() called twice or after abort()")
         self._state = State.FINISHING
         self._flush(self._files.finish)
-        result: Deferred[None] = Deferred()
-
-        def report(ignored: object) -> None:
-            """
-            Fire the result of L{finish} once every job is done.
-            """
-            self._state = State.DONE
-            if self._failure is None:
-                result.callback(None)
-            else:
-                result.errback(self._failure)
-
-        self._tail.addCallback(report)
-        return result
+        return self._report(State.DONE)
 
     def _report(self, doneState: State) -> Deferred[None]:
         """

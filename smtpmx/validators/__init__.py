@@ -17,7 +17,6 @@ from smtpmx.pluginlookup import (
     PluginLoadError,
     PluginNotFound,
     findFactories,
-    findFactory,
     makeFromSpecifications,
 )
 from smtpmx.validation import Reject, ValidatorChain
@@ -49,18 +48,6 @@ def findValidatorFactories() -> list:
     Every validator factory plugin found, in name order.
     """
     return findFactories(IRecipientValidatorFactory)
-
-
-def findValidatorFactory(name: str):
-    """
-    The validator factory plugin called C{name}.
-
-    @raise ValidatorNotFound: there is none.
-    """
-    try:
-        return findFactory(IRecipientValidatorFactory, name)
-    except PluginNotFound:
-        raise ValidatorNotFound(name) from None
 
 
 def makeValidatorChain(
