@@ -26,8 +26,7 @@ from twisted.python.failure import Failure
 import smtpmx
 from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile, summarize
 from smtpmx.durable import DIRECTORY_MODE, directoryModeFor, makeDirectories
-from smtpmx.backendlookup import findBackendFactories, makeBackends
-from smtpmx.backends import MAILDIR
+from smtpmx.backendlookup import configuredBackends, findBackendFactories
 from smtpmx.filterchain import findFilterFactories, makeFilters
 from smtpmx.options import OPTIONS, Option, plainText
 from smtpmx.pluginlookup import PluginLoadError, PluginNotFound, listing
@@ -240,9 +239,7 @@ class Options(TableOptions):
             )
             self.validators = loadPlugins(makeValidatorChain, self.config.validators, "validator")
             self.filters = loadPlugins(makeFilters, self.config.filters, "filter")
-            self.backends = loadPlugins(
-                makeBackends, [MAILDIR, *(backend for _, backend in self.config.delivery)], "backend"
-            )
+            self.backends = loadPlugins(configuredBackends, self.config.delivery, "backend")
             if self.config.tlsCertificate is not None:
                 from smtpmx.tls import serverTLSOptions
 

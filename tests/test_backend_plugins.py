@@ -189,8 +189,21 @@ class CourierServiceTests(SynchronousTestCase):
     def test_unknownBackendRetried(self):
         """
         A recipient queued for a backend no plugin provides (a queue
-        written under another configuration) stays queued, retried.
+        written under another configuration) stays queued, retried; the
+        plugins are looked up for it once, through the thread runner, not
+        again at every retry.
         """
+        ran: list[object] = []
+        runBlocking = self.service.runBlocking
+
+        def counting(f, *args, **kwargs):
+            """
+            Note what goes to the thread runner.
+            """
+            ran.append(f)
+            return runBlocking(f, *args, **kwargs)
+
+        self.service.runBlocking = counting
         message = QueuedMessage(
             id="C2", created=self.clock.seconds(), sender="", size=1,
             clientHost="127.0.0.1", heloName="client.example",
@@ -202,6 +215,12 @@ class CourierServiceTests(SynchronousTestCase):
         [r] = stored.recipients
         self.assertEqual(r.state, PENDING)
         self.assertTrue(r.lastReply.startswith("451 4.4.1 "), r.lastReply)
+        self.assertEqual(ran.count(makeBackends), 1)
+        self.clock.advance(3600)
+        self.service.poll()
+        [stored] = self.queue.list()
+        self.assertEqual(stored.recipients[0].attempts, 2)
+        self.assertEqual(ran.count(makeBackends), 1)
         self.flushLoggedErrors()
 
 

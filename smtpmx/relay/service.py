@@ -93,6 +93,10 @@ class RelayService(Service):
 
     @ivar inFlight: IDs of the messages being attempted now.
     @ivar pool: the connection cache given to C{deliver}.
+    @ivar backends: delivery backends by specification (C{NAME:ARG});
+        L{None} for C{maildir}.
+    @ivar unusableBackends: specifications met in the queue that could not
+        be made, with why.
     """
 
     log = Logger()
@@ -134,6 +138,7 @@ class RelayService(Service):
         self.newQueueId = newQueueId
         self.reactor = reactor if reactor is not None else clock
         self.backends: dict[str, object] = dict(backends or {})
+        self.unusableBackends: dict[str, str] = {}
         self.pool = SessionPool(self.reactor)
         self.access = Access(config.domains, config.relayDomains, config.relayNetworks, config.recipientDelimiter)
         self.messages: dict[str, QueuedMessage] = {}
@@ -398,7 +403,7 @@ class RelayService(Service):
         """
         started = self.clock.seconds()
         try:
-            courier = self._courier(backend)
+            courier = await self._courier(backend)
             found = await maybeDeferred(courier.deliver, CourierRequest(
                 backend=backend,
                 messageFile=self.queue.messagePath(message.id),
@@ -421,17 +426,27 @@ class RelayService(Service):
             return [(r, RecipientAttempt(Disposition.TEMPORARY, reply, "4.4.1")) for r in recipients]
         return self._found(message, recipients, backend, result.remoteMta or None, result, delay)
 
-    def _courier(self, backend: str):
+    async def _courier(self, backend: str):
         """
         The delivery backend of a specification, made from the plugins
         the first time one is asked for that is not configured (a queue
-        written under another configuration).
+        written under another configuration).  Looking plugins up imports
+        modules and reads the disk, so it runs in the thread pool, once per
+        specification: one that cannot be made is remembered, and its
+        recipients wait for their expiry rather than a scan per retry.
 
-        @raise ValueError: it is C{maildir}, which is no courier.
-        @raise LookupError: no plugin has its name.
+        @raise ValueError: it is C{maildir}, which is no courier, or it
+            could not be made.
         """
+        if backend in self.unusableBackends:
+            raise ValueError(self.unusableBackends[backend])
         if backend not in self.backends:
-            self.backends.update(makeBackends([backend]))
+            try:
+                made = await self.runBlocking(makeBackends, [backend])
+            except (LookupError, ValueError) as e:
+                self.unusableBackends[backend] = f"cannot make backend {backend}: {e}"
+                raise ValueError(self.unusableBackends[backend]) from None
+            self.backends.update(made)
         courier = self.backends[backend]
         if courier is None:
             raise ValueError(f"{backend} is no courier")
