@@ -13,9 +13,6 @@ from typing import Optional
 
 MAILDIR = "maildir"
 LMTP_PREFIX = "lmtp:"
-# The Twisted client endpoint types that begin a queue entry's C{via}
-# written before delivery backends were plugins: a bare LMTP endpoint.
-_BARE_ENDPOINT_TYPES = ("tcp:", "unix:", "tcp6:", "tls:", "ssl:")
 
 
 def backendFor(delivery: tuple[tuple[Optional[str], str], ...], domain: str) -> str:
@@ -46,22 +43,10 @@ def lmtpEndpoint(backend: str) -> Optional[str]:
     return None
 
 
-def viaBackend(via: str) -> str:
-    """
-    The backend specification of a queued recipient's C{via}: as written
-    (C{NAME:ARG}), except that a bare LMTP endpoint, as queues written
-    before delivery backends were plugins hold (C{unix:/run/dovecot/lmtp}),
-    is C{lmtp:} that endpoint.
-    """
-    if via.startswith(_BARE_ENDPOINT_TYPES):
-        return LMTP_PREFIX + via
-    return via
-
-
 def describeVia(via: str) -> str:
     """
     A queued recipient's backend for people: C{lmtp unix:/run/dovecot/lmtp},
     the name then the argument, as log lines and C{smtpmx-queue} show it.
     """
-    name, _, argument = viaBackend(via).partition(":")
+    name, _, argument = via.partition(":")
     return f"{name} {argument}" if argument else name

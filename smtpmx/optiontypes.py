@@ -282,8 +282,8 @@ def checkDelivery(value: Any, label: str) -> tuple[Optional[str], str]:
     C{DOMAIN=}, for every domain not named elsewhere: a delivery backend
     plugin's name and argument (docs/plugins.rst), such as C{maildir} or
     C{lmtp:ENDPOINT} (a Twisted client endpoint, C{unix:/run/dovecot/lmtp}
-    or C{tcp:127.0.0.1:24}).  Whether a plugin has the name is checked
-    when the backends are made, at start-up.
+    or C{tcp:127.0.0.1:24}).  Whether a plugin has the name, and takes the
+    argument, is checked when the backends are made, at start-up.
 
     @return: C{(domain or None, backend)}.
     """
@@ -296,12 +296,6 @@ def checkDelivery(value: Any, label: str) -> tuple[Optional[str], str]:
     name, colon, argument = text.partition(":")
     if not _BACKEND_NAME_RE.fullmatch(name) or (colon and not argument):
         raise ConfigError(f"{label}: expected [DOMAIN=]NAME[:ARG] such as maildir or lmtp:ENDPOINT, not {value!r}")
-    if name == "lmtp":
-        if not argument.startswith(("tcp:", "unix:", "tcp6:", "tls:")):
-            raise ConfigError(
-                f"{label}: an LMTP endpoint is a Twisted client endpoint such as"
-                f" unix:/run/dovecot/lmtp or tcp:127.0.0.1:24, not {argument!r}"
-            )
     return domain, text
 
 

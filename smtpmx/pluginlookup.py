@@ -4,7 +4,7 @@ validators (C{--validator NAME[:ARG]}), message filters
 (C{--filter NAME[:ARG]}) and delivery backends (C{--delivery
 [DOMAIN=]NAME[:ARG]}).
 
-Both follow the pattern of L{twisted.cred.strcred}: factories found with
+All three follow the pattern of L{twisted.cred.strcred}: factories found with
 C{getPlugins(interface, smtpmx.plugins)} (built-ins and any third-party
 C{smtpmx/plugins/} directory on C{sys.path}), each with a C{name} and a
 C{description}, and a specification C{NAME[:ARG]} that picks a factory by

@@ -155,7 +155,8 @@ def loadPlugins(make: Callable[[Sequence[str]], T], specifications: Sequence[str
     name not found or a plugin that fails to load into the one-line
     start-up error the user sees.
 
-    @param kind: C{"validator"} or C{"filter"}, as the options name them.
+    @param kind: C{"validator"}, C{"filter"} or C{"backend"}, as the
+        options name them.
     """
     try:
         return make(specifications)

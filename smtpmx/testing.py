@@ -271,6 +271,7 @@ def deliverWithBackend(
     specification: str = "test",
     reactor=None,
     runBlocking: Callable[..., Deferred] = runAtOnce,
+    transact: Optional[Callable[..., Deferred]] = None,
 ) -> Deferred:
     """
     Hand a message to a delivery backend as the relay service does
@@ -287,6 +288,10 @@ def deliverWithBackend(
     @param reactor: the request's reactor; a L{Clock} by default.
     @param runBlocking: the request's thread runner; by default it runs
         the function at once.
+    @param transact: the request's C{transact}, for a backend that speaks
+        SMTP or LMTP through the relay's client: by default
+        L{smtpmx.relay.transaction.deliver} with C{reactor} and
+        C{runBlocking}, on a connection of its own.
 
     @return: a L{Deferred} of a C{dict} of each recipient to its
         L{smtpmx.relay.request.RecipientResult}; it fails with
@@ -302,13 +307,24 @@ def deliverWithBackend(
     from smtpmx.relay.request import DeliveryResult, RecipientResult
 
     recipients = tuple(recipients)
+    if reactor is None:
+        reactor = Clock()
+    if transact is None:
+        from smtpmx.relay.transaction import deliver
+
+        def transact(request):
+            """
+            One transaction with the relay's client, on its own connection.
+            """
+            return deliver(request, reactor=reactor, runBlocking=runBlocking)
+
     descriptor, path = tempfile.mkstemp(prefix="smtpmx-backend-")
     with os.fdopen(descriptor, "wb") as f:
         f.write(data)
     request = CourierRequest(
         backend=specification, messageFile=path, size=len(data), sender=sender,
         recipients=recipients, heloName="mx.example.com",
-        reactor=reactor if reactor is not None else Clock(), runBlocking=runBlocking,
+        reactor=reactor, runBlocking=runBlocking, transact=transact,
     )
 
     def check(found) -> dict:

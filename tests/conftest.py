@@ -9,9 +9,6 @@ Shared pytest set-up.
     running interpreter has installed is written down
     (L{tests.helpers.ENVIRONMENT_AT_START}), so that a test can check
     that the suite left it as it was.
-  - The helpers every test module shares (L{tests.helpers}: C{unique},
-    C{message}, C{waitUntil}) are also fixtures, for plain pytest test
-    functions.
 """
 
 from __future__ import annotations
@@ -45,27 +42,3 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """
     if any(os.path.basename(str(item.fspath)) == "test_install.py" for item in items):
         helpers.ENVIRONMENT_AT_START[sys.executable] = helpers.snapshot(sys.executable)
-
-
-@pytest.fixture
-def unique():
-    """
-    L{tests.helpers.unique}: a short unique token.
-    """
-    return helpers.unique
-
-
-@pytest.fixture
-def message():
-    """
-    L{tests.helpers.message}: a small RFC 5322 message.
-    """
-    return helpers.message
-
-
-@pytest.fixture
-def waitUntil():
-    """
-    L{tests.helpers.waitUntil}: the bounded wait for another process.
-    """
-    return helpers.waitUntil

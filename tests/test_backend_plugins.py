@@ -1,8 +1,7 @@
 """
 The delivery backend plugin point (docs/plugins.rst): the lookup of
 C{--delivery [DOMAIN=]NAME[:ARG]} over plugins, the built-in C{maildir}
-and C{lmtp} backends, the queue's C{via} (a bare LMTP endpoint from an
-older queue read as C{lmtp:}), the relay service handing a courier's
+and C{lmtp} backends, the queue's C{via}, the relay service handing a courier's
 recipients to it, and the helpers of L{smtpmx.testing} for backend
 authors.
 """
@@ -22,7 +21,7 @@ from zope.interface.verify import verifyObject
 from smtpmx.access import Access
 from smtpmx.address import Address
 from smtpmx.backendlookup import BackendLoadError, BackendNotFound, findBackendFactories, makeBackends
-from smtpmx.backends import describeVia, viaBackend
+from smtpmx.backends import describeVia
 from smtpmx.config import Config
 from smtpmx.envelope import CourierRecipient, LmtpRecipient
 from smtpmx.interfaces import IDeliveryBackend, IDeliveryBackendFactory
@@ -83,17 +82,12 @@ class ViaTests(SynchronousTestCase):
     A queued recipient's C{via} and the destination it comes from.
     """
 
-    def test_bareEndpointIsLmtp(self):
+    def test_describeVia(self):
         """
-        A bare LMTP endpoint, as queues written before backends were
-        plugins hold, is read as the C{lmtp} backend; a specification is
-        kept as it is.
+        A queued recipient's backend is shown as its name then its
+        argument, as the log and C{smtpmx-queue} print it.
         """
-        self.assertEqual(viaBackend("unix:/run/dovecot/lmtp"), "lmtp:unix:/run/dovecot/lmtp")
-        self.assertEqual(viaBackend("tcp:127.0.0.1:24"), "lmtp:tcp:127.0.0.1:24")
-        self.assertEqual(viaBackend("lmtp:tcp:127.0.0.1:24"), "lmtp:tcp:127.0.0.1:24")
-        self.assertEqual(viaBackend("spool:/var/spool/x"), "spool:/var/spool/x")
-        self.assertEqual(describeVia("unix:/run/dovecot/lmtp"), "lmtp unix:/run/dovecot/lmtp")
+        self.assertEqual(describeVia("lmtp:unix:/run/dovecot/lmtp"), "lmtp unix:/run/dovecot/lmtp")
         self.assertEqual(describeVia("spool:/var/spool/x"), "spool /var/spool/x")
 
     def test_courierDestination(self):

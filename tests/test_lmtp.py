@@ -325,7 +325,7 @@ class LmtpServiceTests(_LmtpMixin, TestCase):
         message = QueuedMessage(
             id=messageId, created=self.clock.seconds(), sender=sender, size=len(MESSAGE),
             clientHost="127.0.0.1", heloName="client.example",
-            recipients=[QueuedRecipient(r, nextAttempt=self.clock.seconds(), via=via) for r in recipients],
+            recipients=[QueuedRecipient(r, nextAttempt=self.clock.seconds(), via=f"lmtp:{via}") for r in recipients],
         )
         self.queue.add(message, MESSAGE)
         self.service.queued(message)
@@ -384,7 +384,7 @@ class LmtpServiceTests(_LmtpMixin, TestCase):
                          (PENDING, "452 4.2.2 <bob@example.org> Quota exceeded"))
         [bob] = [r for r in message.recipients if r.address == "bob@example.org"]
         self.assertEqual(bob.nextAttempt, self.clock.seconds() + 60)
-        self.assertEqual(bob.via, endpoint)
+        self.assertEqual(bob.via, f"lmtp:{endpoint}")
         self.assertNotEqual(states["alice@example.org"][0], PENDING)
         self.assertNotEqual(states["carol@example.org"][0], PENDING)
         self.assertTrue(await eventually(lambda: self.smtp.transactions))

@@ -841,7 +841,7 @@ class QueueStoreTests(SynchronousTestCase, QueueTestMixin):
         """
         message = QueuedMessage(
             id="0A1B2C", created=1.0, sender="", size=0, clientHost="192.0.2.1", heloName="h",
-            recipients=[QueuedRecipient("a@example.org", via="tcp:127.0.0.1:24"), QueuedRecipient("b@example.net")],
+            recipients=[QueuedRecipient("a@example.org", via="lmtp:tcp:127.0.0.1:24"), QueuedRecipient("b@example.net")],
         )
         data = encodeMessage(message)
         self.assertEqual(decodeMessage(data, "0A1B2C"), message)

@@ -137,7 +137,7 @@ class QueueCommandTests(SynchronousTestCase):
                         attempts=1,
                         nextAttempt=NOW + 55,
                         lastReply="connection refused",
-                        via="unix:/run/dovecot/lmtp",
+                        via="lmtp:unix:/run/dovecot/lmtp",
                     ),
                 ],
             ),

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from smtpmx.access import Access
 from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes
 from smtpmx.relay.tlspolicy import TLSPolicy
@@ -395,10 +396,10 @@ class RelayServiceTests(SynchronousTestCase):
             id="L1", created=self.clock.seconds(), sender="a@client.example", size=0,
             clientHost="127.0.0.1", heloName="client.example",
             recipients=[
-                QueuedRecipient("alice@example.org", nextAttempt=self.clock.seconds(), via="unix:/run/dovecot/lmtp"),
+                QueuedRecipient("alice@example.org", nextAttempt=self.clock.seconds(), via="lmtp:unix:/run/dovecot/lmtp"),
                 QueuedRecipient("x@remote.example", nextAttempt=self.clock.seconds()),
-                QueuedRecipient("Bob@example.org", nextAttempt=self.clock.seconds(), via="unix:/run/dovecot/lmtp"),
-                QueuedRecipient("carol@example.net", nextAttempt=self.clock.seconds(), via="tcp:127.0.0.1:24"),
+                QueuedRecipient("Bob@example.org", nextAttempt=self.clock.seconds(), via="lmtp:unix:/run/dovecot/lmtp"),
+                QueuedRecipient("carol@example.net", nextAttempt=self.clock.seconds(), via="lmtp:tcp:127.0.0.1:24"),
             ],
         )
         self.queue.add(message, b"Subject: hello\n\nbody\n")
@@ -420,6 +421,7 @@ class RelayServiceTests(SynchronousTestCase):
         """
         self.config = dataclasses.replace(self.config, delivery=(("example.org", "lmtp:unix:/run/dovecot/lmtp"),))
         self.service.config = self.config
+        self.service.access = Access.fromConfig(self.config)
         self.deliver.replies["bad@remote.example"] = (550, "5.1.1 no such user")
         self.enqueue("Someone@example.org", "bad@remote.example")
         bounceCall = self.deliver.calls[-1]

@@ -75,9 +75,7 @@ class QueuedRecipient:
     @ivar via: L{None} for a recipient relayed to the next hop of its
         domain; for a local recipient of a domain delivered by a courier
         backend, its specification C{NAME:ARG}
-        (C{lmtp:unix:/run/dovecot/lmtp}).  Queues written before backends
-        were plugins hold a bare LMTP endpoint there, which
-        L{smtpmx.backends.viaBackend} reads as C{lmtp:} that endpoint.
+        (C{lmtp:unix:/run/dovecot/lmtp}).
     """
 
     address: str

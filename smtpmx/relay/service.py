@@ -37,14 +37,12 @@ from twisted.logger import Logger
 
 from smtpmx import headers
 from smtpmx.access import Access
-from smtpmx.address import AddressError, UnsafeMailbox, mailboxName, parseAddress
+from smtpmx.address import AddressError, UnsafeMailbox, parseAddress
+from smtpmx.backendlookup import CourierRequest, makeBackends
 from smtpmx.bounce import BounceFailure, headersOf, makeBounce
 from smtpmx.config import Config
-from smtpmx.backendlookup import CourierRequest, makeBackends
-from smtpmx.backends import MAILDIR, viaBackend
-from smtpmx.delivery import backendFor
 from smtpmx.delivery.maildir import deliverBytes, mailboxPath
-from smtpmx.envelope import LocalMailbox
+from smtpmx.envelope import CourierRecipient
 from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, resolveNextHops
 from smtpmx.relay.pool import SessionPool
 from smtpmx.relay.queue import Queue
@@ -140,7 +138,7 @@ class RelayService(Service):
         self.backends: dict[str, object] = dict(backends or {})
         self.unusableBackends: dict[str, str] = {}
         self.pool = SessionPool(self.reactor)
-        self.access = Access(config.domains, config.relayDomains, config.relayNetworks, config.recipientDelimiter)
+        self.access = Access.fromConfig(config)
         self.messages: dict[str, QueuedMessage] = {}
         self.inFlight: set[str] = set()
         self._loop: Optional[LoopingCall] = None
@@ -299,7 +297,7 @@ class RelayService(Service):
         for r in due:
             if r.via is not None:
                 # A delivery backend's recipients: one hand-over per backend.
-                couriers[viaBackend(r.via)].append(r)
+                couriers[r.via].append(r)
             else:
                 byDomain[r.address.rpartition("@")[2].lower()].append(r)
 
@@ -600,15 +598,16 @@ class RelayService(Service):
             return
         via = None
         if self.access.isLocal(sender.domain):
-            backend = backendFor(self.config.delivery, sender.domain.lower())
-            via = None if backend == MAILDIR else backend
-        if via is None and self.access.isLocal(sender.domain):
             try:
-                mailbox = LocalMailbox(sender.domain.lower(), mailboxName(sender, self.config.recipientDelimiter))
-                path = mailboxPath(self.config.maildirRoot, mailbox)
+                destination = self.access.localDestination(sender)
+                if isinstance(destination, CourierRecipient):
+                    via = destination.backend
+                else:
+                    path = mailboxPath(self.config.maildirRoot, destination)
             except UnsafeMailbox:
                 self.log.info("{id}: cannot bounce to unsafe <{sender}>", id=message.id, sender=message.sender)
                 return
+        if via is None and self.access.isLocal(sender.domain):
             filed = headers.returnPath(None) + headers.deliveredTo(sender) + data
             await self.runBlocking(deliverBytes, path, filed, mode=self.config.maildirMode)
             self.log.info(

@@ -85,8 +85,8 @@ def localMailbox(session, recipient: Address) -> Optional[str | Reject]:
     (C{mailbox}, C{any}) have no opinion on it: the C{lmtp} validator or
     C{aliases} speaks for it (docs/storage.rst).
 
-    @return: L{None} when the recipient is not local or its domain is an
-        LMTP one, the mailbox name, or a C{550 5.1.3} L{Reject} when its
+    @return: L{None} when the recipient is not local or its domain is
+        delivered by a courier backend, the mailbox name, or a C{550 5.1.3} L{Reject} when its
         local part cannot be a directory name.
     """
     config = session.config
