@@ -34,7 +34,7 @@ LAYERS = (
             "smtpmx.options", "smtpmx.optiontypes", "smtpmx.config", "smtpmx.durable",
             "smtpmx.relay", "smtpmx.relay.stuffing", "smtpmx.relay.retry",
             "smtpmx.relay.tlspolicy", "smtpmx.relay.queueformat", "smtpmx.delivery",
-            "smtpmx.backends",
+            "smtpmx.backends", "smtpmx.auth", "smtpmx.auth.results",
         ),
     ),
     (
@@ -57,6 +57,9 @@ LAYERS = (
             "smtpmx.relay.protocol", "smtpmx.plugins",
             "smtpmx.plugins.builtin_validators", "smtpmx.plugins.builtin_filters",
             "smtpmx.filters", "smtpmx.filters.rspamd",
+            # Sender authentication (docs/authentication.rst).
+            "smtpmx.auth.dns", "smtpmx.auth.spf", "smtpmx.auth.dkim",
+            "smtpmx.auth.dmarc", "smtpmx.auth.checker",
         ),
     ),
     ("dialogue", ("smtpmx.session", "smtpmx.server")),
