@@ -153,6 +153,9 @@ class _Value(authres.core.QuotableValue):
     """
 
     def quote_if_needed(self) -> str:
+        """
+        The value as written in the field.
+        """
         if _TOKEN.match(self):
             return str(self)
         return '"' + re.sub(r'(["\\])', r"\\\1", self) + '"'
@@ -167,6 +170,19 @@ def _printable(text: str) -> str:
     return _UNQUOTABLE.sub("?", re.sub(r"\s+", " ", text))
 
 
+def _asciiName(name: str) -> str:
+    """
+    An internationalized domain name in A-labels (RFC 5891), so that the
+    field stays ASCII; a name that cannot be converted as it is.
+    """
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
+
+
 def _properties(*properties: tuple[str, str, Optional[str]]) -> list[authres.core.AuthenticationResultProperty]:
     """
     The properties of one result (RFC 8601 section 2.3), in the order given
@@ -175,13 +191,13 @@ def _properties(*properties: tuple[str, str, Optional[str]]) -> list[authres.cor
     is left out (a domain or selector that is not a token is no name
     anyone could look up).
 
-    @param properties: C{(ptype, property, value)}; a L{None} or blank
-        value is left out.
+    @param properties: C{(ptype, property, value)}, each value a name
+        (domain or selector); a L{None} or blank value is left out.
     """
     plain = []
     quoted = []
     for ptype, name, value in properties:
-        text = _printable(value or "").strip()
+        text = _printable(_asciiName(value or "")).strip()
         if not text:
             continue
         prop = authres.core.AuthenticationResultProperty(ptype, name)
