@@ -69,66 +69,67 @@ def keys() -> Keys:
     )
 
 
-def txtStrings(text: bytes) -> tuple[bytes, ...]:
-    """
-    A TXT record's text as the strings of at most 255 bytes DNS carries
-    (RFC 1035 section 3.3.14; RFC 6376 section 3.6.2.2 joins them).
-    """
-    return tuple(text[i : i + 255] for i in range(0, len(text), 255))
-
-
-def zoneRecords() -> list[tuple]:
+def zoneRecords(ttl: int = 1) -> list[tuple]:
     """
     The records of the test zone: SPF policies, DKIM keys and DMARC
-    policies of the test domains (see each domain's comment).
+    policies of the test domains (see each domain's comment).  A key
+    record, longer than 255 bytes, is one TXT record of several strings
+    (L{tests.dnszone.zoneSource} cuts it; RFC 6376 section 3.6.2.2 joins
+    them).
+
+    @param ttl: every record's TTL in seconds.
     """
     k = keys()
-    rsa, ed = txtStrings(k.rsaRecord), txtStrings(k.edRecord)
-    here = b"v=spf1 ip4:127.0.0.1 -all"
-    elsewhere = b"ip4:192.0.2.1"
-    return [
+    rsa, ed = k.rsaRecord.decode(), k.edRecord.decode()
+    here = "v=spf1 ip4:127.0.0.1 -all"
+    elsewhere = "ip4:192.0.2.1"
+    records = [
         # The domain of the tests: its mail comes from 127.0.0.1, signed by
         # either key, and it asks for forgeries to be rejected.
         ("TXT", "example.test", here),
-        ("TXT", "rsa._domainkey.example.test", *rsa),
-        ("TXT", "ed._domainkey.example.test", *ed),
-        ("TXT", "revoked._domainkey.example.test", b"v=DKIM1; k=rsa; p="),
-        ("TXT", "_dmarc.example.test", b"v=DMARC1; p=reject"),
+        ("TXT", "rsa._domainkey.example.test", rsa),
+        ("TXT", "ed._domainkey.example.test", ed),
+        ("TXT", "revoked._domainkey.example.test", "v=DKIM1; k=rsa; p="),
+        ("TXT", "_dmarc.example.test", "v=DMARC1; p=reject"),
         # SPF results, for MAIL FROM domains without DMARC records.
-        ("TXT", "fail.test", b"v=spf1 " + elsewhere + b" -all"),
-        ("TXT", "softfail.test", b"v=spf1 " + elsewhere + b" ~all"),
-        ("TXT", "neutral.test", b"v=spf1 " + elsewhere + b" ?all"),
+        ("TXT", "fail.test", f"v=spf1 {elsewhere} -all"),
+        ("TXT", "softfail.test", f"v=spf1 {elsewhere} ~all"),
+        ("TXT", "neutral.test", f"v=spf1 {elsewhere} ?all"),
         ("TXT", "twice.test", here),
-        ("TXT", "twice.test", b"v=spf1 " + elsewhere + b" -all"),
-        ("TXT", "badsyntax.test", b"v=spf1 ip4:127.0.0.1 frobnicate -all"),
+        ("TXT", "twice.test", f"v=spf1 {elsewhere} -all"),
+        ("TXT", "badsyntax.test", "v=spf1 ip4:127.0.0.1 frobnicate -all"),
         # none.test has no record at all (NXDOMAIN).
         # The HELO name of the client, checked for the null sender; the
         # domain wants its bounces authenticated.
         ("TXT", CLIENT_HELO, here),
-        ("TXT", "_dmarc.helo.test", b"v=DMARC1; p=reject"),
+        ("TXT", "_dmarc.helo.test", "v=DMARC1; p=reject"),
         # Policies for failures.
-        ("TXT", "_dmarc.quarantine.test", b"v=DMARC1; p=quarantine"),
-        ("TXT", "_dmarc.monitor.test", b"v=DMARC1; p=none"),
-        ("TXT", "_dmarc.sampled.test", b"v=DMARC1; p=reject; pct=0"),
+        ("TXT", "_dmarc.quarantine.test", "v=DMARC1; p=quarantine"),
+        ("TXT", "_dmarc.monitor.test", "v=DMARC1; p=none"),
+        ("TXT", "_dmarc.sampled.test", "v=DMARC1; p=reject; pct=0"),
         # A subdomain policy found through the organizational domain.
-        ("TXT", "_dmarc.org.test", b"v=DMARC1; p=none; sp=reject"),
+        ("TXT", "_dmarc.org.test", "v=DMARC1; p=none; sp=reject"),
         ("TXT", "org.test", here),
-        ("TXT", "rsa._domainkey.org.test", *rsa),
+        ("TXT", "rsa._domainkey.org.test", rsa),
         # Strict alignment for both identifiers.
-        ("TXT", "_dmarc.strict.test", b"v=DMARC1; p=quarantine; adkim=s; aspf=s"),
+        ("TXT", "_dmarc.strict.test", "v=DMARC1; p=quarantine; adkim=s; aspf=s"),
         ("TXT", "strict.test", here),
-        ("TXT", "rsa._domainkey.strict.test", *rsa),
+        ("TXT", "rsa._domainkey.strict.test", rsa),
         # A forwarder that seals what it forwards (ARC).
         ("TXT", "forwarder.test", here),
-        ("TXT", "arc._domainkey.forwarder.test", *rsa),
+        ("TXT", "arc._domainkey.forwarder.test", rsa),
     ]
+    return [record + ({"ttl": ttl},) for record in records]
 
 
-def startDNS(addCleanup) -> RunningDNS:
+def startDNS(addCleanup, ttl: int = 1) -> RunningDNS:
     """
     Start the loopback DNS server of the test zone.
+
+    @param ttl: every record's TTL, and the negative TTL, in seconds.
     """
-    return RunningDNS.start(addCleanup, zoneSource("test", zoneRecords()), "example.test")
+    zone = zoneSource("test", zoneRecords(ttl), negativeTtl=ttl)
+    return RunningDNS.start(addCleanup, zone, "example.test")
 
 
 def dkimSigned(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import smtplib
-import socket
 import time
 from typing import Optional, Sequence, Union
 
@@ -24,6 +23,7 @@ import authres
 import pytest
 
 from tests.authzone import CLIENT_HELO, arcSealed, dkimSigned, startDNS
+from tests.dnszone import failingServer, silentServer
 from tests.e2e import RunningServer, SharedProcessesTestCase, freePort, headerBlock
 from tests.helpers import message, unique, waitUntil
 
@@ -196,14 +196,16 @@ class ServersTestCase(SharedProcessesTestCase):
     servers: list[RunningServer]
 
     @classmethod
-    def startServer(cls, addCleanup, *args: str) -> RunningServer:
+    def startServer(cls, addCleanup, *args: str, dns: Optional[tuple[str, int]] = None) -> RunningServer:
         """
-        Start a server with L{BASE}, C{args}, and the class's DNS server
-        for its lookups, and count it among L{servers}.
+        Start a server with L{BASE}, C{args}, and a DNS server for its
+        lookups, and count it among L{servers}.
+
+        @param dns: the DNS server's C{(host, port)}; by default the
+            class's C{dns}, a L{RunningDNS}.
         """
-        server = RunningServer.start(
-            addCleanup, BASE + ["--dns-server", f"{cls.dns.host}:{cls.dns.port}"] + list(args)
-        )
+        host, port = dns or (cls.dns.host, cls.dns.port)
+        server = RunningServer.start(addCleanup, BASE + ["--dns-server", f"{host}:{port}"] + list(args))
         cls.__dict__.get("servers") or setattr(cls, "servers", [])
         cls.servers.append(server)
         return server
@@ -913,31 +915,12 @@ class AuthenticationOptionsTests(ServersTestCase):
         self.assertEqual(code, 250, text)
 
 
-class SilentDNS:
+class FailingDNSTests(ServersTestCase):
     """
-    A DNS server on loopback that receives every question and never
-    answers: a UDP socket nobody reads.
-
-    @ivar port: its port on 127.0.0.1.
-    """
-
-    def __init__(self) -> None:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.socket.bind(("127.0.0.1", 0))
-        self.host = "127.0.0.1"
-        self.port = self.socket.getsockname()[1]
-
-    def stop(self) -> None:
-        """
-        Close the socket.
-        """
-        self.socket.close()
-
-
-class SilentDNSTests(ServersTestCase):
-    """
-    A DNS server that never answers, and two servers asking it with
-    C{--auth-timeout 2}: one with the defaults, one with C{--spf-reject}.
+    DNS servers that fail: one that never answers, with two servers asking
+    it with C{--auth-timeout 2} (one with the defaults, one with
+    C{--spf-reject}), and one that answers every question C{SERVFAIL},
+    with a server asking it.
     """
 
     BUDGET = 2.0
@@ -947,13 +930,13 @@ class SilentDNSTests(ServersTestCase):
     @classmethod
     def startProcesses(cls, addCleanup) -> None:
         """
-        Open the silent socket, then start both servers.
+        Open the failing DNS servers, then start the servers asking them.
         """
-        cls.dns = SilentDNS()
-        addCleanup(cls.dns.stop)
+        silent = silentServer(addCleanup)
         timeout = ["--auth-timeout", str(int(cls.BUDGET))]
-        cls.server = cls.startServer(addCleanup, *timeout)
-        cls.spfReject = cls.startServer(addCleanup, "--spf-reject", *timeout)
+        cls.server = cls.startServer(addCleanup, *timeout, dns=silent)
+        cls.spfReject = cls.startServer(addCleanup, "--spf-reject", *timeout, dns=silent)
+        cls.servfail = cls.startServer(addCleanup, dns=failingServer(addCleanup))
 
     @pytest.mark.rfc("7208", "4.4")
     def test_silentDnsTemperror(self):
@@ -999,3 +982,23 @@ class SilentDNSTests(ServersTestCase):
             self.assertEqual(code, 250, text)
         [stored] = self.spfReject.newMessages("localhost", user)
         self.assertEqual(verdicts(stored)[0], "spf=temperror smtp.mailfrom=example.test")
+
+    def test_servfailTemperror(self):
+        """
+        A DNS server that answers C{SERVFAIL} makes SPF, DKIM and DMARC
+        C{temperror} at once: a signed message from a C{p=reject} domain
+        is delivered to INBOX.
+        """
+        user = unique("servfail-")
+        data = dkimSigned(signedMessage(user), "example.test", "rsa")
+        started = time.monotonic()
+        code, text = send(self.servfail, data, f"{user}@localhost", "alice@example.test")
+        self.assertEqual(code, 250, text)
+        self.assertLess(time.monotonic() - started, self.GRACE)
+        [stored] = self.servfail.newMessages("localhost", user)
+        self.assertEqual(verdicts(stored), [
+            "spf=temperror smtp.mailfrom=example.test",
+            "dkim=temperror header.d=example.test header.s=rsa",
+            "dmarc=temperror header.from=example.test",
+            "arc=none",
+        ])
