@@ -143,6 +143,12 @@ class _KeyUnusable(KeyFormatError):
     """
 
 
+class _NotAccepted(ValidationError):
+    """
+    A signature this verifier does not accept, whatever its validity.
+    """
+
+
 class _NotVerified(DKIMException):
     """
     An ARC-Message-Signature older than the latest, which RFC 8617 section
@@ -216,6 +222,15 @@ class _StreamedBody:
     keyRecords: _KeyRecords
 
     def verify_sig(self, sig, include_headers, sig_header, dnsfunc):  # type: ignore[no-untyped-def]
+        """
+        Verify one signature field as dkimpy does, the body hash excepted,
+        which is compared with the streamed one after the key is found.
+
+        @raise _BodyHashMismatch: the signature is otherwise good or bad,
+            but the body hash differs.
+        @raise _KeyUnusable: no key record, or none that can be used.
+        @raise TemporaryDNSError: the key could not be looked up for now.
+        """
         if b"bh" not in sig:
             return super().verify_sig(sig, include_headers, sig_header, dnsfunc)  # type: ignore[misc]
         try:
@@ -227,13 +242,29 @@ class _StreamedBody:
         if actual is None:
             raise _NotVerified("body hash not computed")
         withoutBodyHash = {tag: value for tag, value in sig.items() if tag != b"bh"}
-        self.pk = None
-        valid = super().verify_sig(withoutBodyHash, include_headers, sig_header, dnsfunc)  # type: ignore[misc]
+        self.pk = self.ktag = None
+        try:
+            valid = super().verify_sig(withoutBodyHash, include_headers, sig_header, dnsfunc)  # type: ignore[misc]
+        except Exception:
+            self._keyTypeMatches(sig)
+            raise
         if not valid and self.pk is None:
             raise _KeyUnusable(self.keyRecords.problem())
+        self._keyTypeMatches(sig)
         if actual != expected:
             raise _BodyHashMismatch("body hash mismatch")
         return valid
+
+    def _keyTypeMatches(self, sig: dict[bytes, bytes]) -> None:
+        """
+        Check that the key found is of the signature's algorithm (RFC 6376
+        section 3.6.1, C{k=}), which dkimpy does not.
+
+        @raise _KeyUnusable: it is not.
+        """
+        ktag = self.ktag  # type: ignore[attr-defined]
+        if ktag is not None and sig.get(b"a", b"").split(b"-")[0] != ktag:
+            raise _KeyUnusable("key type does not match the signature algorithm")
 
 
 class _StreamedDKIM(_StreamedBody, DKIM):
@@ -244,10 +275,13 @@ class _StreamedDKIM(_StreamedBody, DKIM):
     """
 
     def verify_sig(self, sig, include_headers, sig_header, dnsfunc):  # type: ignore[no-untyped-def]
+        """
+        Refuse what this verifier does not accept, then verify.
+        """
         if b"from" not in include_headers:
-            raise ValidationError("From field not signed")
+            raise _NotAccepted("From field not signed")
         if sig.get(b"a") == b"rsa-sha1":
-            raise ValidationError("rsa-sha1 not accepted")
+            raise _NotAccepted("rsa-sha1 not accepted")
         return super().verify_sig(sig, include_headers, sig_header, dnsfunc)
 
 
@@ -264,6 +298,10 @@ class _StreamedARC(_StreamedBody, ARC):
     latestInstance = 0
 
     def verify_sig(self, sig, include_headers, sig_header, dnsfunc):  # type: ignore[no-untyped-def]
+        """
+        Verify a seal, or the latest ARC-Message-Signature; an older one is
+        left unverified (invalid to dkimpy, which does not read it).
+        """
         if b"bh" in sig and _instanceOf(sig) != self.latestInstance:
             raise _NotVerified("not the latest ARC-Message-Signature")
         return super().verify_sig(sig, include_headers, sig_header, dnsfunc)
@@ -367,11 +405,17 @@ def _verifySignature(
         return DkimResult("temperror", domain, selector, "key lookup failed for now")
     except _BodyHashMismatch:
         return DkimResult("fail", domain, selector, "body hash mismatch")
-    except DKIMException as e:
+    except (_KeyUnusable, ValidationError) as e:
+        # dkimpy's ValidationError says what is wrong: "missing b=",
+        # "x= value is past", ...
         return DkimResult("permerror", domain, selector, _reasonText(str(e)))
+    except KeyFormatError as e:
+        return DkimResult("permerror", domain, selector, _reasonText(f"unusable key: {e}"))
+    except DKIMException as e:
+        return DkimResult("permerror", domain, selector, _reasonText(f"malformed signature: {e}"))
     except Exception as e:
-        # dkimpy has a few unguarded corners (e.g. an i= equal to d=).
-        return DkimResult("permerror", domain, selector, _reasonText(f"malformed signature: {e!r}"))
+        # dkimpy has a few unguarded corners (e.g. an i= without "@").
+        return DkimResult("permerror", domain, selector, f"malformed signature ({type(e).__name__})")
     if valid:
         return DkimResult("pass", domain, selector)
     return DkimResult("fail", domain, selector, "signature did not verify")
@@ -418,6 +462,23 @@ def _latestSealSpec(verifier: _StreamedARC) -> tuple[int, Optional[BodyHashSpec]
         return latest, None
 
 
+def _unreadable(
+    fields: tuple[tuple[bytes, bytes], ...],
+    signatures: list[Optional[dict[bytes, bytes]]],
+    dkim: bool,
+    arc: bool,
+) -> MessageAuth:
+    """
+    The verdicts on a message that could not be read through: C{temperror}
+    (RFC 8601 section 2.7.1).
+    """
+    return MessageAuth(
+        fields,
+        _unverifiable(signatures, "temperror", "message unreadable") if dkim else None,
+        ArcResult("temperror") if arc else None,
+    )
+
+
 def verifyMessage(
     txt: Callable[[str], list[bytes]], message: IO[bytes], dkim: bool = True, arc: bool = True
 ) -> MessageAuth:
@@ -429,9 +490,10 @@ def verifyMessage(
 
     A signature's verdict is C{pass}; C{fail} (its signature or its body
     hash does not verify); C{permerror} (a malformed signature, a key
-    record missing, revoked or unusable, a header section over
-    L{HEADER_LIMIT} or with lines that are not fields); C{temperror} (its
-    key could not be looked up for now).  The chain's is C{none},
+    record missing, revoked, unusable or of another algorithm, C{From:}
+    not signed, C{rsa-sha1}, a header section over L{HEADER_LIMIT} or with
+    lines that are not fields); C{temperror} (its key could not be looked
+    up for now, or the file could not be read).  The chain's is C{none},
     C{pass}, C{fail} or C{temperror}.  At most L{MAX_SIGNATURES}
     signatures are verified.
 
@@ -440,6 +502,18 @@ def verifyMessage(
     @param message: the message file (LF line endings), at its start.
     @param dkim: whether to verify DKIM signatures.
     @param arc: whether to verify the ARC chain.
+    """
+    try:
+        return _verifyMessage(txt, message, dkim, arc)
+    except Exception:
+        # Not expected: every fault of the message is a verdict.
+        _log.failure("DKIM and ARC verification failed")
+        return _unreadable((), [], dkim, arc)
+
+
+def _verifyMessage(txt: Callable[[str], list[bytes]], message: IO[bytes], dkim: bool, arc: bool) -> MessageAuth:
+    """
+    L{verifyMessage}, which may raise.
     """
     lineEndings = LineEndings()
     try:
@@ -452,8 +526,7 @@ def verifyMessage(
         )
     except OSError:
         _log.failure("The message could not be read for DKIM and ARC")
-        return MessageAuth((), _unverifiable([], "temperror", "message unreadable") if dkim else None,
-                           ArcResult("temperror") if arc else None)
+        return _unreadable((), [], dkim, arc)
     fields, whole = parseHeaderSection(section)
     headers = list(fields)
     signatures = [_tagsOf(value) for name, value in headers if name.lower() == b"dkim-signature"]
@@ -483,30 +556,22 @@ def verifyMessage(
     bodyHashes: dict[BodyHashSpec, bytes] = {}
     if specs:
         hasher = BodyHasher(specs)
+        hasher.feed(bodyStart)
         try:
-            hasher.feed(bodyStart)
-            while True:
-                data = message.read(CHUNK_SIZE)
-                if not data:
-                    break
+            while data := message.read(CHUNK_SIZE):
                 hasher.feed(lineEndings.feed(data))
         except OSError:
             _log.failure("The message could not be read for DKIM and ARC")
-            return MessageAuth(fields, _unverifiable(signatures, "temperror", "message unreadable") if dkim else None,
-                               ArcResult("temperror") if arc else None)
+            return _unreadable(fields, signatures, dkim, arc)
         hasher.feed(lineEndings.flush())
         bodyHashes = hasher.digests()
 
     keyRecords = _KeyRecords(txt)
     dkimResults = None
     if dkim:
-        if signatures:
-            dkimResults = tuple(
-                _verifySignature(index, tags, headers, bodyHashes, keyRecords)
-                for index, tags in enumerate(signatures)
-            )
-        else:
-            dkimResults = (DkimResult("none"),)
+        dkimResults = tuple(
+            _verifySignature(index, tags, headers, bodyHashes, keyRecords) for index, tags in enumerate(signatures)
+        ) or (DkimResult("none"),)
     arcResult = None
     if chain is not None:
         chain.bodyHashes, chain.keyRecords = bodyHashes, keyRecords
