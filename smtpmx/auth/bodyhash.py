@@ -210,7 +210,6 @@ class _Simple(_Canonicalizer):
         return held
 
 
-_WSP_BEFORE_CRLF = re.compile(rb"[\t ]+\r\n")
 _WSP_RUN = re.compile(rb"[\t ]+")
 
 
@@ -243,7 +242,11 @@ class _Relaxed(_Canonicalizer):
         text = rest.rstrip(b" \t")
         self._held = (b" " if len(text) < len(rest) else b"") + (b"\r" if cr else b"")
         if lines:
-            lines = _WSP_RUN.sub(b" ", _WSP_BEFORE_CRLF.sub(_CRLF, lines))
+            # Runs made one space, then those before a CRLF dropped: the
+            # same as the other way round, and linear, where a pattern for
+            # white space before CRLF backtracks over every long run that
+            # does not end a line.
+            lines = _WSP_RUN.sub(b" ", lines).replace(b" \r\n", _CRLF)
         return lines + _WSP_RUN.sub(b" ", text)
 
     def _flush(self) -> bytes:
