@@ -34,6 +34,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smtpmx.auth.bodyhash import BodyHasher, BodyHashSpec, LineEndings
 from smtpmx.auth.dkim import (
     HEADER_LIMIT,
+    MAX_FIELD_SCAN,
     MAX_SIGNATURES,
     MessageAuth,
     parseHeaderSection,
@@ -619,6 +620,20 @@ class VerifyMessageTests(SynchronousTestCase):
         signed = re.search(rb"h=([^;]*);", message).group(1)
         message = message.replace(signed, signed.replace(b"from", b"to"), 1)
         self.assertEqual(verify(message).dkim[0].reason, "From field not signed")
+
+    def test_tooManyFieldsToScan(self):
+        """
+        A signature that would make dkimpy scan the header section once
+        for each of thousands of names is a C{permerror}, found before its
+        key is looked up.
+        """
+        names = b":".join(b"x-%d" % i for i in range(2000))
+        field = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=sel; h=from:" + names + b"; bh=AAAA; b=AAAA\r\n"
+        padding = b"X-Pad: p\r\n" * (MAX_FIELD_SCAN // 2000)
+        txt = zone()
+        result = verify(padding + field + MESSAGE, txt).dkim[0]
+        self.assertEqual((result.result, result.reason), ("permerror", "too many header fields to verify"))
+        self.assertEqual(txt.asked, [])
 
     def test_rsaSha1(self):
         """

@@ -55,6 +55,13 @@ CHUNK_SIZE = 64 * 1024
 #: limit the signatures it verifies).
 MAX_SIGNATURES = 10
 
+#: The most work dkimpy is let do to find the signed fields (RFC 6376
+#: section 5.4.2): it scans the header section once per distinct name in
+#: C{h=}, so a signature naming thousands of fields of a header section of
+#: thousands would take minutes.  (Distinct names in C{h=}) x (fields in
+#: the header section) above this is a C{permerror}.
+MAX_FIELD_SCAN = 1_000_000
+
 #: The highest ARC instance number (RFC 8617 section 4.2.1); a chain that
 #: claims more fails without being looked at further.
 MAX_ARC_INSTANCE = 50
@@ -231,6 +238,8 @@ class _StreamedBody:
         @raise _KeyUnusable: no key record, or none that can be used.
         @raise TemporaryDNSError: the key could not be looked up for now.
         """
+        if len(set(include_headers)) * len(self.headers) > MAX_FIELD_SCAN:  # type: ignore[attr-defined]
+            raise _NotAccepted("too many header fields to verify")
         if b"bh" not in sig:
             return super().verify_sig(sig, include_headers, sig_header, dnsfunc)  # type: ignore[misc]
         try:
@@ -446,6 +455,8 @@ def _latestSealSpec(verifier: _StreamedARC) -> tuple[int, Optional[BodyHashSpec]
     ARC-Message-Signature asks for (none when there is not exactly one
     that can be read: the chain fails without it).
     """
+    if not any(name.lower() in ARC.ARC_HEADERS for name, _ in verifier.headers):
+        return 0, None  # no chain: dkimpy need not canonicalize every field to see it
     latest, fields = verifier.sorted_arc_headers()
     if latest == 0 or latest > MAX_ARC_INSTANCE:
         return latest, None
@@ -575,7 +586,9 @@ def _verifyMessage(txt: Callable[[str], list[bytes]], message: IO[bytes], dkim: 
     arcResult = None
     if chain is not None:
         chain.bodyHashes, chain.keyRecords = bodyHashes, keyRecords
-        if chain.latestInstance > MAX_ARC_INSTANCE:
+        if chain.latestInstance == 0:
+            arcResult = ArcResult("none")
+        elif chain.latestInstance > MAX_ARC_INSTANCE:
             arcResult = ArcResult("fail")
         else:
             arcResult = _verifyChain(chain, keyRecords)
