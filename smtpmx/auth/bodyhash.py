@@ -125,6 +125,9 @@ class _BodySink:
         self._hashes = [(spec, hashlib.new(spec.hash), [spec.length]) for spec in specs]
 
     def write(self, data: bytes) -> None:
+        """
+        Hash the next bytes of the canonical body, as far as each length.
+        """
         for _, hasher, left in self._hashes:
             if left[0] is None:
                 hasher.update(data)
@@ -133,6 +136,9 @@ class _BodySink:
                 left[0] = max(left[0] - len(data), 0)
 
     def digests(self) -> dict[BodyHashSpec, bytes]:
+        """
+        @return: each hash, by its L{BodyHashSpec}.
+        """
         return {spec: hasher.digest() for spec, hasher, _ in self._hashes}
 
 
@@ -157,9 +163,15 @@ class _Canonicalizer:
         self._text = False
 
     def feed(self, data: bytes) -> None:
+        """
+        Canonicalize the next bytes of the body.
+        """
         self._lineEndingsHeld(self._lines(data))
 
     def finish(self) -> None:
+        """
+        End the body: what was held back, then its last CRLF, if any.
+        """
         self._lineEndingsHeld(self._flush())
         if self._text or not self.emptyIsEmpty:
             self._sink.write(_CRLF)
@@ -183,9 +195,17 @@ class _Canonicalizer:
         self._pending += count
 
     def _lines(self, data: bytes) -> bytes:
+        """
+        Apply the line rules to the next bytes of the body.
+
+        @return: what can be passed on now; the rest is held back.
+        """
         raise NotImplementedError()
 
     def _flush(self) -> bytes:
+        """
+        @return: what L{_lines} held back, at the end of the body.
+        """
         raise NotImplementedError()
 
 
