@@ -35,6 +35,7 @@ LAYERS = (
             "smtpmx.relay", "smtpmx.relay.stuffing", "smtpmx.relay.retry",
             "smtpmx.relay.tlspolicy", "smtpmx.relay.queueformat", "smtpmx.delivery",
             "smtpmx.backends", "smtpmx.auth", "smtpmx.auth.results",
+            "smtpmx.auth.bodyhash",
         ),
     ),
     (
