@@ -34,7 +34,7 @@ LAYERS = (
             "smtpmx.options", "smtpmx.optiontypes", "smtpmx.config", "smtpmx.durable",
             "smtpmx.relay", "smtpmx.relay.stuffing", "smtpmx.relay.retry",
             "smtpmx.relay.tlspolicy", "smtpmx.relay.queueformat", "smtpmx.delivery",
-            "smtpmx.backends", "smtpmx.auth", "smtpmx.auth.results",
+            "smtpmx.backends", "smtpmx.auth", "smtpmx.auth.results", "smtpmx.transactionlog",
         ),
     ),
     (
@@ -87,6 +87,7 @@ DIALOGUE = (
     "smtpmx.validation",
     "smtpmx.access",
     "smtpmx.envelope",
+    "smtpmx.transactionlog",
 )
 
 # What the dialogue may never import.
