@@ -30,11 +30,12 @@ LAYERS = (
         "values",
         (
             "smtpmx", "smtpmx.reply", "smtpmx.address", "smtpmx.envelope",
+            "smtpmx.transactionlog",
             "smtpmx.headers", "smtpmx.body", "smtpmx.bounce", "smtpmx.interfaces",
             "smtpmx.options", "smtpmx.optiontypes", "smtpmx.config", "smtpmx.durable",
             "smtpmx.relay", "smtpmx.relay.stuffing", "smtpmx.relay.retry",
             "smtpmx.relay.tlspolicy", "smtpmx.relay.queueformat", "smtpmx.delivery",
-            "smtpmx.backends", "smtpmx.auth", "smtpmx.auth.results", "smtpmx.transactionlog",
+            "smtpmx.backends", "smtpmx.auth", "smtpmx.auth.results",
         ),
     ),
     (
