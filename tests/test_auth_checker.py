@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.address import parseAddress
-from smtpmx.auth.checker import spfTemperror
+from smtpmx.auth.checker import GRACE, spfTemperror
 from smtpmx.auth.results import (
     ArcResult,
     AuthResults,
@@ -139,14 +139,14 @@ class SenderCheckTests(SynchronousTestCase):
 
     def test_timeout(self) -> None:
         """
-        A check not done within the time budget is C{temperror} for the
-        sender's domain; its late verdict is dropped, and the next
-        transaction checks again.
+        A check not done within the time budget (and the grace given to
+        report) is C{temperror} for the sender's domain; its late verdict
+        is dropped, and the next transaction checks again.
         """
         runner = HeldRunner()
         auth = makeAuthentication(self.clock, self.checks, runInThread=runner, timeout=10)
         d = auth.checkSender("192.0.2.1", "client.example", SENDER)
-        self.clock.advance(9.9)
+        self.clock.advance(10 + GRACE - 0.1)
         self.assertNoResult(d)
         self.clock.advance(0.1)
         self.assertEqual(self.successResultOf(d), SpfResult("temperror", mailfrom="remote.example"))
@@ -288,6 +288,8 @@ class MessageCheckTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.assertEqual(len(runner.jobs), 1)
         self.clock.advance(7)
+        self.assertNoResult(d)
+        self.clock.advance(GRACE)
         found = self.successResultOf(d)
         self.assertEqual(found, AuthResults(
             SPF_PASS, (DkimResult("temperror"),), DmarcResult("temperror"), ArcResult("temperror"),
@@ -295,13 +297,31 @@ class MessageCheckTests(SynchronousTestCase):
         self.assertEqual(auth.resolver.deadlines, [10, 10])
         runner.runAll()
 
+    def test_reportsAfterDeadline(self) -> None:
+        """
+        A check whose lookups ended at the deadline may still report
+        within the grace: its own verdicts, C{temperror}s naming their
+        domains, are kept.
+        """
+        runner = HeldRunner()
+        self.checks.dkim = (DkimResult("temperror", "remote.example", "sel"),)
+        self.checks.dmarc = DmarcResult("temperror", "remote.example")
+        auth = makeAuthentication(self.clock, self.checks, runInThread=runner, timeout=10)
+        d = self.check(auth)
+        self.clock.advance(10)
+        runner.runAll()
+        self.assertEqual(self.successResultOf(d), AuthResults(
+            SPF_PASS, self.checks.dkim, self.checks.dmarc, ARC_NONE,
+        ))
+        self.assertEqual(auth.resolver.deadlines, [10, 10])
+
     def test_partlyDone(self) -> None:
         """
         When the budget is spent during DMARC, DKIM's and ARC's verdicts
         are kept and DMARC's is C{temperror}.
         """
         auth = makeAuthentication(self.clock, self.checks, timeout=10)
-        self.checks.duringDmarc = lambda: self.clock.advance(10)
+        self.checks.duringDmarc = lambda: self.clock.advance(10 + GRACE)
         found = self.successResultOf(self.check(auth))
         self.assertEqual(found, AuthResults(SPF_PASS, DKIM_PASS, DmarcResult("temperror"), ARC_NONE))
 
@@ -313,7 +333,7 @@ class MessageCheckTests(SynchronousTestCase):
         runner = HeldRunner()
         auth = makeAuthentication(self.clock, self.checks, runInThread=runner, timeout=2)
         d = self.check(auth)
-        self.clock.advance(2)
+        self.clock.advance(2 + GRACE)
         self.assertEqual(self.successResultOf(d), AuthResults(
             SpfResult("temperror", mailfrom="remote.example"), (DkimResult("temperror"),),
             DmarcResult("temperror"), ArcResult("temperror"),

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import reply
 from smtpmx.access import Access
-from smtpmx.auth.checker import SenderAuthentication
+from smtpmx.auth.checker import GRACE, SenderAuthentication
 from smtpmx.auth.results import ArcResult, AuthResults, DmarcResult, Method, SpfResult
 from smtpmx.envelope import LocalMailbox, RemoteAddress
 from smtpmx.filtering import Accept
@@ -232,7 +232,8 @@ class SpfAtMailTests(SynchronousTestCase):
     def test_spfRejectBudget(self) -> None:
         """
         With C{--spf-reject}, a check not done within C{--auth-timeout}
-        lets C{MAIL} through (a C{temperror} is no C{fail}).
+        (and the grace to report) lets C{MAIL} through (a C{temperror} is
+        no C{fail}).
         """
         server = Server(clientHost="192.0.2.1", spfReject=True)
         runner = HeldRunner()
@@ -242,7 +243,7 @@ class SpfAtMailTests(SynchronousTestCase):
         server.protocol, server.transport = server.connect()
         server.greeted()
         self.assertEqual(server.codes("MAIL FROM:<sender@remote.example>\r\n"), [])
-        server.clock.advance(3)
+        server.clock.advance(3 + GRACE)
         self.assertEqual(server.output(), ["250 2.1.0 Ok"])
 
 

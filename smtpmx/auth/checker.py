@@ -9,8 +9,9 @@ L{smtpmx.auth.dkim}, L{smtpmx.auth.dmarc}) run in a thread pool of their
 own, their lookups going through the server's one
 L{smtpmx.auth.dns.Resolver}, every lookup ending by the check's deadline.
 L{SenderAuthentication} starts them, shares them and bounds them on the
-reactor's clock: whatever is not done when the budget is spent is a
-C{temperror} (RFC 8601 section 2.7), and nothing here ever fails.
+reactor's clock: whatever is not done when the budget is spent (and a
+short L{GRACE} for the checks to report) is a C{temperror} (RFC 8601
+section 2.7), and nothing here ever fails.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ MEMO_SIZE = 4096
 # are cached for their own TTL by the resolver, so this only spares the
 # work of a burst of transactions from one client and sender.
 MEMO_LIFETIME = 300.0
+# Seconds a check is given past its deadline to report: its lookups fail at
+# once by then, and what it found (a C{temperror} naming its domain, or a
+# verdict that needed no lookup) is worth more than a bare C{temperror}.
+GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,7 @@ class SenderAuthentication:
         random: Callable[[], float] = randomModule.random,
         memoSize: int = MEMO_SIZE,
         memoLifetime: float = MEMO_LIFETIME,
+        grace: float = GRACE,
     ) -> None:
         """
         @param runInThread: C{runInThread(f, *args)} runs C{f} in the
@@ -162,10 +168,12 @@ class SenderAuthentication:
             section 6.6.4).
         @param memoSize: how many SPF verdicts are remembered.
         @param memoLifetime: for how many seconds.
+        @param grace: see L{GRACE}.
         """
         self.methods = frozenset(methods)
         self.resolver = resolver
         self.timeout = timeout
+        self.grace = grace
         self.random = random
         self._runInThread = runInThread
         self._clock = clock
@@ -257,7 +265,7 @@ class SenderAuthentication:
             settle(fallback)
 
         waiting = entry.wait()
-        timer = self._clock.callLater(self.timeout, settle, fallback)
+        timer = self._clock.callLater(self.timeout + self.grace, settle, fallback)
         d = self.inThread(None, lambda lookups: self.checks.checkSpf(lookups, clientHost, sender, heloName))
         d.addCallbacks(settle, failed)
         return waiting
@@ -295,7 +303,7 @@ class _MessageCheck:
         self._found: Any = None
         self._dmarc: Optional[DmarcResult] = None
         self.result: Deferred = Deferred(lambda _: self._stopTimer())
-        self._timer = clock.callLater(auth.timeout, self._finish)
+        self._timer = clock.callLater(auth.timeout + auth.grace, self._finish)
         self._deadline: Optional[float] = None
 
     def start(self) -> Deferred:
