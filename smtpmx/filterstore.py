@@ -36,7 +36,13 @@ from zope.interface import implementer
 
 from smtpmx.access import Access
 from smtpmx.auth.checker import SenderAuthentication
-from smtpmx.auth.results import AuthResults, DmarcPolicy
+from smtpmx.auth.results import (
+    AuthResults,
+    Disposition,
+    DmarcPolicy,
+    authenticationResults,
+    decide,
+)
 from smtpmx.config import Config
 from smtpmx.envelope import Envelope, LocalMailbox
 from smtpmx.filterchain import ChainResult, FilterChain
@@ -447,8 +453,6 @@ class FilteredMessage:
         authentication = self._store.authentication
         if authentication is None:
             return None, False
-        from smtpmx.auth.results import Disposition, authenticationResults, decide
-
         results = await authentication.checkMessage(self.envelope, message)
         self.authResults = results
         config = self._store.config

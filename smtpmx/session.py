@@ -32,7 +32,7 @@ from smtpmx import headers, reply
 from smtpmx.access import Access
 from smtpmx.address import Address, AddressError, parseParameters, parsePath
 from smtpmx.auth.checker import SenderAuthentication
-from smtpmx.auth.results import SpfResult
+from smtpmx.auth.results import SpfResult, authservIdOf
 from smtpmx.body import DataReader, HeaderScanner
 from smtpmx.config import Config
 from smtpmx.envelope import Envelope, Recipient
@@ -144,7 +144,6 @@ class Session:
         newQueueId: Callable[[], str],
         tlsAvailable: bool = False,
         authentication: Optional[SenderAuthentication] = None,
-        authservIdOf: Optional[Callable[[bytes], Optional[str]]] = None,
     ) -> None:
         """
         @param store: where accepted messages are streamed to.
@@ -158,9 +157,6 @@ class Session:
         @param tlsAvailable: whether STARTTLS is offered.
         @param authentication: sender authentication, whose SPF check
             starts at C{MAIL FROM}; L{None} when no check is made.
-        @param authservIdOf: reads the authserv-id of an incoming
-            C{Authentication-Results:} field; by default
-            L{smtpmx.auth.results.authservIdOf}.
         """
         self.config = config
         self.validators = validators
@@ -170,7 +166,6 @@ class Session:
         self.runBlocking = runBlocking
         self.tlsAvailable = tlsAvailable
         self.authentication = authentication
-        self._authservIdOf = authservIdOf
         self._newQueueId = newQueueId
         self._clock = clock
         self.heloName: Optional[str] = None
@@ -520,9 +515,6 @@ class Session:
         say what we found, so such a field is removed from every message,
         whoever sends it (RFC 8601 section 5).
         """
-        authservIdOf = self._authservIdOf
-        if authservIdOf is None:
-            from smtpmx.auth.results import authservIdOf
         return authservIdOf(value) == self.config.hostname.lower()
 
     def feedData(self, data: bytes) -> tuple[Optional[Deferred], Optional[bytes]]:

@@ -526,14 +526,15 @@ def senderAuthentication(config: Config, reactor):
     L{smtpmx.auth.checker.SenderAuthentication} whose checks run in a
     thread pool of their own (never the reactor's, whose threads the
     storage uses), their lookups going through one
-    L{smtpmx.auth.dns.Resolver} aimed at C{--dns-server}, made on first
-    use.
+    L{smtpmx.auth.dns.Resolver} aimed at C{--dns-server} (else the
+    servers of C{/etc/resolv.conf}, read at the first lookup).
 
     @return: the L{SenderAuthentication} and its L{ThreadPool} (to be
         started and stopped with the server), or C{(None, None)} with
         C{--auth-checks none}.
     """
     from smtpmx.auth.checker import SenderAuthentication
+    from smtpmx.auth.dns import Resolver
     from smtpmx.auth.results import Method
 
     if not config.authChecks:
@@ -543,14 +544,9 @@ def senderAuthentication(config: Config, reactor):
     def runInThread(f, *args, **kwargs) -> Deferred:
         return deferToThreadPool(reactor, pool, f, *args, **kwargs)
 
-    def makeAuthResolver():
-        from smtpmx.auth.dns import Resolver
-
-        return Resolver(config.dnsServer)
-
     authentication = SenderAuthentication(
         frozenset(Method(m) for m in config.authChecks),
-        _LazyResolver(makeAuthResolver),
+        Resolver(config.dnsServer),
         runInThread,
         reactor,
         config.authTimeout,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from smtpmx.auth.results import AuthResults
+from smtpmx.auth.results import AuthResults, logText
 from smtpmx.envelope import Envelope
 from smtpmx.reply import Reply
 
@@ -58,8 +58,6 @@ class TransactionRecord:
         """
         auth = ""
         if self.authResults is not None:
-            from smtpmx.auth.results import logText
-
             auth = f" auth=[{logText(self.authResults)}]"
         envelope = self.envelope
         verdicts = ", ".join(

@@ -1,31 +1,19 @@
 """
 Fakes for testing how sender authentication is wired in, apart from the
 checks themselves: L{FakeChecks} stands for SPF, DKIM and DMARC
-(L{smtpmx.auth.checker.Checks}), L{FakeResolver} for the DNS resolver,
-and L{formattingOf} makes sure L{smtpmx.auth.results} can format and
-decide (with stand-ins following its documented forms while the module
-does not have them).
+(L{smtpmx.auth.checker.Checks}), L{FakeResolver} for the DNS resolver and
+L{HeldRunner} for the checks' thread pool.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from smtpmx.auth import results
 from smtpmx.auth.checker import Checks, SenderAuthentication
-from smtpmx.auth.results import (
-    ArcResult,
-    AuthResults,
-    DkimResult,
-    DmarcPolicy,
-    DmarcResult,
-    Method,
-    SpfResult,
-)
+from smtpmx.auth.results import ArcResult, DkimResult, DmarcResult, Method, SpfResult
 from smtpmx.testing import runAtOnce
 
 ALL_METHODS = frozenset(Method)
@@ -192,94 +180,3 @@ def makeAuthentication(
         checks=(checks or FakeChecks()).asChecks(),
         **kwargs,
     )
-
-
-# Stand-ins for the formatting of smtpmx.auth.results, in the forms it
-# documents, used only while it does not have them.
-
-
-class Disposition(enum.Enum):
-    """
-    What becomes of a message.
-    """
-
-    DELIVER = "deliver"
-    JUNK = "junk"
-    REJECT = "reject"
-
-
-def decide(found: AuthResults, policy: DmarcPolicy) -> Disposition:
-    """
-    C{enforce}: DMARC's C{fail} follows the domain's policy.
-    """
-    dmarc = found.dmarc
-    if policy is DmarcPolicy.ENFORCE and dmarc is not None and dmarc.result == "fail":
-        if dmarc.policy == "reject":
-            return Disposition.REJECT
-        if dmarc.policy == "quarantine":
-            return Disposition.JUNK
-    return Disposition.DELIVER
-
-
-def authenticationResults(found: AuthResults, authservId: str) -> str:
-    """
-    C{id; spf=pass smtp.mailfrom=d; dkim=pass header.d=d header.s=s; ...}.
-    """
-    parts = [authservId.lower()]
-    if found.spf is not None:
-        identity = f"smtp.mailfrom={found.spf.mailfrom}" if found.spf.mailfrom else f"smtp.helo={found.spf.helo}"
-        parts.append(f"spf={found.spf.result} {identity}")
-    for dkim in found.dkim or ():
-        parts.append(" ".join([f"dkim={dkim.result}"] + (
-            [f"header.d={dkim.domain}", f"header.s={dkim.selector}"] if dkim.domain else [])))
-    if found.dmarc is not None:
-        parts.append(f"dmarc={found.dmarc.result}" + (
-            f" header.from={found.dmarc.fromDomain}" if found.dmarc.fromDomain else ""))
-    if found.arc is not None:
-        parts.append(f"arc={found.arc.result}")
-    return "; ".join(parts)
-
-
-def logText(found: AuthResults) -> str:
-    """
-    C{spf=pass dkim=pass,fail dmarc=fail(reject) arc=none}.
-    """
-    words = []
-    if found.spf is not None:
-        words.append(f"spf={found.spf.result}")
-    if found.dkim is not None:
-        words.append("dkim=" + ",".join(d.result for d in found.dkim))
-    if found.dmarc is not None:
-        policy = f"({found.dmarc.policy})" if found.dmarc.result == "fail" and found.dmarc.policy else ""
-        words.append(f"dmarc={found.dmarc.result}{policy}")
-    if found.arc is not None:
-        words.append(f"arc={found.arc.result}")
-    return " ".join(words)
-
-
-def authservIdOf(value: bytes) -> Optional[str]:
-    """
-    The first word of the value, before any C{;}, in lower case.
-    """
-    word = value.decode("utf-8", "replace").split(";", 1)[0].strip().lower()
-    return word or None
-
-
-STAND_INS = {
-    "Disposition": Disposition,
-    "decide": decide,
-    "authenticationResults": authenticationResults,
-    "logText": logText,
-    "authservIdOf": authservIdOf,
-}
-
-
-def formattingOf(testCase) -> None:
-    """
-    Make sure L{smtpmx.auth.results} has its formatting functions for the
-    length of C{testCase}: its own when it has them, else the stand-ins.
-    """
-    for name, standIn in STAND_INS.items():
-        if not hasattr(results, name):
-            setattr(results, name, standIn)
-            testCase.addCleanup(delattr, results, name)

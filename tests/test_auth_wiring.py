@@ -33,7 +33,6 @@ from tests.authfakes import (
     SPF_PASS,
     FakeChecks,
     HeldRunner,
-    formattingOf,
     makeAuthentication,
 )
 from tests.serverhelpers import Server, makeConfig
@@ -267,9 +266,6 @@ class ForgedFieldSessionTests(SynchronousTestCase):
         b"Authentication-Results: mx.example.org; in the body stays\n"
     )
 
-    def setUp(self) -> None:
-        formattingOf(self)
-
     def send(self, d: SessionDriver, data: bytes, chunk: int = 0) -> bytes:
         """
         One transaction with C{data} as the message, fed C{chunk} bytes at
@@ -315,24 +311,18 @@ class ForgedFieldSessionTests(SynchronousTestCase):
         data = b"Subject: x\r\nAuthentication-Results: mx.example.org; spf=pass\r\n"
         self.assertEqual(self.send(SessionDriver(), data), b"Subject: x\n")
 
-    def test_authservIdGiven(self) -> None:
+    def test_ourHostname(self) -> None:
         """
-        The session reads the authserv-id with the function it is given,
-        and compares it with C{--hostname}.
+        The authserv-id is compared with C{--hostname}, in any case, after
+        comments and quotes (RFC 8601 section 2.2).
         """
-        d = SessionDriver(hostname="mx.example.net")
-        seen = []
-
-        def authservIdOf(value: bytes):
-            seen.append(value)
-            return "mx.example.net"
-
-        d.session = type(d.session)(
-            d.config, d.session.validators, d.session.access, d.store, "192.0.2.1",
-            runAtOnce, d.clock, lambda: "ID", authservIdOf=authservIdOf,
+        d = SessionDriver(hostname="MX.Example.NET")
+        data = (
+            b"Authentication-Results: (forged) \"mx.example.net\"; spf=pass\r\n"
+            b"Authentication-Results: mx.example.org; spf=pass\r\n"
+            b"A: b\r\n"
         )
-        self.assertEqual(self.send(d, b"Authentication-Results: x\r\nA: b\r\n"), b"A: b\n")
-        self.assertEqual(seen, [b" x\n"])
+        self.assertEqual(self.send(d, data), b"Authentication-Results: mx.example.org; spf=pass\nA: b\n")
 
 
 class AuthenticatingStoreTests(SynchronousTestCase):
@@ -343,7 +333,6 @@ class AuthenticatingStoreTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        formattingOf(self)
         self.inner = MemoryStore()
         self.clock = Clock()
         self.spool = spoolDirectory(self)
@@ -518,9 +507,6 @@ class LogLineTests(SynchronousTestCase):
     after the filters.
     """
 
-    def setUp(self) -> None:
-        formattingOf(self)
-
     def driver(self, *filters, checks=None) -> SessionDriver:
         """
         A session from an untrusted client whose store checks and filters.
@@ -572,8 +558,7 @@ class TapTests(SynchronousTestCase):
     """
     C{twistd smtpmx} builds sender authentication from the options: one
     thread pool of its own started and stopped with the server, one
-    resolver made on first use, the same object for the sessions and the
-    store.
+    resolver, the same object for the sessions and the store.
     """
 
     def build(self, *argv):
@@ -631,10 +616,9 @@ class TapTests(SynchronousTestCase):
         self.assertEqual(store.authentication.methods, frozenset({Method.SPF, Method.DKIM}))
         self.assertEqual(store.authentication.timeout, 3.0)
 
-    def test_resolverMadeOnFirstUse(self) -> None:
+    def test_oneResolver(self) -> None:
         """
-        The resolver is made on first use, aimed at C{--dns-server}, and
-        then kept: one for the whole server.
+        The checks ask one resolver, aimed at C{--dns-server}.
         """
         import smtpmx.auth.dns
 
@@ -646,23 +630,14 @@ class TapTests(SynchronousTestCase):
             """
 
             def __init__(self, dnsServer) -> None:
-                made.append(dnsServer)
-                self.clock = lambda: 5.0
+                made.append(self)
+                self.dnsServer = dnsServer
 
-            def lookups(self, deadline):
-                return ("lookups", deadline)
-
-        if not hasattr(smtpmx.auth.dns, "Resolver"):
-            smtpmx.auth.dns.Resolver = Resolver
-            self.addCleanup(delattr, smtpmx.auth.dns, "Resolver")
-        else:
-            self.patch(smtpmx.auth.dns, "Resolver", Resolver)
+        self.patch(smtpmx.auth.dns, "Resolver", Resolver)
         service, store, factory = self.build("--dns-server", "192.0.2.53:5353")
-        resolver = store.authentication.resolver
-        self.assertEqual(made, [])
-        self.assertEqual(resolver.lookups(resolver.clock() + 1), ("lookups", 6.0))
-        resolver.lookups(7)
-        self.assertEqual(made, [("192.0.2.53", 5353)])
+        [resolver] = made
+        self.assertEqual(resolver.dnsServer, ("192.0.2.53", 5353))
+        self.assertIs(store.authentication.resolver, resolver)
 
     def test_poolStartedAndStopped(self) -> None:
         """
