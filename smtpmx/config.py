@@ -155,5 +155,7 @@ def summarize(config: Config) -> str:
         f"relay-networks={','.join(config.relayNetworks) or '-'} "
         f"relay-domains={','.join(config.relayDomains) or '-'} routes={routes} "
         f"max-message-size={config.maxMessageSize} "
+        f"auth-checks={','.join(config.authChecks) or 'none'} "
+        f"dmarc-policy={config.dmarcPolicy} "
         f"tls={'on' if config.tlsCertificate else 'off'} relay-tls={config.relayTls}"
     )

@@ -1,19 +1,24 @@
 """
-The store that runs the message filters (C{docs/plugins.rst}): an
-L{IMessageStore} around the real one (the routing store).
+The store that runs sender authentication (C{docs/authentication.rst})
+and the message filters (C{docs/plugins.rst}): an L{IMessageStore} around
+the real one (the routing store).
 
 For a client outside C{--relay-network}, the message is spooled to a
 temporary file as it arrives (not in a Maildir or the queue; it needs no
 fsync since nothing is acknowledged yet); a small one (up to L{CHUNK}
 bytes) is kept in memory as it arrives and spooled in one write at its
-end, for the filters to read, then copied to the store from memory.  At the end of the data the
-filters judge it, reading the spool through C{open()}; on a refusal
-C{finish()} fails with L{smtpmx.reply.Refused} and nothing is stored,
-otherwise the spool is streamed into the inner store's message with the
-filters' header fields in C{Envelope.extraHeaders} and, when a filter said
-C{Junk}, the local copies filed in the Junk folder.  Trusted clients go
-straight to the inner store, as does everyone when no filter is
-configured (the tap then does not even build this store).
+end, for the checks and filters to read, then copied to the store from
+memory.  At the end of the data, sender authentication comes first: a
+DMARC failure whose domain asks for C{p=reject} (under C{--dmarc-policy
+enforce}) is refused and no filter is asked.  Then the filters judge it,
+reading the spool through C{open()}; on a refusal C{finish()} fails with
+L{smtpmx.reply.Refused} and nothing is stored, otherwise the spool is
+streamed into the inner store's message with our
+C{Authentication-Results:} field and the filters' header fields in
+C{Envelope.extraHeaders} and, when DMARC asks for quarantine or a filter
+said C{Junk}, the local copies filed in the Junk folder.  Trusted clients
+go straight to the inner store, as does everyone when there is neither
+authentication nor a filter (the tap then does not even build this store).
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpmx.access import Access
+from smtpmx.auth.checker import SenderAuthentication
+from smtpmx.auth.results import (
+    AuthResults,
+    Disposition,
+    DmarcPolicy,
+    authenticationResults,
+    decide,
+)
 from smtpmx.config import Config
 from smtpmx.envelope import Envelope, LocalMailbox
 from smtpmx.filterchain import ChainResult, FilterChain
@@ -40,6 +53,7 @@ from smtpmx.interfaces import (
     IIncomingMessage,
     IMessageStore,
 )
+from smtpmx import reply
 from smtpmx.reply import Refused, Reply
 from smtpmx.validation import ValidationContext
 
@@ -171,14 +185,24 @@ class SpooledMessage:
         return open(self._path, "rb")
 
 
-def filedEnvelope(envelope: Envelope, result: ChainResult) -> Envelope:
+def filedEnvelope(
+    envelope: Envelope, result: ChainResult, authentication: Optional[str] = None, junk: bool = False
+) -> Envelope:
     """
-    The envelope the inner store gets once the filters have spoken: their
-    header fields below C{received}, and the local copies in the Junk
-    folder when one of them said C{Junk}.
+    The envelope the inner store gets once the checks and filters have
+    spoken: our C{Authentication-Results:} field right below C{received}
+    (RFC 8601 section 5: with the trace fields), the filters' header
+    fields below whatever C{extraHeaders} held, and the local copies in the
+    Junk folder when one of them said C{Junk}, or C{junk}.
+
+    @param authentication: the value of our C{Authentication-Results:}
+        field, if the message was checked.
+    @param junk: whether sender authentication sends it to the Junk
+        folder (DMARC's C{p=quarantine}).
     """
     recipients = envelope.recipients
-    if result.junk:
+    fields = formatHeaders([("Authentication-Results", authentication)]) if authentication else b""
+    if result.junk or junk:
         recipients = [
             replace(r, destination=replace(r.destination, folder=JUNK_FOLDER))
             if isinstance(r.destination, LocalMailbox)
@@ -188,18 +212,20 @@ def filedEnvelope(envelope: Envelope, result: ChainResult) -> Envelope:
     return replace(
         envelope,
         recipients=list(recipients),
-        extraHeaders=envelope.extraHeaders + formatHeaders(result.headers),
+        extraHeaders=fields + envelope.extraHeaders + formatHeaders(result.headers),
     )
 
 
 @implementer(IMessageStore)
 class FilteringStore:
     """
-    Runs the filter chain on messages from untrusted clients before they
-    reach the inner store.
+    Runs sender authentication and the filter chain on messages from
+    untrusted clients before they reach the inner store.
 
     @ivar inner: the store messages go to once accepted.
-    @ivar chain: the L{FilterChain}.
+    @ivar chain: the L{FilterChain}, perhaps without any filter.
+    @ivar authentication: the L{SenderAuthentication}, or L{None} when no
+        method is on.
     """
 
     def __init__(
@@ -212,6 +238,7 @@ class FilteringStore:
         spoolDirectory: Optional[str] = None,
         *,
         reactor,
+        authentication: Optional[SenderAuthentication] = None,
     ) -> None:
         """
         @param access: tells who is trusted (C{--relay-network}).
@@ -220,6 +247,7 @@ class FilteringStore:
             directory by default.
         @param reactor: the server's reactor, given to the filters in their
             context (they connect and time out with it).
+        @param authentication: see L{authentication}.
         """
         self.inner = inner
         self.chain = chain
@@ -228,13 +256,15 @@ class FilteringStore:
         self.runBlocking = runBlocking
         self.spoolDirectory = spoolDirectory
         self.reactor = reactor
+        self.authentication = authentication
 
     def receive(self, envelope: Envelope) -> IIncomingMessage:
         """
-        A message spooled for the filters, or for a trusted client (or no
-        filter) the inner store's message itself.
+        A message spooled for the checks and filters, or for a trusted
+        client (or when there is nothing to run) the inner store's message
+        itself.
         """
-        if not self.chain or self.access.clientMayRelay(envelope.clientHost):
+        if not (self.chain or self.authentication) or self.access.clientMayRelay(envelope.clientHost):
             return self.inner.receive(envelope)
         return FilteredMessage(self, envelope)
 
@@ -261,6 +291,8 @@ class FilteredMessage:
 
     @ivar size: bytes written so far.
     @ivar filterVerdicts: what each filter said, for the log line.
+    @ivar authResults: what sender authentication found, for the log
+        line; L{None} until then, or when it is off.
     """
 
     log = Logger()
@@ -271,6 +303,7 @@ class FilteredMessage:
         self.envelope = envelope
         self.size = 0
         self.filterVerdicts: list[str] = []
+        self.authResults: Optional[AuthResults] = None
         self._spool = Spool(store.spoolDirectory)
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -351,18 +384,20 @@ class FilteredMessage:
 
     def finish(self) -> Deferred:
         """
-        Run the filters, then store the message or refuse it.
+        Check the sender and run the filters, then store the message or
+        refuse it.
 
         @return: a L{Deferred} that fires with L{None} once the message is
-            stored, fails with L{Refused} when a filter refused it (nothing
-            stored), or with the inner store's failure.
+            stored, fails with L{Refused} when DMARC or a filter refused it
+            (nothing stored), or with the inner store's failure.
         """
         self._pending = Deferred.fromCoroutine(self._finish())
         return self._pending
 
     async def _finish(self) -> None:
         """
-        The spool complete, the filters' verdict, the copy to the store.
+        The spool complete, the checks' and the filters' verdicts, the copy
+        to the store.
         """
         removed: Optional[Deferred] = None
         try:
@@ -378,13 +413,16 @@ class FilteredMessage:
                 head = await self._runBlocking(self._spool.complete, CHUNK)
             assert self._spool.path is not None
             message = SpooledMessage(self.envelope, self.size, self._spool.path)
-            context = self._store.context(self.envelope)
-            result = await self._store.chain.run(context, message)
+            field, junk = await self._authenticate(message)
+            result = ChainResult()
+            if self._store.chain:
+                context = self._store.context(self.envelope)
+                result = await self._store.chain.run(context, message)
             self.filterVerdicts = list(result.verdicts)
             if result.reject is not None:
                 reject = result.reject
                 raise Refused(Reply(reject.code, reject.enhanced, reject.text))
-            inner = self._store.inner.receive(filedEnvelope(self.envelope, result))
+            inner = self._store.inner.receive(filedEnvelope(self.envelope, result, field, junk))
             self._inner = inner
             try:
                 await self._copy(inner, head, whole=self.size <= CHUNK)
@@ -399,6 +437,30 @@ class FilteredMessage:
             if removed is None:
                 removed = self._runBlocking(self._spool.remove)
             await removed
+
+    async def _authenticate(self, message: SpooledMessage) -> tuple[Optional[str], bool]:
+        """
+        Sender authentication, before any filter: a message that DMARC
+        says to reject (RFC 7489 section 6.6.3, under C{--dmarc-policy
+        enforce}) is refused with C{550 5.7.1}.
+
+        @return: the value of our C{Authentication-Results:} field (L{None}
+            when the checks are off) and whether DMARC sends the message to
+            the Junk folder.
+
+        @raise Refused: DMARC rejects it.
+        """
+        authentication = self._store.authentication
+        if authentication is None:
+            return None, False
+        results = await authentication.checkMessage(self.envelope, message)
+        self.authResults = results
+        config = self._store.config
+        disposition = decide(results, DmarcPolicy(config.dmarcPolicy))
+        if disposition is Disposition.REJECT:
+            assert results.dmarc is not None
+            raise Refused(reply.dmarcRejected(results.dmarc.fromDomain or "the sender's domain"))
+        return authenticationResults(results, config.hostname), disposition is Disposition.JUNK
 
     async def _copy(self, inner: IIncomingMessage, chunk: bytes, whole: bool) -> None:
         """

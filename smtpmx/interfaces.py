@@ -162,13 +162,19 @@ class IIncomingMessage(Interface):
 
 class IFilteredMessage(IIncomingMessage):
     """
-    An incoming message that the message filters judged at C{finish()}:
-    what they said is kept for the transaction's log line.
+    An incoming message that sender authentication and the message
+    filters judged at C{finish()}: what they said is kept for the
+    transaction's log line.
     """
 
     filterVerdicts = Attribute(
         "After C{finish()} fired or failed: one C{'name verdict'} text per"
         " filter asked, in order (C{'rspamd junk'}, C{'spam 550 5.7.1'})."
+    )
+    authResults = Attribute(
+        "After C{finish()} fired or failed: the"
+        " L{smtpmx.auth.results.AuthResults} of sender authentication, or"
+        " L{None} when the message was not checked."
     )
 
 

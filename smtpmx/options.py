@@ -24,7 +24,10 @@ import enum
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
+from smtpmx.auth.results import DmarcPolicy
 from smtpmx.optiontypes import (
+    AUTH_CHECKS,
+    BOOLEAN,
     DELIVERY,
     MODE,
     DELIMITER,
@@ -332,6 +335,46 @@ SECTIONS: tuple[Section, ...] = (
         ),
     ),
     Section(
+        "Sender authentication",
+        "SPF, DKIM, DMARC and ARC verdicts on mail from untrusted clients, recorded in an"
+        " ``Authentication-Results:`` field (RFC 8601) and, for DMARC, enforced"
+        " (docs/authentication.rst).",
+        (
+            Option(
+                "auth-checks", "LIST",
+                "The checks run on mail from clients outside ``--relay-network``:"
+                " a comma-separated subset of ``spf,dkim,dmarc,arc``, or ``none``.",
+                AUTH_CHECKS, field="authChecks", default=("spf", "dkim", "dmarc", "arc"),
+                details="In the file, a list or the same text.  Only the methods named"
+                " appear in the ``Authentication-Results:`` field; ``dmarc`` evaluates SPF"
+                " and DKIM for its alignment even when they are left out.  An incoming"
+                " ``Authentication-Results:`` field naming ``--hostname`` is removed from"
+                " every message, whatever this says (RFC 8601 section 5).",
+            ),
+            Option(
+                "dmarc-policy", "MODE",
+                "``enforce``: a DMARC failure follows the sender domain's policy"
+                " (``p=reject`` refused ``550 5.7.1``, ``p=quarantine`` filed in Junk);"
+                " ``tag``: the verdicts are only recorded.",
+                choice(DmarcPolicy), field="dmarcPolicy", default=DmarcPolicy.ENFORCE.value,
+                details="A DMARC ``temperror`` never refuses mail.",
+            ),
+            Option(
+                "spf-reject", "",
+                "Refuse an SPF ``fail`` at ``MAIL FROM`` with ``550 5.7.23`` (RFC 7372).",
+                BOOLEAN, field="spfReject", default=False,
+                details="Needs ``spf`` in ``--auth-checks``.  Off, an SPF ``fail`` is"
+                " recorded, and weighs in DMARC.",
+            ),
+            Option(
+                "auth-timeout", "SECONDS",
+                "Time budget of one message's lookups; a check not done by then is"
+                " ``temperror`` and the message is accepted.",
+                SECONDS, field="authTimeout", default=10.0,
+            ),
+        ),
+    ),
+    Section(
         "Filtering",
         "Message filters judge each message from an untrusted client after its data"
         " and before the reply to DATA (docs/plugins.rst).",
@@ -562,6 +605,15 @@ def oneBackendPerDomain(values: dict[str, Any], given: Mapping[str, Given]) -> N
         seen.add(domain)
 
 
+def spfRejectNeedsSpf(values: dict[str, Any], given: Mapping[str, Given]) -> None:
+    """
+    C{--spf-reject} acts on SPF's verdict: SPF must be among the checks.
+    """
+    if values["spf-reject"] and "spf" not in values["auth-checks"]:
+        raise ConfigError("--spf-reject needs spf in --auth-checks")
+
+
 RULES: tuple[Rule, ...] = (
     smarthostIsStarRoute, oneRoutePerDomain, certificateWithKey, oneBackendPerDomain,
+    spfRejectNeedsSpf,
 )

@@ -399,11 +399,48 @@ def checkSchedule(value: Any, label: str) -> tuple[int, ...]:
     return tuple(checkPositiveInt(v, label) for v in items)
 
 
+# The sender authentication methods, in the order they are shown
+# (C{--auth-checks}, docs/authentication.rst).
+AUTH_METHODS = ("spf", "dkim", "dmarc", "arc")
+
+
+def checkAuthChecks(value: Any, label: str) -> tuple[str, ...]:
+    """
+    The sender authentication methods to run: a comma-separated subset of
+    L{AUTH_METHODS} (a list in the file), in any case and order, or
+    C{none} for no check at all.
+
+    @return: the methods named, in the order of L{AUTH_METHODS}; empty
+        for C{none}.
+    """
+    if isinstance(value, str):
+        items = [v.strip().lower() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [checkString(v, label).strip().lower() for v in value]
+    else:
+        raise ConfigError(f"{label}: expected a comma-separated list such as spf,dkim, not {value!r}")
+    if items == ["none"] or items == []:
+        return ()
+    for item in items:
+        if item not in AUTH_METHODS:
+            raise ConfigError(
+                f"{label}: {item!r} is not one of {', '.join(AUTH_METHODS)} (or none alone)"
+            )
+    return tuple(m for m in AUTH_METHODS if m in items)
+
+
+# The words a boolean may be written as, besides TOML's true and false:
+# those its default is shown with (C{on}, C{off}).
+_BOOLEAN_WORDS = {"true": True, "on": True, "false": False, "off": False}
+
+
 def checkBoolean(value: Any, label: str) -> bool:
     """
-    On or off: C{true}/C{false} in the file; a flag given on the command
-    line is on.
+    On or off: C{true}/C{false} in the file (or the text C{on}/C{off}, as
+    the docs show a default); a flag given on the command line is on.
     """
+    if isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
+        return _BOOLEAN_WORDS[value.strip().lower()]
     if not isinstance(value, bool):
         raise ConfigError(f"{label}: expected true or false, not {value!r}")
     return value
@@ -525,4 +562,10 @@ SCHEDULE = ValueType(
 # is empty): C{--name} alone turns it on.
 BOOLEAN = ValueType(
     "true or false", checked(checkBoolean), bool, show=lambda on: "on" if on else "off"
+)
+AUTH_CHECKS = ValueType(
+    "comma-separated subset of spf, dkim, dmarc, arc; or none",
+    checked(checkAuthChecks),
+    tuple[str, ...],
+    show=lambda methods: ",".join(methods) or "none",
 )

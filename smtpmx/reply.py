@@ -149,6 +149,30 @@ def tooManyErrors(hostname: str) -> Reply:
     return Reply(421, "4.7.0", f"{hostname} Error: too many errors")
 
 
+def spfFailed(domain: str, client: str) -> Reply:
+    """
+    The C{550 5.7.23} answer to C{MAIL FROM} whose SPF verdict is C{fail}
+    under C{--spf-reject} (RFC 7208 section 8.4, RFC 7372 section 3.2):
+    C{domain} does not let C{client} send its mail.
+    """
+    return Reply(
+        550, "5.7.23",
+        f"Error: SPF check failed: {domain} does not permit [{client}] to send its mail",
+    )
+
+
+def dmarcRejected(domain: str) -> Reply:
+    """
+    The C{550 5.7.1} answer to the end of the data of a message that fails
+    DMARC while its C{From:} domain asks for C{p=reject} (RFC 7489
+    section 6.6.3 and 7.3): nothing is stored.
+    """
+    return Reply(
+        550, "5.7.1",
+        f"Error: message refused: it fails DMARC and {domain} asks for it to be rejected",
+    )
+
+
 class Refused(Exception):
     """
     A message is refused as a whole after its data (a message filter's

@@ -30,17 +30,12 @@ from zope.interface import implementer
 
 from smtpmx import reply
 from smtpmx.access import Access
+from smtpmx.auth.checker import SenderAuthentication
 from smtpmx.config import Config
 from smtpmx.interfaces import IMessageStore
 from smtpmx.reply import Reply
-from smtpmx.session import (
-    TRANSACTION_LOG_FORMAT,
-    Action,
-    Answer,
-    NegotiatedTLS,
-    Session,
-    TransactionRecord,
-)
+from smtpmx.session import Action, Answer, NegotiatedTLS, Session
+from smtpmx.transactionlog import TRANSACTION_LOG_FORMAT, TransactionRecord
 from smtpmx.validation import ValidatorChain
 
 # A line longer than this without any line ending is not SMTP: cut it off.
@@ -399,7 +394,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 class SMTPServerFactory(Factory):
     """
     Makes L{SMTPServerProtocol}s and holds what they share: configuration,
-    validators, the store, the connection counts.
+    validators, the store, sender authentication, the connection counts.
     """
 
     protocol = SMTPServerProtocol
@@ -413,13 +408,19 @@ class SMTPServerFactory(Factory):
         clock: IReactorTime,
         runBlocking: Callable[..., Deferred],
         tlsOptions=None,
+        authentication: Optional[SenderAuthentication] = None,
     ) -> None:
+        """
+        @param authentication: sender authentication, whose SPF check the
+            sessions start at C{MAIL FROM}; L{None} when no method is on.
+        """
         self.config = config
         self.validators = validators
         self.store = store
         self.clock = clock
         self.runBlocking = runBlocking
         self.tlsOptions = tlsOptions
+        self.authentication = authentication
         self.access = Access.fromConfig(config)
         self.newQueueId = QueueIds(clock)
         self.connections = 0
@@ -467,4 +468,5 @@ class SMTPServerFactory(Factory):
             self.clock,
             self.newQueueId,
             tlsAvailable=self.tlsOptions is not None,
+            authentication=self.authentication,
         )

@@ -5,8 +5,10 @@ L{Session} owns the whole of one connection's SMTP state: the commands
 (L{Session.command} answers each with an L{Answer}: the reply and what the
 connection must do next), the count of refused commands, the TLS state, and
 the mail transaction from MAIL to the end of DATA, including the message
-bytes (L{Session.feedData}, L{Session.endData}), the size and hop limits
-and the record of the transaction that the log line is made from.
+bytes (L{Session.feedData}, L{Session.endData}), the size and hop limits,
+the start of sender authentication (SPF from C{MAIL FROM} on) and the
+record of the transaction that the log line is made from
+(L{smtpmx.transactionlog}).
 The protocol in L{smtpmx.server} only moves bytes to and from it.
 
 RCPT may answer late, with a L{Deferred}, when a validator does; the end
@@ -29,11 +31,14 @@ from twisted.python.failure import Failure
 from smtpmx import headers, reply
 from smtpmx.access import Access
 from smtpmx.address import Address, AddressError, parseParameters, parsePath
+from smtpmx.auth.checker import SenderAuthentication
+from smtpmx.auth.results import SpfResult, authservIdOf
 from smtpmx.body import DataReader, HeaderScanner
 from smtpmx.config import Config
 from smtpmx.envelope import Envelope, Recipient
 from smtpmx.interfaces import IFilteredMessage, IIncomingMessage, IMessageStore
 from smtpmx.reply import Reply
+from smtpmx.transactionlog import RecipientVerdict, TransactionRecord
 from smtpmx.validation import ValidationContext, ValidatorChain, ValidatorError
 
 # RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
@@ -46,13 +51,6 @@ VALIDATOR_TIMEOUT = 60
 
 # Replies that count as a client's error towards the bad-command limit.
 _ERROR_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
-
-# The transaction's log line; its fields come from
-# L{TransactionRecord.logFields}.
-TRANSACTION_LOG_FORMAT = (
-    "{id}: client=[{client}] helo={helo} from={sender} to=[{verdicts}] "
-    "size={size}{filters} result={result}"
-)
 
 
 class Action(enum.Enum):
@@ -101,17 +99,6 @@ class NegotiatedTLS:
         return f"{self.version} with cipher {self.cipher} ({self.bits}/{self.bits} bits)"
 
 
-@dataclass(frozen=True)
-class RecipientVerdict:
-    """
-    What became of one RCPT, for the transaction's log line.
-    """
-
-    address: str
-    reply: Reply
-    decidedBy: Optional[str]
-
-
 @dataclass
 class Transaction:
     """
@@ -127,44 +114,6 @@ class Transaction:
     recipients: list[Recipient] = field(default_factory=list)
     accepted: int = 0
     verdicts: list[RecipientVerdict] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class TransactionRecord:
-    """
-    How one transaction that reached the end of DATA ended: what its log
-    line says, and the reply the client gets.
-    """
-
-    envelope: Envelope
-    verdicts: list[RecipientVerdict]
-    size: int
-    reply: Reply
-    filters: tuple[str, ...] = ()
-
-    def logFields(self) -> dict:
-        """
-        The fields of L{TRANSACTION_LOG_FORMAT}: queue ID, client, HELO
-        name, sender, each recipient's verdict (and which validator gave
-        it), message size, what each message filter said (when any was
-        asked) and result.
-        """
-        envelope = self.envelope
-        verdicts = ", ".join(
-            f"<{v.address}> {v.reply.code} {v.reply.enhanced or ''}".rstrip()
-            + (f" by {v.decidedBy}" if v.decidedBy else "")
-            for v in self.verdicts
-        )
-        return dict(
-            id=envelope.queueId,
-            client=envelope.clientHost,
-            helo=envelope.heloName,
-            sender=envelope.reversePath.path if envelope.reversePath else "<>",
-            verdicts=verdicts,
-            size=self.size,
-            filters=f" filters=[{', '.join(self.filters)}]" if self.filters else "",
-            result=str(self.reply),
-        )
 
 
 class Session:
@@ -194,6 +143,7 @@ class Session:
         clock: IReactorTime,
         newQueueId: Callable[[], str],
         tlsAvailable: bool = False,
+        authentication: Optional[SenderAuthentication] = None,
     ) -> None:
         """
         @param store: where accepted messages are streamed to.
@@ -205,6 +155,8 @@ class Session:
             in their L{ValidationContext}.
         @param newQueueId: makes the queue ID of each message.
         @param tlsAvailable: whether STARTTLS is offered.
+        @param authentication: sender authentication, whose SPF check
+            starts at C{MAIL FROM}; L{None} when no check is made.
         """
         self.config = config
         self.validators = validators
@@ -213,6 +165,7 @@ class Session:
         self.clientHost = clientHost
         self.runBlocking = runBlocking
         self.tlsAvailable = tlsAvailable
+        self.authentication = authentication
         self._newQueueId = newQueueId
         self._clock = clock
         self.heloName: Optional[str] = None
@@ -376,9 +329,10 @@ class Session:
 
     # The mail transaction.
 
-    def smtp_MAIL(self, argument: str) -> Answer:
+    def smtp_MAIL(self, argument: str) -> Answer | Deferred:
         """
-        RFC 5321 4.1.1.2: begin a transaction.
+        RFC 5321 4.1.1.2: begin a transaction; with C{--spf-reject}, once
+        SPF has spoken.
         """
         if self.heloName is None:
             return self._answer(reply.NEED_HELO)
@@ -415,8 +369,43 @@ class Session:
             self.clientHost, self.heloName, path, self.config, self.runBlocking,
             esmtp=self.esmtp, declaredSize=size, reactor=self._clock,
         )
-        self.transaction = Transaction(path, smtputf8, context)
+        transaction = Transaction(path, smtputf8, context)
+        checking = self._checkSender(path)
+        if checking is not None:
+            return checking.addCallback(self._senderChecked, transaction).addErrback(self._broke)
+        self.transaction = transaction
         return Answer(reply.SENDER_OK)
+
+    def _checkSender(self, path: Optional[Address]) -> Optional[Deferred]:
+        """
+        Start SPF on an untrusted client's sender (RFC 7208 section 2.4) as
+        soon as it is known, so that it overlaps the transaction.
+
+        @return: the L{Deferred} of its L{SpfResult} when C{MAIL} waits for
+            it (C{--spf-reject}), else L{None}.
+        """
+        auth = self.authentication
+        if auth is None or not auth.needsSpf or self.access.clientMayRelay(self.clientHost):
+            return None
+        d = auth.checkSender(self.clientHost, self.heloName, path)
+        return d if self.config.spfReject else None
+
+    def _senderChecked(self, spf: SpfResult, transaction: Transaction) -> Answer:
+        """
+        Under C{--spf-reject}: an SPF C{fail} refuses C{MAIL} (RFC 7208
+        section 8.4), anything else begins the transaction.
+        """
+        if spf.result != "fail":
+            self.transaction = transaction
+            return Answer(reply.SENDER_OK)
+        r = reply.spfFailed(spf.domain or "the sender's domain", self.clientHost)
+        self.log.info(
+            "NOQUEUE: reject: MAIL from [{client}]: {reply}; from={sender}",
+            client=self.clientHost,
+            reply=str(r),
+            sender=transaction.reversePath.path if transaction.reversePath else "<>",
+        )
+        return self._answer(r)
 
     def smtp_RCPT(self, argument: str) -> Answer | Deferred:
         """
@@ -508,7 +497,7 @@ class Session:
             return self._answer(reply.NO_RECIPIENTS)
         self._envelope = envelope = self._newEnvelope(t)
         self._reader = DataReader()
-        self._headers = HeaderScanner()
+        self._headers = HeaderScanner(forged=self._claimsOurVerdicts)
         self._tooBig = False
         try:
             self._message = self.store.receive(envelope)
@@ -519,12 +508,22 @@ class Session:
 
     # The DATA phase.
 
+    def _claimsOurVerdicts(self, value: bytes) -> bool:
+        """
+        Whether an incoming C{Authentication-Results:} field, of value
+        C{value}, names our C{--hostname} as its authserv-id: only we may
+        say what we found, so such a field is removed from every message,
+        whoever sends it (RFC 8601 section 5).
+        """
+        return authservIdOf(value) == self.config.hostname.lower()
+
     def feedData(self, data: bytes) -> tuple[Optional[Deferred], Optional[bytes]]:
         """
         Take a chunk of the DATA phase as it came from the client: it is
         unstuffed (L{DataReader}), checked against the size limit (RFC 1870
         section 6.3: past it the rest is read and nothing more stored),
-        scanned for the hop count and streamed to the store.
+        scanned for the hop count, rid of forged C{Authentication-Results:}
+        fields and streamed to the store.
 
         @return: a L{Deferred} that fires when the store is ready for more
             (read no more until then), or L{None}; and L{None} while the
@@ -542,14 +541,25 @@ class Session:
                 self.abortMessage()
             else:
                 if not self._headers.done:
-                    self._headers.feed(body)
-                if self._message is not None:
-                    try:
-                        pending = self._message.write(body)
-                    except Exception:
-                        self.log.failure("cannot store message {id}", id=self._envelope.queueId)
-                        self.abortMessage()
+                    body = self._headers.feed(body)
+                pending = self._write(body)
         return pending, leftover
+
+    def _write(self, data: bytes) -> Optional[Deferred]:
+        """
+        Stream message bytes to the store, if it still takes them; a store
+        that fails is given up on.
+
+        @return: what the store's C{write} returned.
+        """
+        if self._message is None or not data:
+            return None
+        try:
+            return self._message.write(data)
+        except Exception:
+            self.log.failure("cannot store message {id}", id=self._envelope.queueId)
+            self.abortMessage()
+            return None
 
     def endData(self) -> Deferred:
         """
@@ -563,6 +573,9 @@ class Session:
         envelope, self._envelope = self._envelope, None
         reader, self._reader = self._reader, None
         scanner, self._headers = self._headers, None
+        if scanner is not None and not self._tooBig:
+            # What the scan held back to the end: a last header field.
+            self._write(scanner.flush())
         tooManyHops = scanner is not None and scanner.received > self.config.maxHops
         if tooManyHops:
             # A mail loop (RFC 5321 section 6.3): nothing is kept.
@@ -574,9 +587,11 @@ class Session:
 
         def record(r: Reply) -> TransactionRecord:
             filters: tuple[str, ...] = ()
+            authResults = None
             if message is not None and IFilteredMessage.providedBy(message):
                 filters = tuple(message.filterVerdicts)
-            return TransactionRecord(envelope, t.verdicts, size, r, filters)
+                authResults = message.authResults
+            return TransactionRecord(envelope, t.verdicts, size, r, filters, authResults)
 
         if self._tooBig:
             return succeed(record(reply.TOO_BIG))

@@ -22,6 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 import smtpmx
 from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile, summarize
@@ -392,15 +393,21 @@ def _formatAddress(address) -> str:
 
 class SMTPMXService(MultiService):
     """
-    The whole server: its listening services, and the start-up summary of
-    the configuration in the log.
+    The whole server: its listening services, the thread pool of sender
+    authentication, and the start-up summary of the configuration in the
+    log.
+
+    @ivar threadPool: the thread pool of sender authentication's checks,
+        or L{None}; started with the server, stopped once its services
+        are.
     """
 
     log = Logger()
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, threadPool: Optional[ThreadPool] = None) -> None:
         super().__init__()
         self.config = config
+        self.threadPool = threadPool
 
     _announced = False
 
@@ -438,7 +445,25 @@ class SMTPMXService(MultiService):
             "--maildir-root", self.config.maildirRoot, directoryModeFor(self.config.maildirMode)
         )
         checkWritable("--queue-dir", self.config.queueDir)
+        if self.threadPool is not None:
+            self.threadPool.start()
         super().startService()
+
+    def stopService(self) -> Deferred:
+        """
+        Stop the services, then the thread pool (its threads end once the
+        check each runs is over: the checks are bounded in time).
+        """
+        d = super().stopService()
+        if self.threadPool is not None:
+            pool = self.threadPool
+
+            def stopPool(result):
+                pool.stop()
+                return result
+
+            d.addBoth(stopPool)
+        return d
 
 
 def checkWritable(option: str, path: str, mode: int = DIRECTORY_MODE) -> None:
@@ -490,6 +515,45 @@ class _LazyResolver:
         return getattr(self._resolver, name)
 
 
+# Threads of sender authentication's pool: each runs the checks of one
+# message or sender at a time, blocked on their lookups.
+AUTH_THREADS = 10
+
+
+def senderAuthentication(config: Config, reactor):
+    """
+    Sender authentication as C{--auth-checks} asks for it: a
+    L{smtpmx.auth.checker.SenderAuthentication} whose checks run in a
+    thread pool of their own (never the reactor's, whose threads the
+    storage uses), their lookups going through one
+    L{smtpmx.auth.dns.Resolver} aimed at C{--dns-server} (else the
+    servers of C{/etc/resolv.conf}, read at the first lookup).
+
+    @return: the L{SenderAuthentication} and its L{ThreadPool} (to be
+        started and stopped with the server), or C{(None, None)} with
+        C{--auth-checks none}.
+    """
+    from smtpmx.auth.checker import SenderAuthentication
+    from smtpmx.auth.dns import Resolver
+    from smtpmx.auth.results import Method
+
+    if not config.authChecks:
+        return None, None
+    pool = ThreadPool(0, AUTH_THREADS, name="smtpmx-auth")
+
+    def runInThread(f, *args, **kwargs) -> Deferred:
+        return deferToThreadPool(reactor, pool, f, *args, **kwargs)
+
+    authentication = SenderAuthentication(
+        frozenset(Method(m) for m in config.authChecks),
+        Resolver(config.dnsServer),
+        runInThread,
+        reactor,
+        config.authTimeout,
+    )
+    return authentication, pool
+
+
 def buildService(
     config: Config,
     validators: ValidatorChain,
@@ -503,7 +567,8 @@ def buildService(
 
     @param reactor: the reactor to listen, time and run threads with.
     @param filters: the message filters, C{(name, filter)} pairs in order;
-        with none, messages go straight to the store.
+        with none, and no sender authentication (C{--auth-checks none}),
+        messages go straight to the store.
     @param backends: the delivery backends of C{config.delivery}, by
         specification (L{smtpmx.backendlookup.makeBackends}); the relay
         service hands their queued recipients to them.
@@ -528,13 +593,14 @@ def buildService(
     store = RoutingStore(
         MaildirStore(config.maildirRoot, runBlocking, mode=config.maildirMode), queueStore
     )
-    if filters:
+    authentication, authPool = senderAuthentication(config, reactor)
+    if filters or authentication is not None:
         chain = FilterChain(filters, reactor, config.filterTimeout, config.filterFailure)
         # Spooled messages wait in the queue's tmp/, on the queue's disk;
         # what a crash leaves there is removed at the next start.
         store = FilteringStore(
             store, chain, Access.fromConfig(config), config, runBlocking,
-            queue.temporaryDirectory, reactor=reactor,
+            queue.temporaryDirectory, reactor=reactor, authentication=authentication,
         )
     factory = SMTPServerFactory(
         config,
@@ -543,6 +609,7 @@ def buildService(
         reactor,
         runBlocking,
         tlsOptions=tlsOptions,
+        authentication=authentication,
     )
     relay = RelayService(
         config,
@@ -556,7 +623,7 @@ def buildService(
         backends=backends,
     )
     queueStore.onQueued = relay.queued
-    service = SMTPMXService(config)
+    service = SMTPMXService(config, authPool)
     # First, so that the queue is recovered before any connection is taken.
     relay.setName("relay")
     relay.setServiceParent(service)

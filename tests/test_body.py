@@ -139,10 +139,16 @@ class HeaderScannerTests(SynchronousTestCase):
 
     def test_bounded(self):
         """
-        A header line longer than the limit stops the scan.
+        A header line longer than the limit is passed on as it arrives,
+        nothing of it held back, and the scan goes on after it: a field
+        further down is still counted, or removed.
         """
-        scanner = HeaderScanner(limit=10)
-        scanner.feed(b"x" * 100)
+        scanner = HeaderScanner(limit=30, forged=lambda value: True)
+        self.assertEqual(scanner.feed(b"x" * 100), b"x" * 100)
+        self.assertFalse(scanner.done)
+        out = scanner.feed(b"\nAuthentication-Results: mx.example; spf=pass\nReceived: a\n\n")
+        self.assertEqual(out, b"\nReceived: a\n\n")
+        self.assertEqual(scanner.received, 1)
         self.assertTrue(scanner.done)
 
 
@@ -166,3 +172,169 @@ class HostileInputTests(SynchronousTestCase):
             self.assertLessEqual(len(reader._carry), 6)
         self.assertGreater(total, 64 * 65536 - 8)
         self.assertEqual(reader.size, total)
+
+
+def ours(value: bytes) -> bool:
+    """
+    Whether an C{Authentication-Results:} value names C{mx.example.org}
+    (its first word, as far as these tests go).
+    """
+    return value.split(b";", 1)[0].strip().lower() == b"mx.example.org"
+
+
+def scanned(data: bytes, cuts=(), forged=ours) -> tuple[bytes, int]:
+    """
+    The bytes a L{HeaderScanner} lets through for C{data} cut at C{cuts},
+    and the C{Received:} fields it counted.
+    """
+    scanner = HeaderScanner(forged=forged)
+    points = sorted(set(c for c in cuts if 0 < c < len(data)))
+    pieces = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    out = b"".join(scanner.feed(piece) for piece in pieces) + scanner.flush()
+    return out, scanner.received
+
+
+def removedByHand(data: bytes) -> tuple[bytes, int]:
+    """
+    What L{scanned} should give, the simple way: the header section (up
+    to the first empty line) split into whole fields, those named
+    C{Authentication-Results} whose value is L{ours} left out.
+    """
+    lines = [line + b"\n" for line in data.split(b"\n")]
+    lines[-1] = lines[-1][:-1]
+    if not lines[-1]:
+        lines.pop()
+    fields: list[list[bytes]] = []
+    rest: list[bytes] = []
+    for i, line in enumerate(lines):
+        if line == b"\n":
+            rest = lines[i:]
+            break
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept = []
+    received = 0
+    for field in fields:
+        text = b"".join(field)
+        received += text[:9].lower() == b"received:"
+        name, colon, value = text.partition(b":")
+        if not (colon and name.rstrip(b" \t").lower() == b"authentication-results" and ours(value)):
+            kept.append(text)
+    return b"".join(kept + rest), received
+
+
+HEADER_LINES = st.sampled_from([
+    b"Received: from a",
+    b"RECEIVED: from b",
+    b"Authentication-Results: mx.example.org; spf=pass",
+    b"authentication-results : MX.Example.Org; dkim=fail",
+    b"Authentication-Results:\n mx.example.org; arc=none",
+    b"Authentication-Results: other.example; dkim=pass",
+    b"Authentication-Results: mx.example.org.evil; spf=pass",
+    b"Authentication-Resultsx: mx.example.org",
+    b"Authentication",
+    b" folded mx.example.org; spf=pass",
+    b"\tAuthentication-Results: mx.example.org",
+    b"Subject: hi",
+    b"X: " + b"y" * 100,
+])
+
+
+class ForgedFieldTests(SynchronousTestCase):
+    """
+    L{HeaderScanner} removes the C{Authentication-Results:} fields that
+    claim our authserv-id from the header section, and only those
+    (RFC 8601 section 5), whatever the chunk boundaries.
+    """
+
+    MESSAGE = (
+        b"Received: from a\n"
+        b"Authentication-Results: mx.example.org; spf=pass\n\tsmtp.mailfrom=x\n"
+        b"Authentication-Results: other.example; dkim=pass\n"
+        b"authentication-results : MX.example.org;\n dkim=pass\n"
+        b"Subject: hi\n"
+        b"\n"
+        b"Authentication-Results: mx.example.org; in the body\n"
+    )
+    KEPT = (
+        b"Received: from a\n"
+        b"Authentication-Results: other.example; dkim=pass\n"
+        b"Subject: hi\n"
+        b"\n"
+        b"Authentication-Results: mx.example.org; in the body\n"
+    )
+
+    def test_removed(self) -> None:
+        """
+        Our fields go, folded lines and all; another authserv-id's field
+        and the body stay.
+        """
+        self.assertEqual(scanned(self.MESSAGE), (self.KEPT, 1))
+
+    def test_everyChunking(self) -> None:
+        """
+        Cut anywhere, or byte by byte, the message comes out the same.
+        """
+        for cut in range(len(self.MESSAGE) + 1):
+            self.assertEqual(scanned(self.MESSAGE, [cut]), (self.KEPT, 1), cut)
+        self.assertEqual(scanned(self.MESSAGE, range(len(self.MESSAGE))), (self.KEPT, 1))
+
+    def test_lastField(self) -> None:
+        """
+        A forged field that ends the message (no body) is removed when
+        the message ends.
+        """
+        data = b"Subject: x\nAuthentication-Results: mx.example.org; spf=pass\n"
+        self.assertEqual(scanned(data), (b"Subject: x\n", 0))
+        scanner = HeaderScanner(forged=ours)
+        self.assertEqual(scanner.feed(data), b"Subject: x\n")
+        self.assertEqual(scanner.flush(), b"")
+
+    def test_notForgedHeldThenKept(self) -> None:
+        """
+        A field held back until its end is known is let through whole as
+        soon as a line that is not its continuation starts.
+        """
+        scanner = HeaderScanner(forged=ours)
+        self.assertEqual(scanner.feed(b"Authentication-Results: other; x\n"), b"")
+        self.assertEqual(scanner.feed(b"\tfolded\n"), b"")
+        self.assertEqual(scanner.feed(b"Subj"), b"Authentication-Results: other; x\n\tfolded\nSubj")
+        self.assertEqual(scanner.feed(b"ect: y\n"), b"ect: y\n")
+
+    def test_withoutForged(self) -> None:
+        """
+        Without C{forged}, nothing is removed nor held back.
+        """
+        scanner = HeaderScanner()
+        self.assertEqual(scanner.feed(self.MESSAGE), self.MESSAGE)
+
+    def test_longFieldDecidedEarly(self) -> None:
+        """
+        A field longer than the limit is decided on its start: a forged
+        one loses the rest of its lines too, memory stays bounded.
+        """
+        scanner = HeaderScanner(limit=100, forged=ours)
+        out = scanner.feed(b"Authentication-Results: mx.example.org; spf=pass\n")
+        for _ in range(10):
+            out += scanner.feed(b"\t" + b"x" * 50 + b"\n")
+        out += scanner.feed(b"Subject: s\n\nbody\n")
+        self.assertEqual(out, b"Subject: s\n\nbody\n")
+
+    @given(
+        st.lists(HEADER_LINES, max_size=12),
+        st.booleans(),
+        st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_property(self, lines, withBody, cuts) -> None:
+        """
+        For any header lines and any chunk boundaries, the scanner lets
+        through what the simple field-by-field reading keeps, and counts
+        the same C{Received:} fields.
+        """
+        data = b"".join(line + b"\n" for line in lines)
+        if withBody:
+            data += b"\nAuthentication-Results: mx.example.org; body\nReceived: body\n"
+        self.assertEqual(scanned(data, cuts), removedByHand(data))

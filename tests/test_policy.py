@@ -573,7 +573,7 @@ class PostgreyEndToEndTests(SynchronousTestCase):
         postgrey = RunningPostgrey.start(self.addCleanup, delay=DELAY)
         server = RunningServer.start(
             self.addCleanup,
-            ["--domain", "example.org", "--relay-network", "192.0.2.0/24",
+            ["--domain", "example.org", "--relay-network", "192.0.2.0/24", "--auth-checks", "none",
              "--validator", f"policy:{postgrey.endpoint}", "--validator", "any"],
         )
         user = unique("grey")
@@ -633,8 +633,8 @@ class PolicyOnTheWireTests(TestCase):
         self.addCleanup(port.stopListening)
         server = RunningServer.start(
             self.addCleanup,
-            ["--domain", "example.org", "--relay-network", "192.0.2.0/24", "--validator",
-             f"policy:tcp:127.0.0.1:{port.getHost().port}", "--validator", "any"],
+            ["--domain", "example.org", "--relay-network", "192.0.2.0/24", "--auth-checks", "none",
+             "--validator", f"policy:tcp:127.0.0.1:{port.getHost().port}", "--validator", "any"],
         )
 
         def session() -> list[tuple[int, str]]:
@@ -675,7 +675,7 @@ class PolicyOnTheWireTests(TestCase):
         number = freePort()
         server = RunningServer.start(
             self.addCleanup,
-            ["--domain", "example.org", "--relay-network", "192.0.2.0/24",
+            ["--domain", "example.org", "--relay-network", "192.0.2.0/24", "--auth-checks", "none",
              "--validator", f"policy:tcp:127.0.0.1:{number}",
              "--validator", "any"],
         )

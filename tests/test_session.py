@@ -16,16 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import reply
 from smtpmx.access import Access
-from smtpmx.session import (
-    MAX_BAD_COMMANDS,
-    TRANSACTION_LOG_FORMAT,
-    Action,
-    Answer,
-    NegotiatedTLS,
-    Session,
-    TransactionRecord,
-)
+from smtpmx.session import MAX_BAD_COMMANDS, Action, Answer, NegotiatedTLS, Session
 from smtpmx.testing import MemoryStore, runAtOnce
+from smtpmx.transactionlog import TRANSACTION_LOG_FORMAT, TransactionRecord
 from smtpmx.validation import Accept, ValidationContext, ValidatorChain
 from tests import dialogues
 from tests.serverhelpers import DictValidator, makeConfig
