@@ -25,6 +25,7 @@ from typing import Optional
 import dkim
 import nacl.encoding
 import nacl.signing
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.canonicalization import Relaxed, Simple
@@ -422,6 +423,7 @@ class VerifyMessageTests(SynchronousTestCase):
     section 6), in the words of RFC 8601 section 2.7.1.
     """
 
+    @pytest.mark.rfc("6376", "3.3")
     def test_passRsa(self):
         """
         A message signed with rsa-sha256 passes, named by its domain and
@@ -483,6 +485,7 @@ class VerifyMessageTests(SynchronousTestCase):
         with open(path, "rb") as f:
             self.assertEqual(verifyMessage(zone(), f).dkim[0].result, "pass")
 
+    @pytest.mark.rfc("6376", "6.1.3", "6376-6.1.3-1")
     def test_bodyTampered(self):
         """
         A changed body fails: the body hash does not match.
@@ -490,6 +493,7 @@ class VerifyMessageTests(SynchronousTestCase):
         message = sign(MESSAGE).replace(b"Friday?", b"Saturday?")
         self.assertEqual(verify(message).dkim, (DkimResult("fail", "example.org", "sel", "body hash mismatch"),))
 
+    @pytest.mark.rfc("6376", "6.1.3", "6376-6.1.3-2")
     def test_headerTampered(self):
         """
         A changed signed header field fails: the signature does not verify.
@@ -499,6 +503,7 @@ class VerifyMessageTests(SynchronousTestCase):
             verify(message).dkim, (DkimResult("fail", "example.org", "sel", "signature did not verify"),)
         )
 
+    @pytest.mark.rfc("8617", "5.2", "8617-5.2-1")
     def test_unsigned(self):
         """
         An unsigned message is C{none} for DKIM and for ARC, and no key is
@@ -519,6 +524,7 @@ class VerifyMessageTests(SynchronousTestCase):
         self.assertEqual(auth.headers[2], (b"Subject", b" Lunch\r\n  on Friday\r\n"))
         self.assertEqual([name for name, _ in auth.headers], [b"From", b"To", b"Subject", b"Date", b"Message-ID"])
 
+    @pytest.mark.rfc("6376", "6.1", "6376-6.1-1")
     def test_twoSignatures(self):
         """
         Each signature has its verdict, the topmost first.
@@ -544,6 +550,7 @@ class VerifyMessageTests(SynchronousTestCase):
         self.assertEqual([r.result for r in auth.dkim], ["pass"] * MAX_SIGNATURES)
         self.assertEqual(len(txt.asked), MAX_SIGNATURES)
 
+    @pytest.mark.rfc("6376", "6.1.2", "6376-6.1.2-1")
     def test_keyMissing(self):
         """
         A signature whose key record does not exist is a C{permerror}.
@@ -559,6 +566,7 @@ class VerifyMessageTests(SynchronousTestCase):
         auth = verify(sign(MESSAGE).replace(b"Friday?", b"Saturday?"), Zone())
         self.assertEqual(auth.dkim[0].result, "permerror")
 
+    @pytest.mark.rfc("6376", "6.1.2", "6376-6.1.2-2")
     def test_keyRevoked(self):
         """
         An empty C{p=} is a revoked key (RFC 6376 section 3.6.1): a
@@ -567,6 +575,7 @@ class VerifyMessageTests(SynchronousTestCase):
         txt = Zone({"sel._domainkey.example.org": [b"v=DKIM1; k=rsa; p="]})
         self.assertEqual(verify(sign(MESSAGE), txt).dkim[0], DkimResult("permerror", "example.org", "sel", "key revoked"))
 
+    @pytest.mark.rfc("6376", "6.1.2", "6376-6.1.2-3")
     def test_keyUnusable(self):
         """
         A key record that cannot be read, or holds a key of another
@@ -592,6 +601,7 @@ class VerifyMessageTests(SynchronousTestCase):
         txt.temporary.add("sel._domainkey.example.org")
         self.assertEqual(verify(sign(MESSAGE), txt).dkim[0].result, "temperror")
 
+    @pytest.mark.rfc("6376", "6.1.1", "6376-6.1.1-2")
     def test_malformedSignature(self):
         """
         A signature that cannot be read, lacks a required tag or has an
@@ -611,6 +621,7 @@ class VerifyMessageTests(SynchronousTestCase):
             self.assertTrue(result.reason, field)
         self.assertEqual(verify(cases[1] + MESSAGE).dkim[0], DkimResult("permerror", "example.org", "sel", "missing b="))
 
+    @pytest.mark.rfc("6376", "6.1.1", "6376-6.1.1-1")
     def test_fromNotSigned(self):
         """
         A signature that does not cover C{From:} is a C{permerror} (RFC
@@ -795,6 +806,7 @@ class ArcTests(SynchronousTestCase):
     5.2).
     """
 
+    @pytest.mark.rfc("8617", "5.2", "8617-5.2-3")
     def test_pass(self):
         """
         A message sealed once passes.
@@ -822,6 +834,7 @@ class ArcTests(SynchronousTestCase):
         message = seal(MESSAGE, 1).replace(b"Friday?", b"Saturday?")
         self.assertEqual(verify(message).arc, ArcResult("fail"))
 
+    @pytest.mark.rfc("8617", "5.2", "8617-5.2-2")
     def test_brokenChain(self):
         """
         A seal that no longer verifies, or a set missing, fails the chain.

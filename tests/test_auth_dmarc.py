@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from hypothesis import given, strategies as st
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.auth.dmarc import MAX_FROM_DOMAINS, checkDmarc, organizationalDomain
@@ -135,6 +136,7 @@ class RecordDiscoveryTests(SynchronousTestCase):
     Finding the policy record, RFC 7489 section 6.6.3.
     """
 
+    @pytest.mark.rfc("7489", "6.6.3", "7489-6.6.3-1", "7489-6.6.3-2", "7489-6.6.3-3")
     def test_noRecord(self):
         """
         A From domain that publishes no record has DMARC C{none}; the
@@ -153,6 +155,7 @@ class RecordDiscoveryTests(SynchronousTestCase):
         self.assertEqual(verdict, DmarcResult("none", "example.net"))
         self.assertEqual(asked, ["_dmarc.example.net"])
 
+    @pytest.mark.rfc("7489", "6.6.3", "7489-6.6.3-5")
     def test_twoRecords(self):
         """
         Two DMARC records at the From domain are no policy (C{none}), and the
@@ -174,6 +177,7 @@ class RecordDiscoveryTests(SynchronousTestCase):
         verdict, _ = check(records, "a@mail.example.net")
         self.assertEqual(verdict, DmarcResult("none", "mail.example.net"))
 
+    @pytest.mark.rfc("7489", "6.6.3", "7489-6.6.3-4")
     def test_otherRecordsDiscarded(self):
         """
         TXT records that do not start with C{v=DMARC1} (exactly, though
@@ -212,6 +216,7 @@ class RecordDiscoveryTests(SynchronousTestCase):
             verdict, _ = check({"_dmarc.example.net": [record]})
             self.assertEqual(verdict, DmarcResult("permerror", "example.net"), record)
 
+    @pytest.mark.rfc("7489", "6.6.3", "7489-6.6.3-6")
     def test_invalidPolicyWithReports(self):
         """
         A record without a valid C{p=} that names a valid report address is
@@ -225,6 +230,7 @@ class RecordDiscoveryTests(SynchronousTestCase):
             verdict, _ = check({"_dmarc.example.net": [record]})
             self.assertEqual(verdict, DmarcResult("fail", "example.net", "none"), record)
 
+    @pytest.mark.rfc("7489", "6.3", "7489-6.3-2")
     def test_tagsLeniently(self):
         """
         Tag names and policy words are case-insensitive; unknown tags,
@@ -282,6 +288,7 @@ class AlignmentTests(SynchronousTestCase):
     domain aligned with the From domain.
     """
 
+    @pytest.mark.rfc("7489", "3.1.2")
     def test_spfRelaxed(self):
         """
         By default an SPF pass for a domain of the same organization aligns.
@@ -290,6 +297,7 @@ class AlignmentTests(SynchronousTestCase):
             verdict, _ = check(REJECT, spf=SpfResult("pass", mailfrom=domain))
             self.assertEqual(verdict, DmarcResult("pass", "example.net"), domain)
 
+    @pytest.mark.rfc("7489", "3.1.2")
     def test_spfStrict(self):
         """
         With C{aspf=s} only the very From domain aligns.
@@ -332,6 +340,7 @@ class AlignmentTests(SynchronousTestCase):
         verdict, _ = check(REJECT, spf=SpfResult("pass", helo="[192.0.2.1]"))
         self.assertEqual(verdict, DmarcResult("fail", "example.net", "reject"))
 
+    @pytest.mark.rfc("7489", "3.1.1")
     def test_dkimRelaxed(self):
         """
         By default a passing signature of a domain of the same organization
@@ -341,6 +350,7 @@ class AlignmentTests(SynchronousTestCase):
             verdict, _ = check(REJECT, "a@news.example.net", dkim=[DkimResult("pass", domain, "sel")])
             self.assertEqual(verdict, DmarcResult("pass", "news.example.net"), domain)
 
+    @pytest.mark.rfc("7489", "3.1.1")
     def test_dkimStrict(self):
         """
         With C{adkim=s} only a signature of the very From domain aligns.
@@ -420,6 +430,7 @@ class PolicyTests(SynchronousTestCase):
             verdict, _ = check({"_dmarc.example.net": [f"v=DMARC1; p={policy}"]})
             self.assertEqual(verdict, DmarcResult("fail", "example.net", policy))
 
+    @pytest.mark.rfc("7489", "6.6.3", "7489-6.6.3-2")
     def test_subdomainPolicy(self):
         """
         A subdomain without a record of its own is under the organizational
@@ -432,6 +443,7 @@ class PolicyTests(SynchronousTestCase):
         verdict, _ = check(records, "a@example.net")
         self.assertEqual(verdict, DmarcResult("fail", "example.net", "none"))
 
+    @pytest.mark.rfc("7489", "6.3", "7489-6.3-1")
     def test_subdomainWithoutSp(self):
         """
         Without C{sp=}, a subdomain is under C{p=}.
@@ -468,6 +480,7 @@ class PolicyTests(SynchronousTestCase):
         verdict, _ = check(REJECT, spf=SpfResult("pass", mailfrom="example.net"))
         self.assertIsNone(verdict.policy)
 
+    @pytest.mark.rfc("7489", "6.6.4", "7489-6.6.4-1", "7489-6.6.4-4")
     def test_percentSampled(self):
         """
         With C{pct=50}, a random number under one half applies the policy;
@@ -577,6 +590,7 @@ class FromFieldTests(SynchronousTestCase):
         self.assertEqual(verdict, DmarcResult("fail", "example.net", "reject"))
         self.assertEqual(asked, ["_dmarc.example.org", "_dmarc.example.net"])
 
+    @pytest.mark.rfc("7489", "6.6.1")
     def test_severalFailingDomains(self):
         """
         When several domains fail, the first failing one is reported, under

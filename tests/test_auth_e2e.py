@@ -584,7 +584,7 @@ class AuthenticationTests(ServersTestCase):
         stored = self.deliver(signedMessage(unique("orgown-"), "alice@org.test"), "bob@none.test")
         self.assertEqual(verdicts(stored)[2], "dmarc=fail header.from=org.test")
 
-    @pytest.mark.rfc("7489", "6.3")
+    @pytest.mark.rfc("7489", "6.3", "7489-6.3-1")
     def test_subdomainWithoutSp(self):
         """
         Without C{sp=}, a subdomain follows the organizational domain's
@@ -983,6 +983,7 @@ class FailingDNSTests(ServersTestCase):
         [stored] = self.spfReject.newMessages("localhost", user)
         self.assertEqual(verdicts(stored)[0], "spf=temperror smtp.mailfrom=example.test")
 
+    @pytest.mark.rfc("7208", "4.4")
     def test_servfailTemperror(self):
         """
         A DNS server that answers C{SERVFAIL} makes SPF, DKIM and DMARC

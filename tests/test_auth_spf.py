@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.auth.dns import Resolver
@@ -111,6 +112,7 @@ class CheckSpfTests(SynchronousTestCase):
         """
         self.assertEqual(self.check("198.51.100.7", "bob@neutral.example.test").result, "neutral")
 
+    @pytest.mark.rfc("7208", "4.5")
     def test_none(self) -> None:
         """
         A domain without an SPF record, existing or not, gives C{none}
@@ -119,6 +121,9 @@ class CheckSpfTests(SynchronousTestCase):
         for domain in ["nospf.example.test", "nowhere.example.test"]:
             self.assertEqual(self.check("192.0.2.25", f"carol@{domain}"), SpfResult("none", mailfrom=domain))
 
+    @pytest.mark.rfc("7208", "4.5")
+    @pytest.mark.rfc("7208", "4.6")
+    @pytest.mark.rfc("7208", "4.6.4", "7208-4.6.4-1", "7208-4.6.4-2")
     def test_permerror(self) -> None:
         """
         An unknown mechanism, two SPF records, more than ten mechanisms
@@ -148,6 +153,7 @@ class CheckSpfTests(SynchronousTestCase):
         self.assertEqual(self.check("198.51.100.3", "alice@macro.example.test").result, "pass")
         self.assertEqual(self.check("198.51.100.3", "mallory@macro.example.test").result, "fail")
 
+    @pytest.mark.rfc("7208", "2.4", "7208-2.4-2")
     def test_nullSenderChecksHelo(self) -> None:
         """
         For the null reverse-path the identity checked is
@@ -239,6 +245,7 @@ class TemporaryErrorTests(SynchronousTestCase):
     section 2.6.6), within the time allowed.
     """
 
+    @pytest.mark.rfc("7208", "4.4")
     def test_silentServer(self) -> None:
         """
         A DNS server that never answers gives C{temperror} once the

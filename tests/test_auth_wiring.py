@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import authres
+import pytest
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.python import usage
@@ -177,6 +178,7 @@ class SpfAtMailTests(SynchronousTestCase):
         d = self.driver(FakeChecks(spf=SpfResult("fail", mailfrom="remote.example")))
         self.assertEqual(d.run(MAIL)[-1], "250 2.1.0 Ok")
 
+    @pytest.mark.rfc("7208", "8.4")
     def test_spfReject(self) -> None:
         """
         With C{--spf-reject}, an SPF C{fail} refuses C{MAIL} with
@@ -194,6 +196,7 @@ class SpfAtMailTests(SynchronousTestCase):
         self.checks.spf = SPF_PASS
         self.assertEqual(d.run(b"MAIL FROM:<sender@else.example>\r\n"), ["250 2.1.0 Ok"])
 
+    @pytest.mark.rfc("7208", "8.5")
     def test_spfRejectOthersPass(self) -> None:
         """
         With C{--spf-reject}, every other verdict begins the transaction.
@@ -281,6 +284,7 @@ class ForgedFieldSessionTests(SynchronousTestCase):
         self.assertEqual(d.records[-1].reply.code, 250)
         return d.store.messages[-1].body
 
+    @pytest.mark.rfc("8601", "5")
     def test_removed(self) -> None:
         """
         Fields naming our host go, in any case and folded; another host's
@@ -288,6 +292,7 @@ class ForgedFieldSessionTests(SynchronousTestCase):
         """
         self.assertEqual(self.send(SessionDriver(), self.FORGED), self.KEPT)
 
+    @pytest.mark.rfc("8601", "5")
     def test_anyChunks(self) -> None:
         """
         However the data arrives, the same fields go.
@@ -362,6 +367,8 @@ class AuthenticatingStoreTests(SynchronousTestCase):
         message.write(STORED[10:])
         return message, message.finish()
 
+    @pytest.mark.rfc("8601", "2.1")
+    @pytest.mark.rfc("6376", "6.2")
     def test_fieldFirst(self) -> None:
         """
         The stored copy gets our C{Authentication-Results:} field first
@@ -404,6 +411,7 @@ class AuthenticatingStoreTests(SynchronousTestCase):
         self.assertEqual(len(self.checks.verified), 1)
         self.assertTrue(self.inner.messages[0].envelope.extraHeaders.startswith(b"Authentication-Results: "))
 
+    @pytest.mark.rfc("7489", "6.6.4", "7489-6.6.4-3")
     def test_rejectStoresNothing(self) -> None:
         """
         A DMARC failure whose domain asks for C{p=reject} is refused with
@@ -421,6 +429,7 @@ class AuthenticatingStoreTests(SynchronousTestCase):
         self.assertEqual(os.listdir(self.spool), [])
         self.assertEqual(message.authResults.dmarc, DMARC_REJECT)
 
+    @pytest.mark.rfc("7489", "6.6.4", "7489-6.6.4-2")
     def test_quarantineJunk(self) -> None:
         """
         A DMARC failure whose domain asks for C{p=quarantine} files the
