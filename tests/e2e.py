@@ -55,6 +55,10 @@ TWISTD = [
 ]
 
 LISTENING = re.compile(r"smtpmx listening on \[?([0-9A-Fa-f.:]+?)\]?:(\d+)")
+# The last line of start-up: twistd listens first (privilegedStartService),
+# then starts the services, the relay recovering its queue (and making its
+# directories) last.
+STARTED = "relay queue: "
 
 def makeTemporaryDirectory(addCleanup, prefix: str = "smtpmx-e2e-") -> str:
     """
@@ -200,6 +204,11 @@ class RunningServer:
         except ProcessDidNotStart as e:
             raise ServerDidNotStart(str(e), e.exited) from None
         self.host, self.port = match.group(1), int(match.group(2))
+        # Listening comes before the rest of start-up: wait for its end, so
+        # that what the test sees on disk (the queue's directories) is all
+        # there.
+        if not waitUntil(lambda: STARTED in self.output() or self.process.poll() is not None, timeout):
+            raise ServerDidNotStart(f"smtpmx did not finish starting in {timeout} s:\n{self.log()}", False)
 
     def restart(self) -> None:
         """
