@@ -24,7 +24,7 @@ import pytest
 
 from tests.authzone import CLIENT_HELO, arcSealed, dkimSigned, startDNS
 from tests.dnszone import failingServer, silentServer
-from tests.e2e import RunningServer, SharedProcessesTestCase, freePort, headerBlock
+from tests.e2e import RunningServer, SharedProcessesTestCase, codes, freePort, headerBlock, rawDialog
 from tests.helpers import message, unique, waitUntil
 
 # Every blocking operation of a client is bounded by this.
@@ -381,6 +381,28 @@ class AuthenticationTests(ServersTestCase):
         stored = self.deliver(data, "list@none.test")
         self.assertEqual(verdicts(stored)[1], "dkim=pass header.d=example.test header.s=ed")
         self.assertEqual(verdicts(stored)[2], "dmarc=pass header.from=example.test")
+
+    def test_dkimBigBody(self):
+        """
+        A body of about 300 KiB (spooled, read back in chunks) with lines
+        that start with a dot (dot-stuffed on the wire), trailing white
+        space, 8-bit text and empty lines at its end verifies under both
+        signatures: simple/simple and relaxed/relaxed.
+        """
+        user = unique("big-")
+        lines = [b".a line that starts with a dot", b"trailing white space \t ",
+                 "8-bit: Grüße aus Zürich".encode(), b"", b"x" * 900]
+        body = b"\r\n".join(lines * 1000) + b"\r\n\r\n\r\n"
+        data = dkimSigned(signedMessage(user, body=body), "example.test", "ed", "ed",
+                          canonicalize=(b"simple", b"simple"))
+        data = dkimSigned(data, "example.test", "rsa")
+        stored = self.deliver(data, "list@none.test", user)
+        self.assertGreater(len(stored), 300_000)
+        self.assertEqual(verdicts(stored)[1:4], [
+            "dkim=pass header.d=example.test header.s=rsa",
+            "dkim=pass header.d=example.test header.s=ed",
+            "dmarc=pass header.from=example.test",
+        ])
 
     @pytest.mark.rfc("6376", "6.1.3", "6376-6.1.3-1")
     @pytest.mark.rfc("6376", "6.1", "6376-6.1-2")
@@ -753,6 +775,25 @@ class AuthenticationTests(ServersTestCase):
         self.assertEqual(verdicts(queued), verdicts(local))
         self.assertEqual(verdicts(queued)[0], "spf=pass smtp.mailfrom=example.test")
 
+    def test_quarantineRelayedCopy(self):
+        """
+        A C{p=quarantine} failure for a local and a remote recipient: the
+        local copy goes to the Junk folder, the remote one to the queue as
+        usual, both with the same field.
+        """
+        user = unique("qrelay-")
+        before = filesUnder(os.path.join(self.server.dir, "queue", "msg"))
+        code, text = send(self.server, signedMessage(user, "alice@quarantine.test"),
+                          [f"{user}@localhost", f"{user}@relayed.test"], "bob@none.test")
+        self.assertEqual(code, 250, text)
+        [local] = junkMessages(self.server, user)
+        self.assertEqual(self.server.newMessages("localhost", user), [])
+        [path] = filesUnder(os.path.join(self.server.dir, "queue", "msg")) - before
+        with open(path, "rb") as f:
+            queued = f.read()
+        self.assertEqual(verdicts(queued), verdicts(local))
+        self.assertEqual(verdicts(local)[2], "dmarc=fail header.from=quarantine.test")
+
     @pytest.mark.rfc("8601", "5")
     def test_trustedUnchecked(self):
         """
@@ -890,6 +931,19 @@ class AuthenticationOptionsTests(ServersTestCase):
         self.assertIn("fail.test", text)
         self.assertIn("127.0.0.1", text)
         self.assertEqual(nextCode, 250)
+
+    def test_spfRejectPipelined(self):
+        """
+        With C{--spf-reject}, MAIL, RCPT and DATA pipelined in one write
+        behind a sender that fails SPF get their replies in order: the
+        refusal of MAIL, then RCPT and DATA refused for want of a
+        transaction, and the session goes on.
+        """
+        replies = rawDialog(self.spfReject, (
+            f"EHLO {CLIENT_HELO}\r\nMAIL FROM:<bob@fail.test>\r\nRCPT TO:<someone@localhost>\r\n"
+            "DATA\r\nNOOP\r\n"
+        ).encode(), 5)
+        self.assertEqual(codes(replies), ["250", "550 5.7.23", "503 5.5.1", "503 5.5.1", "250 2.0.0"])
 
     @pytest.mark.rfc("7208", "8.5")
     def test_spfRejectSoftfailAccepted(self):
