@@ -3,7 +3,8 @@ A harness for end-to-end tests: the real C{twistd -n smtpmx} as a
 subprocess, in a fresh temporary directory, talked to over loopback.
 
 L{RunningServer} starts the server with L{tests.process.RunningProcess},
-waits (bounded) for its C{smtpmx listening on 127.0.0.1:PORT} log line,
+waits (bounded) for its C{smtpmx listening on 127.0.0.1:PORT} log line and
+the relay's queue recovery line (the last step of start-up),
 and stops it by PID in a cleanup.  L{runToExit} runs a server that is expected to refuse to start.
 The small SMTP helpers here (L{ReplyReader}, L{rawDialog}) speak the
 protocol over plain sockets, for the cases smtplib cannot express:
@@ -55,6 +56,8 @@ TWISTD = [
 ]
 
 LISTENING = re.compile(r"smtpmx listening on \[?([0-9A-Fa-f.:]+?)\]?:(\d+)")
+# The relay service's start-up line: the queue is recovered.
+RECOVERED = re.compile(r"relay queue: \d+ message\(s\) waiting")
 
 def makeTemporaryDirectory(addCleanup, prefix: str = "smtpmx-e2e-") -> str:
     """
@@ -190,13 +193,23 @@ class RunningServer:
         if self.dir is None:
             self.dir = tempfile.mkdtemp(prefix="smtpmx-e2e-")
         self.runs += 1
+        listening = logMatches(LISTENING)
+        recovered = logMatches(RECOVERED)
+
+        def started(runner: RunningProcess) -> Optional[re.Match]:
+            # Listening is logged as the ports are bound, before the
+            # services start; the relay's line comes once the queue is
+            # recovered (its directories made), the last step of start-up.
+            match = listening(runner)
+            return match if match is not None and recovered(runner) else None
+
         out, err = self.logPaths()
         self.runner = RunningProcess(
             TWISTD + ["-n", "--pidfile=", "smtpmx"] + self.args,
             out, cwd=self.dir, env=environment(self.pythonPath), name="smtpmx", stderrPath=err,
         )
         try:
-            match = self.runner.launch(logMatches(LISTENING), timeout)
+            match = self.runner.launch(started, timeout)
         except ProcessDidNotStart as e:
             raise ServerDidNotStart(str(e), e.exited) from None
         self.host, self.port = match.group(1), int(match.group(2))
