@@ -31,13 +31,14 @@ from zope.interface import implementer
 from smtpmx import reply
 from smtpmx.access import Access
 from smtpmx.config import Config
-from smtpmx.interfaces import IMessageStore
+from smtpmx.interfaces import IMessageStore, IServerObserver
 from smtpmx.reply import Reply
 from smtpmx.session import (
     TRANSACTION_LOG_FORMAT,
     Action,
     Answer,
     NegotiatedTLS,
+    RecipientVerdict,
     Session,
     TransactionRecord,
 )
@@ -66,6 +67,44 @@ class QueueIds:
         """
         millis = int(self._clock.seconds() * 1000) & 0xFFFFFFFFFF
         return f"{millis:010X}{self._pid:04X}{next(self._counter) & 0xFFFF:04X}"
+
+
+@implementer(IServerObserver)
+class NoObserver:
+    """
+    An L{IServerObserver} that ignores everything: the server's observer
+    when nothing counts (no C{--metrics}).
+    """
+
+    def connectionOpened(self, clientHost: str) -> None:
+        """
+        Ignored.
+        """
+
+    def connectionRefused(self, clientHost: str, reason: str) -> None:
+        """
+        Ignored.
+        """
+
+    def connectionClosed(self, clientHost: str) -> None:
+        """
+        Ignored.
+        """
+
+    def tlsStarted(self, tls: NegotiatedTLS) -> None:
+        """
+        Ignored.
+        """
+
+    def recipientDecided(self, verdict: RecipientVerdict) -> None:
+        """
+        Ignored.
+        """
+
+    def transactionEnded(self, record: TransactionRecord) -> None:
+        """
+        Ignored.
+        """
 
 
 @implementer(IHandshakeListener)
@@ -105,10 +144,12 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
                 client=self.clientHost,
                 why=refusal,
             )
+            self.factory.observer.connectionRefused(self.clientHost, refusal)
             self._sendReply(reply.connectionRefused(self.factory.config.hostname, refusal))
             self._close()
             return
         self._counted = True
+        self.factory.observer.connectionOpened(self.clientHost)
         self.transport.registerProducer(self, True)
         # Replies are whole writes: never hold one back for an ACK.
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -131,6 +172,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         if self._counted:
             self._counted = False
             self.factory.release(self.clientHost)
+            self.factory.observer.connectionClosed(self.clientHost)
             self.log.info("disconnect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
 
     def timeoutConnection(self) -> None:
@@ -359,7 +401,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             self.log.failure("cannot read the TLS session of [{client}]", client=self.clientHost)
             return
         if version and cipher:
-            self.session.handshakeCompleted(NegotiatedTLS(version, cipher, bits))
+            tls = NegotiatedTLS(version, cipher, bits)
+            self.session.handshakeCompleted(tls)
+            self.factory.observer.tlsStarted(tls)
 
     # The DATA phase.
 
@@ -388,9 +432,12 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 
     def _dataAnswered(self, record: TransactionRecord) -> None:
         """
-        The transaction is over: one log line for it, then its reply.
+        The transaction is over: one log line for it (the record rides
+        along in the event as C{transaction}, for structured logs), then
+        its reply.
         """
-        self.log.info(TRANSACTION_LOG_FORMAT, **record.logFields())
+        self.log.info(TRANSACTION_LOG_FORMAT, transaction=record, **record.logFields())
+        self.factory.observer.transactionEnded(record)
         if self.transport is not None and not self._closing:
             self._sendReply(record.reply)
         self._done("store")
@@ -399,7 +446,8 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 class SMTPServerFactory(Factory):
     """
     Makes L{SMTPServerProtocol}s and holds what they share: configuration,
-    validators, the store, the connection counts.
+    validators, the store, the connection counts, and the observer told
+    what happens on the connections.
     """
 
     protocol = SMTPServerProtocol
@@ -413,13 +461,19 @@ class SMTPServerFactory(Factory):
         clock: IReactorTime,
         runBlocking: Callable[..., Deferred],
         tlsOptions=None,
+        observer: Optional[IServerObserver] = None,
     ) -> None:
+        """
+        @param observer: told what happens on the connections
+            (L{smtpmx.metrics.Metrics}); nothing by default.
+        """
         self.config = config
         self.validators = validators
         self.store = store
         self.clock = clock
         self.runBlocking = runBlocking
         self.tlsOptions = tlsOptions
+        self.observer = observer if observer is not None else NoObserver()
         self.access = Access.fromConfig(config)
         self.newQueueId = QueueIds(clock)
         self.connections = 0
@@ -467,4 +521,5 @@ class SMTPServerFactory(Factory):
             self.clock,
             self.newQueueId,
             tlsAvailable=self.tlsOptions is not None,
+            onVerdict=self.observer.recipientDecided,
         )

@@ -119,6 +119,7 @@ class Transaction:
 
     @ivar context: what validators are given for this transaction's
         recipients.
+    @ivar started: when MAIL was accepted, by the session's clock.
     """
 
     reversePath: Optional[Address]
@@ -127,6 +128,7 @@ class Transaction:
     recipients: list[Recipient] = field(default_factory=list)
     accepted: int = 0
     verdicts: list[RecipientVerdict] = field(default_factory=list)
+    started: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class TransactionRecord:
     """
     How one transaction that reached the end of DATA ended: what its log
     line says, and the reply the client gets.
+
+    @ivar duration: seconds from MAIL to the reply to the end of data.
     """
 
     envelope: Envelope
@@ -141,6 +145,7 @@ class TransactionRecord:
     size: int
     reply: Reply
     filters: tuple[str, ...] = ()
+    duration: float = 0.0
 
     def logFields(self) -> dict:
         """
@@ -194,6 +199,7 @@ class Session:
         clock: IReactorTime,
         newQueueId: Callable[[], str],
         tlsAvailable: bool = False,
+        onVerdict: Optional[Callable[[RecipientVerdict], None]] = None,
     ) -> None:
         """
         @param store: where accepted messages are streamed to.
@@ -205,6 +211,8 @@ class Session:
             in their L{ValidationContext}.
         @param newQueueId: makes the queue ID of each message.
         @param tlsAvailable: whether STARTTLS is offered.
+        @param onVerdict: told of every RCPT's verdict as it is given
+            (L{smtpmx.interfaces.IServerObserver.recipientDecided}).
         """
         self.config = config
         self.validators = validators
@@ -215,6 +223,7 @@ class Session:
         self.tlsAvailable = tlsAvailable
         self._newQueueId = newQueueId
         self._clock = clock
+        self._onVerdict = onVerdict
         self.heloName: Optional[str] = None
         self.esmtp = False
         self.secure = False
@@ -415,7 +424,7 @@ class Session:
             self.clientHost, self.heloName, path, self.config, self.runBlocking,
             esmtp=self.esmtp, declaredSize=size, reactor=self._clock,
         )
-        self.transaction = Transaction(path, smtputf8, context)
+        self.transaction = Transaction(path, smtputf8, context, started=self._clock.seconds())
         return Answer(reply.SENDER_OK)
 
     def smtp_RCPT(self, argument: str) -> Answer | Deferred:
@@ -483,7 +492,10 @@ class Session:
         if r.code == 250:
             t.accepted += 1
             t.recipients.extend(Recipient(address, dest) for dest in destinations)
-        t.verdicts.append(RecipientVerdict(str(address), r, decidedBy))
+        verdict = RecipientVerdict(str(address), r, decidedBy)
+        t.verdicts.append(verdict)
+        if self._onVerdict is not None:
+            self._onVerdict(verdict)
         if r.code != 250:
             self.log.info(
                 "NOQUEUE: reject: RCPT from [{client}]: {reply}; from={sender} to={rcpt}",
@@ -576,7 +588,9 @@ class Session:
             filters: tuple[str, ...] = ()
             if message is not None and IFilteredMessage.providedBy(message):
                 filters = tuple(message.filterVerdicts)
-            return TransactionRecord(envelope, t.verdicts, size, r, filters)
+            return TransactionRecord(
+                envelope, t.verdicts, size, r, filters, duration=self._clock.seconds() - t.started
+            )
 
         if self._tooBig:
             return succeed(record(reply.TOO_BIG))
