@@ -35,7 +35,7 @@ from smtpmx.relay.queue import Queue
 from smtpmx.relay.queueformat import QueuedMessage, QueuedRecipient
 from smtpmx.relay.service import RelayService
 from smtpmx.reply import Reply
-from smtpmx.session import NegotiatedTLS, RecipientVerdict, TransactionRecord
+from smtpmx.session import NegotiatedTLS, TransactionRecord
 from smtpmx.validation import Accept, Reject
 from tests.e2e import ROOT
 from tests.serverhelpers import Server
