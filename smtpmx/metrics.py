@@ -24,12 +24,13 @@ directory first.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.process_collector import ProcessCollector
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
@@ -190,6 +191,11 @@ class Metrics:
             "smtpmx_message_size_bytes", "Size of the message data received, in bytes, as stored.",
             buckets=SIZE_BUCKETS, registry=r,
         )
+        self.healthy = Gauge(
+            "smtpmx_healthy",
+            "1 while /healthz would answer 200 (listening; Maildir root and queue writable), else 0.",
+            registry=r, multiprocess_mode="livemin",
+        )
         self.tlsSessions = Counter(
             "smtpmx_tls_sessions", "STARTTLS handshakes completed, by TLS version.",
             ["version"], registry=r,
@@ -298,6 +304,12 @@ class Metrics:
         """
         self.relayDeliveries.labels(DELIVERY_RESULTS[attempt.disposition]).inc()
 
+    def healthChecked(self, reason: Optional[str]) -> None:
+        """
+        The outcome of a health check: L{None} when healthy, else why not.
+        """
+        self.healthy.set(1 if reason is None else 0)
+
     def sampleQueue(self, messages: Iterable[QueuedMessage], now: float) -> None:
         """
         Take the relay queue's size and the age of its oldest message.
@@ -313,21 +325,32 @@ class Metrics:
 
 class MetricsService(Service):
     """
-    Samples the relay queue into L{Metrics} every few seconds (and when
-    asked, before a scrape), and in multi-process mode drops this
-    process's gauges when it stops.
+    Samples the relay queue into L{Metrics} (when asked, before a scrape,
+    and every few seconds), checks the server's health as often, and in
+    multi-process mode drops this process's gauges when it stops.
     """
 
-    def __init__(self, metrics: Metrics, relay, clock, interval: float = QUEUE_SAMPLE_INTERVAL) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        relay,
+        clock,
+        interval: float = QUEUE_SAMPLE_INTERVAL,
+        checkHealth: Optional[Callable[[], Deferred]] = None,
+    ) -> None:
         """
         @param relay: the L{smtpmx.relay.service.RelayService}, whose
             C{messages} are the queue; L{None} in a process without one.
         @param clock: the L{IReactorTime} to sample by.
+        @param checkHealth: checks the server's health
+            (L{smtpmx.webstatus.HealthCheck.check}): a L{Deferred} firing
+            with L{None} or the reason, never failing.
         """
         self.metrics = metrics
         self.relay = relay
         self.clock = clock
         self.interval = interval
+        self.checkHealth = checkHealth
         self._loop: Optional[LoopingCall] = None
 
     def sample(self) -> None:
@@ -337,12 +360,21 @@ class MetricsService(Service):
         if self.relay is not None:
             self.metrics.sampleQueue(self.relay.messages.values(), self.clock.seconds())
 
+    def tick(self) -> None:
+        """
+        Sample the queue, and check the health (its outcome is recorded
+        when it comes).
+        """
+        self.sample()
+        if self.checkHealth is not None:
+            self.checkHealth().addCallback(self.metrics.healthChecked)
+
     def startService(self) -> None:
         """
         Sample now and every C{interval} seconds.
         """
         super().startService()
-        self._loop = LoopingCall(self.sample)
+        self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=True)
 

@@ -609,15 +609,15 @@ def addStatusServices(service: MultiService, metrics, relay, listeners: Sequence
 
     config = service.config
     relay.onAttempt = metrics.relayAttempted
-    sampler = MetricsService(metrics, relay, reactor)
-    sampler.setName("metrics")
-    sampler.setServiceParent(service)
     health = HealthCheck(
         lambda: [s.description for s in listeners if s.port is None],
         [("--maildir-root", config.maildirRoot), ("--queue-dir", config.queueDir)],
         runBlocking,
         reactor,
     )
+    sampler = MetricsService(metrics, relay, reactor, checkHealth=health.check)
+    sampler.setName("metrics")
+    sampler.setServiceParent(service)
     site = statusSite(metrics, health, runBlocking, beforeScrape=sampler.sample)
     status = ListeningService(reactor, config.metrics, site, label="smtpmx metrics")
     status.setName(f"metrics {config.metrics}")

@@ -142,6 +142,7 @@ class ServerCountingTests(SynchronousTestCase):
             "smtpmx_filter_verdicts", "smtpmx_transaction_duration_seconds",
             "smtpmx_message_size_bytes", "smtpmx_queue_oldest_message_age_seconds",
             "smtpmx_tls_sessions", "smtpmx_connections_open", "smtpmx_connections_refused",
+            "smtpmx_healthy",
         ):
             self.assertIn(name, families)
         for result in ("accepted", "rejected", "tempfail"):
@@ -325,6 +326,32 @@ class RecordCountingTests(SynchronousTestCase):
         metrics.sampleQueue([], 5000.0)
         self.assertEqual(value(metrics, "smtpmx_queue_messages"), 0)
         self.assertEqual(value(metrics, "smtpmx_queue_oldest_message_age_seconds"), 0)
+
+
+class HealthGaugeTests(SynchronousTestCase):
+    """
+    C{smtpmx_healthy}: the health, checked as often as the queue is
+    sampled, as a figure an alert rule can watch.
+    """
+
+    def test_checkedEveryInterval(self):
+        """
+        The service checks the health when it starts and every interval;
+        the gauge follows.
+        """
+        from twisted.internet.defer import succeed
+
+        metrics = Metrics()
+        outcomes = iter([None, "cannot write --queue-dir /q: Read-only file system", None])
+        clock = Clock()
+        service = MetricsService(metrics, None, clock, interval=5, checkHealth=lambda: succeed(next(outcomes)))
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(value(metrics, "smtpmx_healthy"), 1)
+        clock.advance(5)
+        self.assertEqual(value(metrics, "smtpmx_healthy"), 0)
+        clock.advance(5)
+        self.assertEqual(value(metrics, "smtpmx_healthy"), 1)
 
 
 class RelayCountingTests(SynchronousTestCase):
