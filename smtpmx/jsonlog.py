@@ -7,8 +7,8 @@ C{warn}, C{error}, C{critical}), C{text} (the line C{--log-format text}
 would show, without its time and logger) and C{logger} (where it came
 from); a failure adds C{traceback}.  A transaction's line adds its fields
 (L{transactionFields}): C{queue_id}, C{client}, C{helo}, C{from}, C{to}
-(a list), C{size}, C{result}, C{code}, C{filters}, C{recipients} and
-C{duration}.  smtpmx's other lines add the values they were logged with,
+(a list), C{size}, C{result}, C{code}, C{filters}, C{recipients},
+C{duration} and, with sender authentication, C{auth}.  smtpmx's other lines add the values they were logged with,
 under their own names (C{client}, C{reply}, ...; a queue ID is
 C{queue_id} everywhere).
 
@@ -30,6 +30,7 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+from smtpmx.metrics import authOutcomes
 from smtpmx.session import TransactionRecord
 
 # The keys every line has; an event's own values never replace them.
@@ -60,9 +61,12 @@ def transactionFields(record: TransactionRecord) -> dict[str, Any]:
     C{by}: the validator that decided, or L{None}).  C{result} is the
     reply on one line and C{code} its number; C{filters} what each
     message filter said; C{duration} the seconds from MAIL to the reply.
+    Once the record carries sender authentication's verdicts
+    (C{authResults}), C{auth} lists them: C{{"method": "spf", "result":
+    "pass"}}, one per DKIM signature.
     """
     envelope = record.envelope
-    return {
+    fields = {
         "queue_id": envelope.queueId,
         "client": envelope.clientHost,
         "helo": envelope.heloName,
@@ -77,6 +81,10 @@ def transactionFields(record: TransactionRecord) -> dict[str, Any]:
         ],
         "duration": round(record.duration, 6),
     }
+    results = getattr(record, "authResults", None)
+    if results is not None:
+        fields["auth"] = [{"method": m, "result": r} for m, r in authOutcomes(results)]
+    return fields
 
 
 def eventFields(event: Mapping[str, Any]) -> dict[str, Any]:

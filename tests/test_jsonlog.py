@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpmx.jsonlog import JSONLogObserver, eventFields, isoTime, twistdLogFile
+from smtpmx.jsonlog import JSONLogObserver, eventFields, isoTime, transactionFields, twistdLogFile
 from smtpmx.validation import Accept, Reject
 from tests.serverhelpers import Server
 
@@ -140,6 +140,30 @@ class TransactionTests(SynchronousTestCase):
         server.codes("MAIL FROM:<>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nx\r\n.\r\n")
         [event] = [e for e in events if "transaction" in e]
         self.assertEqual(eventFields(event)["from"], "")
+
+
+class AuthTests(SynchronousTestCase):
+    """
+    Sender authentication's verdicts, once a record carries them.
+    """
+
+    def test_auth(self):
+        """
+        A record with C{authResults} has them listed under C{auth}; one
+        without has no C{auth}.
+        """
+        from smtpmx.auth.results import AuthResults, DkimResult, SpfResult
+        from tests.test_metrics import record
+
+        plain = record()
+        self.assertNotIn("auth", transactionFields(plain))
+        checked = record(authResults=AuthResults(
+            spf=SpfResult("pass", mailfrom="remote.example"), dkim=(DkimResult("fail", "a.example", "s"),),
+        ))
+        self.assertEqual(
+            transactionFields(checked)["auth"],
+            [{"method": "spf", "result": "pass"}, {"method": "dkim", "result": "fail"}],
+        )
 
 
 class ObserverTests(SynchronousTestCase):
