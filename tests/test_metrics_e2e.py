@@ -12,6 +12,7 @@ import json
 import os
 import re
 import smtplib
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import certs
-from tests.e2e import RunningServer, freePort, makeTemporaryDirectory
+from tests.e2e import RunningServer, freePort, makeTemporaryDirectory, runToExit
 from tests.helpers import message, unique, waitUntil
 from tests.sink import RunningSink
 
@@ -199,6 +200,33 @@ class MetricsTests(SynchronousTestCase):
             self.assertEqual(e.code, 405)
         else:
             self.fail("POST /metrics was accepted")
+
+
+class StartupTests(SynchronousTestCase):
+    """
+    A C{--metrics} endpoint that cannot be listened on stops start-up, as
+    a C{--listen} one does.
+    """
+
+    def test_portTaken(self):
+        """
+        The server exits at once, saying in one line, without a traceback,
+        that its metrics cannot listen and why.
+        """
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        status, output = runToExit(
+            ["--listen", "tcp:0:interface=127.0.0.1", "--metrics", f"tcp:{port}:interface=127.0.0.1"],
+            makeTemporaryDirectory(self.addCleanup),
+        )
+        self.assertEqual(status, 1, output)
+        self.assertNotIn("Traceback", output)
+        last = [line for line in output.splitlines() if line.strip()][-1]
+        self.assertIn(f"smtpmx metrics cannot listen on tcp:{port}:interface=127.0.0.1:", last)
+        self.assertIn("in use", last)
 
 
 class MultiProcessTests(SynchronousTestCase):
