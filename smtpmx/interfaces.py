@@ -231,6 +231,60 @@ class IMessageStore(Interface):
         """
 
 
+class IServerObserver(Interface):
+    """
+    Told what happens on the SMTP server's connections, as it happens:
+    what L{smtpmx.metrics} counts.  The server calls it on the reactor
+    thread; a method must return at once and never raise.
+    """
+
+    def connectionOpened(clientHost):
+        """
+        A client connected and was admitted (within C{--max-connections}
+        and C{--max-connections-per-ip}).
+
+        @param clientHost: its address, as text.
+        """
+
+    def connectionRefused(clientHost, reason):
+        """
+        A client connected past a connection limit and was refused with
+        C{421 4.7.0}.
+
+        @param reason: why, in words.
+        """
+
+    def connectionClosed(clientHost):
+        """
+        An admitted connection ended.
+        """
+
+    def tlsStarted(tls):
+        """
+        A STARTTLS handshake (RFC 3207) completed.
+
+        @param tls: the L{smtpmx.session.NegotiatedTLS}: version and cipher.
+        """
+
+    def recipientDecided(verdict):
+        """
+        A C{RCPT} got its verdict (RFC 5321 section 4.1.1.3), whether or
+        not the transaction ever reaches DATA.
+
+        @param verdict: the L{smtpmx.transactionlog.RecipientVerdict}: address,
+            reply and the validator that decided.
+        """
+
+    def transactionEnded(record):
+        """
+        A transaction reached the end of its data and got its reply: the
+        message was stored, refused or deferred.
+
+        @param record: the L{smtpmx.transactionlog.TransactionRecord} that the
+            transaction's log line is made from.
+        """
+
+
 class IDeliveryBackend(Interface):
     """
     A courier from the durable relay queue to where a local domain's mail

@@ -69,6 +69,18 @@ class FilterFailure(enum.Enum):
     TEMPFAIL = "tempfail"
 
 
+class LogFormat(enum.Enum):
+    """
+    How the log is written (C{--log-format}).
+
+    @cvar TEXT: twistd's lines of text.
+    @cvar JSON: one JSON object per line (L{smtpmx.jsonlog}).
+    """
+
+    TEXT = "text"
+    JSON = "json"
+
+
 @dataclass(frozen=True)
 class Option:
     """
@@ -473,6 +485,31 @@ SECTIONS: tuple[Section, ...] = (
             Option(
                 "ca-certs", "PEM", "Trust roots for ``--relay-tls verify``.",
                 READABLE_FILE, field="caCerts", defaultText="the system's",
+            ),
+        ),
+    ),
+    Section(
+        "Operating",
+        "Watching smtpmx at work: metrics, health and the log (docs/monitoring.rst).",
+        (
+            Option(
+                "metrics", "ENDPOINT",
+                "Twisted server endpoint to serve HTTP ``/metrics`` (Prometheus text format)"
+                " and ``/healthz`` on.",
+                ENDPOINT, field="metrics", defaultText="off",
+                details="For instance ``tcp:9100:interface=127.0.0.1``.  ``/healthz`` answers"
+                " ``200 ok`` while smtpmx listens and can write its Maildir root and queue,"
+                " ``503`` and the reason otherwise.  docs/monitoring.rst lists the metrics;"
+                " ``etc/prometheus/smtpmx-alerts.yml`` has alert rules for them.",
+            ),
+            Option(
+                "log-format", "FORMAT",
+                "``text``: twistd's lines; ``json``: one JSON object per line.",
+                choice(LogFormat), field="logFormat", default=LogFormat.TEXT.value,
+                details="A JSON line has ``time``, ``level`` and ``text``; a transaction's adds"
+                " ``queue_id``, ``client``, ``from``, ``to`` (a list), ``size`` and ``result``"
+                " (docs/monitoring.rst).  It goes where twistd's log goes (``--logfile``,"
+                " or stdout with ``--nodaemon``), not to syslog.",
             ),
         ),
     ),

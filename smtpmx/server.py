@@ -32,10 +32,10 @@ from smtpmx import reply
 from smtpmx.access import Access
 from smtpmx.auth.checker import SenderAuthentication
 from smtpmx.config import Config
-from smtpmx.interfaces import IMessageStore
+from smtpmx.interfaces import IMessageStore, IServerObserver
 from smtpmx.reply import Reply
 from smtpmx.session import Action, Answer, NegotiatedTLS, Session
-from smtpmx.transactionlog import TRANSACTION_LOG_FORMAT, TransactionRecord
+from smtpmx.transactionlog import TRANSACTION_LOG_FORMAT, RecipientVerdict, TransactionRecord
 from smtpmx.validation import ValidatorChain
 
 # A line longer than this without any line ending is not SMTP: cut it off.
@@ -61,6 +61,44 @@ class QueueIds:
         """
         millis = int(self._clock.seconds() * 1000) & 0xFFFFFFFFFF
         return f"{millis:010X}{self._pid:04X}{next(self._counter) & 0xFFFF:04X}"
+
+
+@implementer(IServerObserver)
+class NoObserver:
+    """
+    An L{IServerObserver} that ignores everything: the server's observer
+    when nothing counts (no C{--metrics}).
+    """
+
+    def connectionOpened(self, clientHost: str) -> None:
+        """
+        Ignored.
+        """
+
+    def connectionRefused(self, clientHost: str, reason: str) -> None:
+        """
+        Ignored.
+        """
+
+    def connectionClosed(self, clientHost: str) -> None:
+        """
+        Ignored.
+        """
+
+    def tlsStarted(self, tls: NegotiatedTLS) -> None:
+        """
+        Ignored.
+        """
+
+    def recipientDecided(self, verdict: RecipientVerdict) -> None:
+        """
+        Ignored.
+        """
+
+    def transactionEnded(self, record: TransactionRecord) -> None:
+        """
+        Ignored.
+        """
 
 
 @implementer(IHandshakeListener)
@@ -100,10 +138,12 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
                 client=self.clientHost,
                 why=refusal,
             )
+            self.factory.observer.connectionRefused(self.clientHost, refusal)
             self._sendReply(reply.connectionRefused(self.factory.config.hostname, refusal))
             self._close()
             return
         self._counted = True
+        self.factory.observer.connectionOpened(self.clientHost)
         self.transport.registerProducer(self, True)
         # Replies are whole writes: never hold one back for an ACK.
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -126,6 +166,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         if self._counted:
             self._counted = False
             self.factory.release(self.clientHost)
+            self.factory.observer.connectionClosed(self.clientHost)
             self.log.info("disconnect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
 
     def timeoutConnection(self) -> None:
@@ -354,7 +395,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             self.log.failure("cannot read the TLS session of [{client}]", client=self.clientHost)
             return
         if version and cipher:
-            self.session.handshakeCompleted(NegotiatedTLS(version, cipher, bits))
+            tls = NegotiatedTLS(version, cipher, bits)
+            self.session.handshakeCompleted(tls)
+            self.factory.observer.tlsStarted(tls)
 
     # The DATA phase.
 
@@ -383,9 +426,12 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 
     def _dataAnswered(self, record: TransactionRecord) -> None:
         """
-        The transaction is over: one log line for it, then its reply.
+        The transaction is over: one log line for it (the record rides
+        along in the event as C{transaction}, for structured logs), then
+        its reply.
         """
-        self.log.info(TRANSACTION_LOG_FORMAT, **record.logFields())
+        self.log.info(TRANSACTION_LOG_FORMAT, transaction=record, **record.logFields())
+        self.factory.observer.transactionEnded(record)
         if self.transport is not None and not self._closing:
             self._sendReply(record.reply)
         self._done("store")
@@ -394,7 +440,8 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 class SMTPServerFactory(Factory):
     """
     Makes L{SMTPServerProtocol}s and holds what they share: configuration,
-    validators, the store, sender authentication, the connection counts.
+    validators, the store, sender authentication, the connection counts,
+    and the observer told what happens on the connections.
     """
 
     protocol = SMTPServerProtocol
@@ -409,10 +456,13 @@ class SMTPServerFactory(Factory):
         runBlocking: Callable[..., Deferred],
         tlsOptions=None,
         authentication: Optional[SenderAuthentication] = None,
+        observer: Optional[IServerObserver] = None,
     ) -> None:
         """
         @param authentication: sender authentication, whose SPF check the
             sessions start at C{MAIL FROM}; L{None} when no method is on.
+        @param observer: told what happens on the connections
+            (L{smtpmx.metrics.Metrics}); nothing by default.
         """
         self.config = config
         self.validators = validators
@@ -421,6 +471,7 @@ class SMTPServerFactory(Factory):
         self.runBlocking = runBlocking
         self.tlsOptions = tlsOptions
         self.authentication = authentication
+        self.observer = observer if observer is not None else NoObserver()
         self.access = Access.fromConfig(config)
         self.newQueueId = QueueIds(clock)
         self.connections = 0
@@ -469,4 +520,5 @@ class SMTPServerFactory(Factory):
             self.newQueueId,
             tlsAvailable=self.tlsOptions is not None,
             authentication=self.authentication,
+            onVerdict=self.observer.recipientDecided,
         )

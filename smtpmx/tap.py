@@ -16,10 +16,11 @@ import sys
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
 from twisted.application.service import MultiService, Service
+from twisted.python.components import Componentized
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -29,7 +30,7 @@ from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile, summa
 from smtpmx.durable import DIRECTORY_MODE, directoryModeFor, makeDirectories
 from smtpmx.backendlookup import configuredBackends, findBackendFactories
 from smtpmx.filterchain import findFilterFactories, makeFilters
-from smtpmx.options import OPTIONS, Option, plainText
+from smtpmx.options import OPTIONS, LogFormat, Option, plainText
 from smtpmx.pluginlookup import PluginLoadError, PluginNotFound, listing
 from smtpmx.validation import ValidatorChain
 from smtpmx.validators import findValidatorFactories, makeValidatorChain
@@ -242,6 +243,9 @@ class Options(TableOptions):
             self.validators = loadPlugins(makeValidatorChain, self.config.validators, "validator")
             self.filters = loadPlugins(makeFilters, self.config.filters, "filter")
             self.backends = loadPlugins(configuredBackends, self.config.delivery, "backend")
+            twistd = getattr(self, "parent", None)
+            if self.config.logFormat == LogFormat.JSON.value and twistd is not None and twistd.get("syslog"):
+                raise ConfigError("--log-format json: the JSON lines go to twistd's log file or stdout, not to syslog")
             if self.config.tlsCertificate is not None:
                 from smtpmx.tls import serverTLSOptions
 
@@ -277,14 +281,17 @@ class ListeningService(Service):
 
     @ivar port: the L{twisted.internet.interfaces.IListeningPort} once
         listening.
+    @ivar label: who listens, in the log: C{smtpmx} (the SMTP server) or
+        C{smtpmx metrics}.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, description: str, factory) -> None:
+    def __init__(self, reactor, description: str, factory, label: str = "smtpmx") -> None:
         self._reactor = reactor
         self.description = description
         self.factory = factory
+        self.label = label
         self.port = None
         self._started = False
 
@@ -338,7 +345,7 @@ class ListeningService(Service):
         """
         The one line that says we cannot listen, and why.
         """
-        return f"smtpmx cannot listen on {self.description}: {_reason(failure)}"
+        return f"{self.label} cannot listen on {self.description}: {_reason(failure)}"
 
     def _failedLater(self, failure: Failure) -> None:
         """
@@ -354,7 +361,7 @@ class ListeningService(Service):
         """
         self.port = port
         self.log.info(
-            "smtpmx listening on {address}", address=_formatAddress(port.getHost())
+            "{label} listening on {address}", label=self.label, address=_formatAddress(port.getHost())
         )
 
     def stopService(self) -> Optional[Deferred]:
@@ -400,6 +407,8 @@ class SMTPMXService(MultiService):
     @ivar threadPool: the thread pool of sender authentication's checks,
         or L{None}; started with the server, stopped once its services
         are.
+    @ivar logObserver: the L{ILogObserver} twistd is to log with
+        (C{--log-format json}), or L{None} for twistd's own.
     """
 
     log = Logger()
@@ -408,6 +417,17 @@ class SMTPMXService(MultiService):
         super().__init__()
         self.config = config
         self.threadPool = threadPool
+        self.logObserver: Optional[ILogObserver] = None
+
+    def setServiceParent(self, parent) -> None:
+        """
+        Join twistd's application; it logs with the application's
+        L{ILogObserver} component, if any (C{twisted.application.app.AppLogger}),
+        so C{logObserver} becomes that component.
+        """
+        if self.logObserver is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.logObserver)
+        super().setServiceParent(parent)
 
     _announced = False
 
@@ -602,6 +622,11 @@ def buildService(
             store, chain, Access.fromConfig(config), config, runBlocking,
             queue.temporaryDirectory, reactor=reactor, authentication=authentication,
         )
+    metrics = None
+    if config.metrics is not None:
+        from smtpmx.metrics import Metrics
+
+        metrics = Metrics.fromEnvironment()
     factory = SMTPServerFactory(
         config,
         validators,
@@ -610,6 +635,7 @@ def buildService(
         runBlocking,
         tlsOptions=tlsOptions,
         authentication=authentication,
+        observer=metrics,
     )
     relay = RelayService(
         config,
@@ -627,11 +653,41 @@ def buildService(
     # First, so that the queue is recovered before any connection is taken.
     relay.setName("relay")
     relay.setServiceParent(service)
+    listeners = []
     for description in config.listen:
         listening = ListeningService(reactor, description, factory)
         listening.setName(f"listen {description}")
         listening.setServiceParent(service)
+        listeners.append(listening)
+    if metrics is not None:
+        addStatusServices(service, metrics, relay, listeners, reactor, runBlocking)
     return service
+
+
+def addStatusServices(service: MultiService, metrics, relay, listeners: Sequence[ListeningService],
+                      reactor, runBlocking: Callable[..., Deferred]) -> None:
+    """
+    C{--metrics}: the relay's attempts counted, the queue sampled, and
+    C{/metrics} and C{/healthz} served (L{smtpmx.webstatus}).
+    """
+    from smtpmx.metrics import MetricsService
+    from smtpmx.webstatus import HealthCheck, statusSite
+
+    config = service.config
+    relay.onAttempt = metrics.relayAttempted
+    health = HealthCheck(
+        lambda: [s.description for s in listeners if s.port is None],
+        [("--maildir-root", config.maildirRoot), ("--queue-dir", config.queueDir)],
+        runBlocking,
+        reactor,
+    )
+    sampler = MetricsService(metrics, relay, reactor, checkHealth=health.check)
+    sampler.setName("metrics")
+    sampler.setServiceParent(service)
+    site = statusSite(metrics, health, runBlocking, beforeScrape=sampler.sample)
+    status = ListeningService(reactor, config.metrics, site, label="smtpmx metrics")
+    status.setName(f"metrics {config.metrics}")
+    status.setServiceParent(service)
 
 
 def makeService(options: Options) -> SMTPMXService:
@@ -640,7 +696,13 @@ def makeService(options: Options) -> SMTPMXService:
     """
     from twisted.internet import reactor
 
-    return buildService(
+    service = buildService(
         options.config, options.validators, options.tlsOptions, reactor, options.filters,
         options.backends,
     )
+    if options.config.logFormat == LogFormat.JSON.value:
+        from smtpmx.jsonlog import JSONLogObserver, twistdLogFile
+
+        # Opened now, as twistd opens its own: before it daemonizes.
+        service.logObserver = JSONLogObserver(twistdLogFile(getattr(options, "parent", None)))
+    return service

@@ -129,6 +129,7 @@ class RunningServer:
         listen: bool = True,
         pythonPath: Sequence[str] = (),
         maildirRoot: str = "Maildir",
+        environ: Optional[dict] = None,
     ) -> None:
         """
         @param args: smtpmx options.
@@ -140,6 +141,7 @@ class RunningServer:
             checkout, for third-party plugins.
         @param maildirRoot: where the Maildirs are, relative to C{dir}
             unless absolute, for L{maildir}.
+        @param environ: variables added to its environment.
         """
         self.args = list(args)
         if listen:
@@ -147,6 +149,7 @@ class RunningServer:
         self.dir = directory
         self.pythonPath = list(pythonPath)
         self.maildirRoot = maildirRoot
+        self.environ = dict(environ or {})
         self.runner: Optional[RunningProcess] = None
         self.port: Optional[int] = None
         self.host = "127.0.0.1"
@@ -206,7 +209,8 @@ class RunningServer:
         out, err = self.logPaths()
         self.runner = RunningProcess(
             TWISTD + ["-n", "--pidfile=", "smtpmx"] + self.args,
-            out, cwd=self.dir, env=environment(self.pythonPath), name="smtpmx", stderrPath=err,
+            out, cwd=self.dir, env={**environment(self.pythonPath), **self.environ}, name="smtpmx",
+            stderrPath=err,
         )
         try:
             match = self.runner.launch(started, timeout)

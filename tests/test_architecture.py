@@ -74,6 +74,8 @@ LAYERS = (
             "smtpmx.plugins.builtin_backends",
         ),
     ),
+    # Watching the server at work: what it counts, serves and logs.
+    ("operations", ("smtpmx.metrics", "smtpmx.webstatus", "smtpmx.jsonlog")),
     ("entry", ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs")),
 )
 
