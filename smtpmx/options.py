@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 from smtpmx.optiontypes import (
+    BYTES,
     DELIVERY,
     MODE,
     DELIMITER,
@@ -315,6 +316,16 @@ SECTIONS: tuple[Section, ...] = (
                 "max-hops", "N",
                 "More ``Received:`` headers than this is a mail loop: ``554 5.4.6``.",
                 POSITIVE_INT, field="maxHops", default=50,
+            ),
+            Option(
+                "min-free-space", "BYTES",
+                "While the file system of ``--maildir-root`` or ``--queue-dir`` has less free"
+                " space than this, MAIL gets ``452 4.3.1``; 0 turns the check off.",
+                BYTES, field="minFreeSpace", default=104857600,
+                details="The space free for unprivileged users is measured at start-up and"
+                " every 5 seconds, off the reactor thread; the log says when it runs short"
+                " and when it is back.  Mail already accepted is still delivered and the"
+                " relay goes on sending (the default is 100 MiB).",
             ),
             Option(
                 "tls-certificate", "PEM",

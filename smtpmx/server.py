@@ -474,7 +474,12 @@ class SMTPServerFactory(Factory):
         clock: IReactorTime,
         runBlocking: Callable[..., Deferred],
         tlsOptions=None,
+        lowOnSpace: Optional[Callable[[], bool]] = None,
     ) -> None:
+        """
+        @param lowOnSpace: tells, without blocking, whether the disks of
+            the store are short of free space (MAIL is then refused).
+        """
         self.config = config
         self.validators = validators
         self.store = store
@@ -487,6 +492,7 @@ class SMTPServerFactory(Factory):
         self.perHost: Counter[str] = Counter()
         self.sessions: set[SMTPServerProtocol] = set()
         self.stressed = False
+        self.lowOnSpace = lowOnSpace
 
     def buildProtocol(self, addr) -> SMTPServerProtocol:
         """
@@ -584,4 +590,5 @@ class SMTPServerFactory(Factory):
             self.clock,
             self.newQueueId,
             tlsAvailable=self.tlsOptions is not None,
+            lowOnSpace=self.lowOnSpace,
         )

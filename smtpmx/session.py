@@ -194,6 +194,7 @@ class Session:
         clock: IReactorTime,
         newQueueId: Callable[[], str],
         tlsAvailable: bool = False,
+        lowOnSpace: Optional[Callable[[], bool]] = None,
     ) -> None:
         """
         @param store: where accepted messages are streamed to.
@@ -205,6 +206,9 @@ class Session:
             in their L{ValidationContext}.
         @param newQueueId: makes the queue ID of each message.
         @param tlsAvailable: whether STARTTLS is offered.
+        @param lowOnSpace: tells, without blocking, whether the disks
+            that mail is stored on are short of free space: MAIL is then
+            refused for now.
         """
         self.config = config
         self.validators = validators
@@ -215,6 +219,7 @@ class Session:
         self.tlsAvailable = tlsAvailable
         self._newQueueId = newQueueId
         self._clock = clock
+        self._lowOnSpace = lowOnSpace
         self.heloName: Optional[str] = None
         self.esmtp = False
         self.secure = False
@@ -411,6 +416,10 @@ class Session:
         if size is not None and size > self.config.maxMessageSize:
             # RFC 1870 6.1.
             return Answer(reply.TOO_BIG)
+        if self._lowOnSpace is not None and self._lowOnSpace():
+            # RFC 5321 4.2.3: 452, insufficient system storage (RFC 3463
+            # X.3.1, mail system full); the client tries again later.
+            return Answer(reply.INSUFFICIENT_STORAGE)
         context = ValidationContext(
             self.clientHost, self.heloName, path, self.config, self.runBlocking,
             esmtp=self.esmtp, declaredSize=size, reactor=self._clock,

@@ -512,6 +512,7 @@ def buildService(
     from smtpmx.delivery.maildir import MaildirStore
     from smtpmx.filterchain import FilterChain
     from smtpmx.filterstore import FilteringStore
+    from smtpmx.freespace import FreeSpaceMonitor
     from smtpmx.relay.transaction import deliver
     from smtpmx.relay.nexthop import makeResolver
     from smtpmx.relay.intake import QueueStore
@@ -536,6 +537,12 @@ def buildService(
             store, chain, Access.fromConfig(config), config, runBlocking,
             queue.temporaryDirectory, reactor=reactor,
         )
+    monitor = None
+    if config.minFreeSpace:
+        monitor = FreeSpaceMonitor(
+            [("--maildir-root", config.maildirRoot), ("--queue-dir", config.queueDir)],
+            config.minFreeSpace, runBlocking, reactor,
+        )
     factory = SMTPServerFactory(
         config,
         validators,
@@ -543,6 +550,7 @@ def buildService(
         reactor,
         runBlocking,
         tlsOptions=tlsOptions,
+        lowOnSpace=monitor.isLow if monitor is not None else None,
     )
     relay = RelayService(
         config,
@@ -560,6 +568,10 @@ def buildService(
     # First, so that the queue is recovered before any connection is taken.
     relay.setName("relay")
     relay.setServiceParent(service)
+    if monitor is not None:
+        # Before listening: the first measure is made before any MAIL.
+        monitor.setName("free space")
+        monitor.setServiceParent(service)
     for description in config.listen:
         listening = ListeningService(reactor, description, factory)
         listening.setName(f"listen {description}")

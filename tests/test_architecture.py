@@ -41,7 +41,7 @@ LAYERS = (
         "storage",
         (
             "smtpmx.streaming", "smtpmx.delivery.maildir", "smtpmx.relay.queue",
-            "smtpmx.relay.intake", "smtpmx.routing",
+            "smtpmx.relay.intake", "smtpmx.routing", "smtpmx.freespace",
         ),
     ),
     (

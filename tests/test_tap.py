@@ -16,6 +16,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from smtpmx.freespace import FreeSpaceMonitor
 from smtpmx.relay.service import RelayService
 from smtpmx.tap import ListenFailed, ListeningService, Options, StartupFailed, buildService, makeService
 from smtpmx.validation import ValidatorChain
@@ -220,14 +221,16 @@ class ServiceTests(TempDirMixin, SynchronousTestCase):
     def test_oneServicePerEndpoint(self):
         """
         There is one listening service per C{--listen} endpoint, after the
-        relay service (which recovers the queue before any connection).
+        relay service (which recovers the queue before any connection) and
+        the free-space guard (which measures before any MAIL).
         """
         service = self.build("--listen", "tcp:2525:interface=127.0.0.1",
                              "--listen", "tcp6:2526:interface=\\:\\:")
         self.assertIsInstance(service, MultiService)
         IServiceCollection(service)
-        relay, *children = list(service)
+        relay, monitor, *children = list(service)
         self.assertIsInstance(relay, RelayService)
+        self.assertIsInstance(monitor, FreeSpaceMonitor)
         self.assertEqual(len(children), 2)
         self.assertTrue(all(isinstance(c, ListeningService) for c in children))
         self.assertEqual([c.description for c in children],
@@ -277,7 +280,7 @@ class ServiceTests(TempDirMixin, SynchronousTestCase):
         directory = self.makeDir()
         options = parse("--maildir-root", directory, "--queue-dir", directory)
         service = makeService(options)
-        self.assertEqual(len(list(service)), 2)
+        self.assertEqual(len(list(service)), 3)
         self.assertFalse(service.running)
 
 
