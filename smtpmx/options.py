@@ -332,8 +332,10 @@ SECTIONS: tuple[Section, ...] = (
                 "Certificate (chain) that enables STARTTLS (RFC 3207); needs ``--tls-key``.",
                 READABLE_FILE, field="tlsCertificate", defaultText="off",
                 details="The file may hold the intermediate certificates after the"
-                " server's.  Both files are read at start-up: an unreadable,"
-                " mismatched or expired pair stops it.",
+                " server's.  Both files are read at start-up: an unreadable or"
+                " mismatched pair stops it; an expired one is a warning in the log, as"
+                " is one that expires within 14 days (looked at daily).  ``SIGHUP``"
+                " reads them again (docs/resilience.rst).",
             ),
             Option(
                 "tls-key", "PEM",

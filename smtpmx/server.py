@@ -457,6 +457,9 @@ class SMTPServerFactory(Factory):
     Makes L{SMTPServerProtocol}s and holds what they share: configuration,
     validators, the store, the connection counts and the stress state.
 
+    @ivar tlsOptions: the TLS context factory of STARTTLS, or L{None}
+        without TLS; a reload replaces it, for the sessions that start
+        TLS afterwards.
     @ivar sessions: the connections admitted and not yet released.
     @ivar stressed: whether more than 80% of C{--max-connections} are in
         use.

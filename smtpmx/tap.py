@@ -244,8 +244,11 @@ class Options(TableOptions):
             if self.config.tlsCertificate is not None:
                 from smtpmx.tls import serverTLSOptions
 
+                # An expired certificate is only a warning
+                # (smtpmx.reload logs it): an MX that does not start
+                # loses mail.
                 self.tlsOptions = serverTLSOptions(
-                    self.config.tlsCertificate, self.config.tlsKey
+                    self.config.tlsCertificate, self.config.tlsKey, checkValidity=False
                 )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -497,6 +500,7 @@ def buildService(
     reactor,
     filters: Sequence[tuple[str, object]] = (),
     backends: Optional[Mapping[str, object]] = None,
+    handleSignals: bool = False,
 ) -> SMTPMXService:
     """
     Build the server's services.
@@ -507,12 +511,15 @@ def buildService(
     @param backends: the delivery backends of C{config.delivery}, by
         specification (L{smtpmx.backendlookup.makeBackends}); the relay
         service hands their queued recipients to them.
+    @param handleSignals: whether C{SIGHUP} reloads (the real server's
+        process; not a test's).
     """
     from smtpmx.access import Access
     from smtpmx.delivery.maildir import MaildirStore
     from smtpmx.filterchain import FilterChain
     from smtpmx.filterstore import FilteringStore
     from smtpmx.freespace import FreeSpaceMonitor
+    from smtpmx.reload import ReloadService
     from smtpmx.relay.transaction import deliver
     from smtpmx.relay.nexthop import makeResolver
     from smtpmx.relay.intake import QueueStore
@@ -572,11 +579,35 @@ def buildService(
         # Before listening: the first measure is made before any MAIL.
         monitor.setName("free space")
         monitor.setServiceParent(service)
+    reloader = ReloadService(
+        factory,
+        pluginLabels("validator", config.validators, validators.validators)
+        + pluginLabels("filter", config.filters, filters),
+        runBlocking,
+        reactor,
+        (config.tlsCertificate, config.tlsKey) if tlsOptions is not None else None,
+        handleSignal=handleSignals,
+    )
+    reloader.setName("reload")
+    reloader.setServiceParent(service)
     for description in config.listen:
         listening = ListeningService(reactor, description, factory)
         listening.setName(f"listen {description}")
         listening.setServiceParent(service)
     return service
+
+
+def pluginLabels(
+    kind: str, specifications: Sequence[str], plugins: Sequence[tuple[str, object]]
+) -> list[tuple[str, object]]:
+    """
+    Each plugin with how the log names it: its kind and its
+    C{NAME[:ARG]} specification (its name alone when the specifications
+    do not match the plugins one for one).
+    """
+    if len(specifications) != len(plugins):
+        specifications = [name for name, _ in plugins]
+    return [(f"{kind} {spec}", plugin) for spec, (_, plugin) in zip(specifications, plugins)]
 
 
 def makeService(options: Options) -> SMTPMXService:
@@ -587,5 +618,5 @@ def makeService(options: Options) -> SMTPMXService:
 
     return buildService(
         options.config, options.validators, options.tlsOptions, reactor, options.filters,
-        options.backends,
+        options.backends, handleSignals=True,
     )

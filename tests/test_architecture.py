@@ -72,7 +72,10 @@ LAYERS = (
             "smtpmx.plugins.builtin_backends",
         ),
     ),
-    ("entry", ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs")),
+    (
+        "entry",
+        ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs", "smtpmx.reload"),
+    ),
 )
 
 # The SMTP dialogue and the value modules it is made of: they know nothing

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.freespace import FreeSpaceMonitor
 from smtpmx.relay.service import RelayService
+from smtpmx.reload import ReloadService
 from smtpmx.tap import ListenFailed, ListeningService, Options, StartupFailed, buildService, makeService
 from smtpmx.validation import ValidatorChain
 
@@ -221,16 +222,18 @@ class ServiceTests(TempDirMixin, SynchronousTestCase):
     def test_oneServicePerEndpoint(self):
         """
         There is one listening service per C{--listen} endpoint, after the
-        relay service (which recovers the queue before any connection) and
-        the free-space guard (which measures before any MAIL).
+        relay service (which recovers the queue before any connection),
+        the free-space guard (which measures before any MAIL) and the
+        reload service.
         """
         service = self.build("--listen", "tcp:2525:interface=127.0.0.1",
                              "--listen", "tcp6:2526:interface=\\:\\:")
         self.assertIsInstance(service, MultiService)
         IServiceCollection(service)
-        relay, monitor, *children = list(service)
+        relay, monitor, reloader, *children = list(service)
         self.assertIsInstance(relay, RelayService)
         self.assertIsInstance(monitor, FreeSpaceMonitor)
+        self.assertIsInstance(reloader, ReloadService)
         self.assertEqual(len(children), 2)
         self.assertTrue(all(isinstance(c, ListeningService) for c in children))
         self.assertEqual([c.description for c in children],
@@ -280,7 +283,7 @@ class ServiceTests(TempDirMixin, SynchronousTestCase):
         directory = self.makeDir()
         options = parse("--maildir-root", directory, "--queue-dir", directory)
         service = makeService(options)
-        self.assertEqual(len(list(service)), 3)
+        self.assertEqual(len(list(service)), 4)
         self.assertFalse(service.running)
 
 
