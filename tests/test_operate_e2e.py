@@ -16,6 +16,7 @@ import smtplib
 import ssl
 import time
 
+from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import certs
@@ -54,8 +55,6 @@ def peerSerial(tls: ssl.SSLSocket) -> int:
     """
     The serial number of the certificate the server showed.
     """
-    from cryptography import x509
-
     return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
 
 
@@ -63,8 +62,6 @@ def fileSerial(path: str) -> int:
     """
     The serial number of the certificate in a PEM file.
     """
-    from cryptography import x509
-
     with open(path, "rb") as f:
         return x509.load_pem_x509_certificate(f.read()).serial_number
 

@@ -21,6 +21,7 @@ from smtpmx.relay.service import RelayService
 from smtpmx.reload import ReloadService
 from smtpmx.tap import ListenFailed, ListeningService, Options, StartupFailed, buildService, makeService
 from smtpmx.validation import ValidatorChain
+from tests import certs
 
 
 class TempDirMixin:
@@ -160,6 +161,17 @@ class OptionsTests(TempDirMixin, SynchronousTestCase):
         e = self.assertRaises(usage.UsageError, parse, "--tls-certificate", cert,
                               "--tls-key", cert)
         self.assertIn(cert, str(e))
+
+    def test_expiredTLS(self):
+        """
+        An expired certificate is no usage error: the server starts with
+        it, and the reload service warns of it.
+        """
+        directory = self.makeDir()
+        authority = certs.makeAuthority(directory)
+        cert, key = certs.makeExpiredCertificate(authority, directory)
+        options = parse("--tls-certificate", cert, "--tls-key", key)
+        self.assertIsNotNone(options.tlsOptions)
 
     def test_listValidators(self):
         """
