@@ -61,6 +61,33 @@ class IRecipientValidatorFactory(Interface):
         """
 
 
+class IReloadable(Interface):
+    """
+    Optional, for a validator or a message filter that reads files when it
+    is made (a table, a list, a key): they are read again when the server
+    is sent C{SIGHUP}, without a restart (C{docs/plugins.rst}).  Declare it
+    beside the plugin's own interface,
+    C{@implementer(IRecipientValidator, IReloadable)}.
+    """
+
+    def reload(runBlocking):
+        """
+        Read the files again and use them for what is judged from then on;
+        until then, and whenever the new files are unusable, keep using
+        the old ones.  Called in the reactor thread, one reload at a time.
+
+        @param runBlocking: C{runBlocking(f, *args, **kwargs)} runs C{f} in
+            the server's thread pool and returns a L{Deferred} of its
+            result: read the files through it, never in the reactor thread.
+
+        @return: L{None}, or a L{Deferred} that fires once the new files
+            are in use.  Raise, or fail the L{Deferred}, with an exception
+            whose message says what is wrong with them (C{ValueError("PATH,
+            line 3: ...")}): the server logs it on one line, and the old
+            files stay in use.
+        """
+
+
 class IFilterableMessage(Interface):
     """
     A message as a filter sees it: received in full and spooled to disk,

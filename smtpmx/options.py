@@ -28,6 +28,7 @@ from smtpmx.auth.results import DmarcPolicy
 from smtpmx.optiontypes import (
     AUTH_CHECKS,
     BOOLEAN,
+    BYTES,
     DELIVERY,
     MODE,
     DELIMITER,
@@ -332,12 +333,24 @@ SECTIONS: tuple[Section, ...] = (
                 POSITIVE_INT, field="maxHops", default=50,
             ),
             Option(
+                "min-free-space", "BYTES",
+                "While the file system of ``--maildir-root`` or ``--queue-dir`` has less free"
+                " space than this, MAIL gets ``452 4.3.1``; 0 turns the check off.",
+                BYTES, field="minFreeSpace", default=104857600,
+                details="The space free for unprivileged users is measured at start-up and"
+                " every 5 seconds, off the reactor thread; the log says when it runs short"
+                " and when it is back.  Mail already accepted is still delivered and the"
+                " relay goes on sending (the default is 100 MiB).",
+            ),
+            Option(
                 "tls-certificate", "PEM",
                 "Certificate (chain) that enables STARTTLS (RFC 3207); needs ``--tls-key``.",
                 READABLE_FILE, field="tlsCertificate", defaultText="off",
                 details="The file may hold the intermediate certificates after the"
-                " server's.  Both files are read at start-up: an unreadable,"
-                " mismatched or expired pair stops it.",
+                " server's.  Both files are read at start-up: an unreadable or"
+                " mismatched pair stops it; an expired one is a warning in the log, as"
+                " is one that expires within 14 days (looked at daily).  ``SIGHUP``"
+                " reads them again (docs/resilience.rst).",
             ),
             Option(
                 "tls-key", "PEM",

@@ -10,6 +10,14 @@ not acted on while an answer is pending, so pipelined replies always go out
 in order, RFC 2920; the socket is paused when the store or the client is
 behind), idle timeouts, connection counts and the STARTTLS switch of the
 transport (RFC 3207).
+
+Under load the factory is in I{stress} (Postfix's word): while more than
+80% of C{--max-connections} are in use, the idle limits drop to
+L{STRESS_IDLE_LIMIT} seconds (RFC 5321 section 4.5.3.2 lets a server
+shorten its timeouts when busy), and a connection that would pass the
+limit is let in by closing the session idle the longest, with
+C{421 4.7.0}.  Idle connections then cannot hold every slot for the
+whole command timeout while real senders are refused.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ from smtpmx.validation import ValidatorChain
 MAX_BUFFERED_LINE = 16384
 # Seconds a closing connection may take to flush its last replies.
 CLOSE_GRACE = 30
+# The idle limit, in seconds, of every session while the server is in
+# stress (Postfix's smtpd_timeout under stress is 10 s too).
+STRESS_IDLE_LIMIT = 10.0
 
 
 class QueueIds:
@@ -105,6 +116,9 @@ class NoObserver:
 class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     """
     One SMTP connection.
+
+    @ivar lastActive: when the client last sent anything (the clock's
+        seconds), to find the session idle the longest.
     """
 
     delimiter = b"\n"
@@ -121,6 +135,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._transportPaused = False
         self._heldWhilePaused = 0
         self._abortCall = None
+        self.lastActive = factory.clock.seconds()
 
     # Connection life.
 
@@ -131,7 +146,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         peer = self.transport.getPeer()
         self.clientHost = getattr(peer, "host", "unknown")
         self.clientPort = getattr(peer, "port", 0)
-        refusal = self.factory.admit(self.clientHost)
+        refusal = self.factory.admit(self.clientHost, self)
         if refusal is not None:
             self.log.info(
                 "refused connection from [{client}]: {why}",
@@ -151,7 +166,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             setNoDelay(True)
         self.log.info("connect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
         self.session = self.factory.newSession(self.clientHost)
-        self.setTimeout(self.factory.config.commandTimeout)
+        self.setTimeout(self._idleLimit())
         self._sendReply(self.session.greeting())
 
     def connectionLost(self, reason: Failure = None) -> None:
@@ -165,8 +180,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             self.session.abortMessage()
         if self._counted:
             self._counted = False
-            self.factory.release(self.clientHost)
+            self.factory.release(self.clientHost, self)
             self.factory.observer.connectionClosed(self.clientHost)
+        if self.session is not None:
             self.log.info("disconnect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
 
     def timeoutConnection(self) -> None:
@@ -179,6 +195,47 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             client=self.clientHost,
         )
         self._sendReply(self.session.timedOut())
+        self._close()
+
+    def _idleLimit(self) -> float:
+        """
+        How long the client may now stay idle: the command or the data
+        timeout, shortened while the server is in stress.
+        """
+        config = self.factory.config
+        return self.factory.idleLimit(
+            config.dataTimeout if self.session.inData else config.commandTimeout
+        )
+
+    @property
+    def idle(self) -> bool:
+        """
+        Whether the session waits for its client (its idle timeout runs):
+        not closing, and no answer of ours pending.
+        """
+        return self._counted and not self._closing and self.timeOut is not None
+
+    def idleLimitChanged(self) -> None:
+        """
+        Stress began or ended: a session waiting for its client gets the
+        new idle limit, counted from now.
+        """
+        if self.idle:
+            self.setTimeout(self._idleLimit())
+
+    def makeRoom(self) -> None:
+        """
+        Close this idle session to let a new connection in: its slot is
+        already given away (L{SMTPServerFactory.admit}).
+        """
+        self._counted = False
+        self.log.info(
+            "closing the session of [{client}]:{port}, idle {idle:.0f} s, to make room",
+            client=self.clientHost,
+            port=self.clientPort,
+            idle=self.factory.clock.seconds() - self.lastActive,
+        )
+        self._sendReply(reply.makingRoom(self.factory.config.hostname))
         self._close()
 
     def _close(self) -> None:
@@ -233,9 +290,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         if self._closing or self.transport is None:
             return
         if not self._waitingOnUs():
-            self.setTimeout(
-                self.factory.config.dataTimeout if self.session.inData else self.factory.config.commandTimeout
-            )
+            self.setTimeout(self._idleLimit())
         if self._waiting:
             return
         self.paused = False
@@ -292,6 +347,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         """
         if self._closing:
             return
+        self.lastActive = self.factory.clock.seconds()
         self.resetTimeout()
         super().dataReceived(data)
         if self.paused:
@@ -360,7 +416,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
                 self._sendReply(answer.farewell)
             self._close()
         elif action is Action.READ_DATA:
-            self.setTimeout(self.factory.config.dataTimeout)
+            self.setTimeout(self._idleLimit())
             self.setRawMode()
         elif action is Action.START_TLS:
             self._startTLS()
@@ -441,11 +497,20 @@ class SMTPServerFactory(Factory):
     """
     Makes L{SMTPServerProtocol}s and holds what they share: configuration,
     validators, the store, sender authentication, the connection counts,
-    and the observer told what happens on the connections.
+    the stress state, and the observer told what happens on the
+    connections.
+
+    @ivar tlsOptions: the TLS context factory of STARTTLS, or L{None}
+        without TLS; a reload replaces it, for the sessions that start
+        TLS afterwards.
+    @ivar sessions: the connections admitted and not yet released.
+    @ivar stressed: whether more than 80% of C{--max-connections} are in
+        use.
     """
 
     protocol = SMTPServerProtocol
     noisy = False
+    log = Logger()
 
     def __init__(
         self,
@@ -457,12 +522,15 @@ class SMTPServerFactory(Factory):
         tlsOptions=None,
         authentication: Optional[SenderAuthentication] = None,
         observer: Optional[IServerObserver] = None,
+        lowOnSpace: Optional[Callable[[], bool]] = None,
     ) -> None:
         """
         @param authentication: sender authentication, whose SPF check the
             sessions start at C{MAIL FROM}; L{None} when no method is on.
         @param observer: told what happens on the connections
             (L{smtpmx.metrics.Metrics}); nothing by default.
+        @param lowOnSpace: tells, without blocking, whether the disks of
+            the store are short of free space (MAIL is then refused).
         """
         self.config = config
         self.validators = validators
@@ -476,6 +544,9 @@ class SMTPServerFactory(Factory):
         self.newQueueId = QueueIds(clock)
         self.connections = 0
         self.perHost: Counter[str] = Counter()
+        self.sessions: set[SMTPServerProtocol] = set()
+        self.stressed = False
+        self.lowOnSpace = lowOnSpace
 
     def buildProtocol(self, addr) -> SMTPServerProtocol:
         """
@@ -484,26 +555,80 @@ class SMTPServerFactory(Factory):
         p = self.protocol(self)
         return p
 
-    def admit(self, host: str) -> Optional[str]:
+    def admit(self, host: str, protocol: Optional[SMTPServerProtocol] = None) -> Optional[str]:
         """
         Count a new connection from C{host}, or say why it is refused.
+        When every slot is taken, the session idle the longest is closed
+        to make room; the connection is refused only when no session is
+        idle.
+
+        @param protocol: the new connection, kept in L{sessions}.
         """
-        if self.connections >= self.config.maxConnections:
-            return "too many connections"
         if self.perHost[host] >= self.config.maxConnectionsPerIp:
             return "too many connections from your address"
+        if self.connections >= self.config.maxConnections:
+            idle = [p for p in self.sessions if p.idle]
+            if not idle:
+                return "too many connections"
+            victim = min(idle, key=lambda p: p.lastActive)
+            self._forget(victim.clientHost, victim)
+            victim.makeRoom()
         self.connections += 1
         self.perHost[host] += 1
+        if protocol is not None:
+            self.sessions.add(protocol)
+        self._checkStress()
         return None
 
-    def release(self, host: str) -> None:
+    def release(self, host: str, protocol: Optional[SMTPServerProtocol] = None) -> None:
         """
         A connection admitted by L{admit} has ended.
         """
+        self._forget(host, protocol)
+        self._checkStress()
+
+    def _forget(self, host: str, protocol: Optional[SMTPServerProtocol]) -> None:
+        """
+        Give up the slot of a connection admitted by L{admit}.
+        """
+        self.sessions.discard(protocol)
         self.connections -= 1
         self.perHost[host] -= 1
         if self.perHost[host] <= 0:
             del self.perHost[host]
+
+    def idleLimit(self, limit: float) -> float:
+        """
+        The idle limit a session has now, given its usual one.
+        """
+        return min(limit, STRESS_IDLE_LIMIT) if self.stressed else limit
+
+    def _checkStress(self) -> None:
+        """
+        Enter or leave stress as the count of connections passes 80% of
+        C{--max-connections}, say so in the log, and give every idle
+        session its new idle limit.
+        """
+        # More than 80%, in whole numbers.
+        stressed = self.connections * 5 > self.config.maxConnections * 4
+        if stressed == self.stressed:
+            return
+        self.stressed = stressed
+        if stressed:
+            self.log.warn(
+                "stress: {n} of {max} connections in use: idle limits drop to {limit:g} s,"
+                " and the longest idle session makes room for a new connection",
+                n=self.connections, max=self.config.maxConnections, limit=STRESS_IDLE_LIMIT,
+            )
+        else:
+            self.log.info(
+                "stress over: {n} of {max} connections in use: idle limits back to"
+                " {command:g} s (commands) and {data:g} s (data)",
+                n=self.connections, max=self.config.maxConnections,
+                command=self.config.commandTimeout, data=self.config.dataTimeout,
+            )
+        for protocol in list(self.sessions):
+            protocol.idleLimitChanged()
 
     def newSession(self, clientHost: str) -> Session:
         """
@@ -521,4 +646,5 @@ class SMTPServerFactory(Factory):
             tlsAvailable=self.tlsOptions is not None,
             authentication=self.authentication,
             onVerdict=self.observer.recipientDecided,
+            lowOnSpace=self.lowOnSpace,
         )

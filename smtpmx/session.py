@@ -147,6 +147,7 @@ class Session:
         tlsAvailable: bool = False,
         authentication: Optional[SenderAuthentication] = None,
         onVerdict: Optional[Callable[[RecipientVerdict], None]] = None,
+        lowOnSpace: Optional[Callable[[], bool]] = None,
     ) -> None:
         """
         @param store: where accepted messages are streamed to.
@@ -162,6 +163,9 @@ class Session:
             starts at C{MAIL FROM}; L{None} when no check is made.
         @param onVerdict: told of every RCPT's verdict as it is given
             (L{smtpmx.interfaces.IServerObserver.recipientDecided}).
+        @param lowOnSpace: tells, without blocking, whether the disks
+            that mail is stored on are short of free space: MAIL is then
+            refused for now.
         """
         self.config = config
         self.validators = validators
@@ -174,6 +178,7 @@ class Session:
         self._newQueueId = newQueueId
         self._clock = clock
         self._onVerdict = onVerdict
+        self._lowOnSpace = lowOnSpace
         self.heloName: Optional[str] = None
         self.esmtp = False
         self.secure = False
@@ -371,6 +376,10 @@ class Session:
         if size is not None and size > self.config.maxMessageSize:
             # RFC 1870 6.1.
             return Answer(reply.TOO_BIG)
+        if self._lowOnSpace is not None and self._lowOnSpace():
+            # RFC 5321 4.2.3: 452, insufficient system storage (RFC 3463
+            # X.3.1, mail system full); the client tries again later.
+            return Answer(reply.INSUFFICIENT_STORAGE)
         context = ValidationContext(
             self.clientHost, self.heloName, path, self.config, self.runBlocking,
             esmtp=self.esmtp, declaredSize=size, reactor=self._clock,

@@ -20,7 +20,8 @@ from smtpmx.jsonlog import JSONLogObserver
 from smtpmx.metrics import Metrics, MetricsService
 from smtpmx.relay.service import RelayService
 from smtpmx.server import NoObserver
-from smtpmx.tap import ListeningService, Options, buildService, makeService
+from smtpmx.services import ListeningService, buildService
+from smtpmx.tap import Options, makeService
 from smtpmx.webstatus import QuietSite
 
 
@@ -61,7 +62,10 @@ class OperationsTests(SynchronousTestCase):
         self.assertIsNone(options.config.metrics)
         self.assertEqual(options.config.logFormat, "text")
         service = self.build()
-        self.assertEqual([s.name for s in service], ["relay", "listen tcp:2525:interface=127.0.0.1"])
+        self.assertEqual(
+            [s.name for s in service],
+            ["relay", "free space", "reload", "listen tcp:2525:interface=127.0.0.1"],
+        )
         listening = service.getServiceNamed("listen tcp:2525:interface=127.0.0.1")
         self.assertIsInstance(listening.factory.observer, NoObserver)
         self.assertIsNone(service.getServiceNamed("relay").onAttempt)
@@ -75,7 +79,10 @@ class OperationsTests(SynchronousTestCase):
         service = self.build("--metrics", "tcp:9100:interface=127.0.0.1")
         self.assertEqual(
             [s.name for s in service],
-            ["relay", "listen tcp:2525:interface=127.0.0.1", "metrics", "metrics tcp:9100:interface=127.0.0.1"],
+            [
+                "relay", "free space", "reload", "listen tcp:2525:interface=127.0.0.1",
+                "metrics", "metrics tcp:9100:interface=127.0.0.1",
+            ],
         )
         relay: RelayService = service.getServiceNamed("relay")
         smtp: ListeningService = service.getServiceNamed("listen tcp:2525:interface=127.0.0.1")
