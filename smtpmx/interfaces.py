@@ -61,6 +61,33 @@ class IRecipientValidatorFactory(Interface):
         """
 
 
+class IReloadable(Interface):
+    """
+    Optional, for a validator or a message filter that reads files when it
+    is made (a table, a list, a key): they are read again when the server
+    is sent C{SIGHUP}, without a restart (C{docs/plugins.rst}).  Declare it
+    beside the plugin's own interface,
+    C{@implementer(IRecipientValidator, IReloadable)}.
+    """
+
+    def reload(runBlocking):
+        """
+        Read the files again and use them for what is judged from then on;
+        until then, and whenever the new files are unusable, keep using
+        the old ones.  Called in the reactor thread, one reload at a time.
+
+        @param runBlocking: C{runBlocking(f, *args, **kwargs)} runs C{f} in
+            the server's thread pool and returns a L{Deferred} of its
+            result: read the files through it, never in the reactor thread.
+
+        @return: L{None}, or a L{Deferred} that fires once the new files
+            are in use.  Raise, or fail the L{Deferred}, with an exception
+            whose message says what is wrong with them (C{ValueError("PATH,
+            line 3: ...")}): the server logs it on one line, and the old
+            files stay in use.
+        """
+
+
 class IFilterableMessage(Interface):
     """
     A message as a filter sees it: received in full and spooled to disk,
@@ -228,6 +255,60 @@ class IMessageStore(Interface):
         @param envelope: an L{smtpmx.envelope.Envelope}.
 
         @return: a provider of L{IIncomingMessage}.
+        """
+
+
+class IServerObserver(Interface):
+    """
+    Told what happens on the SMTP server's connections, as it happens:
+    what L{smtpmx.metrics} counts.  The server calls it on the reactor
+    thread; a method must return at once and never raise.
+    """
+
+    def connectionOpened(clientHost):
+        """
+        A client connected and was admitted (within C{--max-connections}
+        and C{--max-connections-per-ip}).
+
+        @param clientHost: its address, as text.
+        """
+
+    def connectionRefused(clientHost, reason):
+        """
+        A client connected past a connection limit and was refused with
+        C{421 4.7.0}.
+
+        @param reason: why, in words.
+        """
+
+    def connectionClosed(clientHost):
+        """
+        An admitted connection ended.
+        """
+
+    def tlsStarted(tls):
+        """
+        A STARTTLS handshake (RFC 3207) completed.
+
+        @param tls: the L{smtpmx.session.NegotiatedTLS}: version and cipher.
+        """
+
+    def recipientDecided(verdict):
+        """
+        A C{RCPT} got its verdict (RFC 5321 section 4.1.1.3), whether or
+        not the transaction ever reaches DATA.
+
+        @param verdict: the L{smtpmx.transactionlog.RecipientVerdict}: address,
+            reply and the validator that decided.
+        """
+
+    def transactionEnded(record):
+        """
+        A transaction reached the end of its data and got its reply: the
+        message was stored, refused or deferred.
+
+        @param record: the L{smtpmx.transactionlog.TransactionRecord} that the
+            transaction's log line is made from.
         """
 
 

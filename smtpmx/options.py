@@ -28,6 +28,7 @@ from smtpmx.auth.results import DmarcPolicy
 from smtpmx.optiontypes import (
     AUTH_CHECKS,
     BOOLEAN,
+    BYTES,
     DELIVERY,
     MODE,
     DELIMITER,
@@ -67,6 +68,18 @@ class FilterFailure(enum.Enum):
 
     ACCEPT = "accept"
     TEMPFAIL = "tempfail"
+
+
+class LogFormat(enum.Enum):
+    """
+    How the log is written (C{--log-format}).
+
+    @cvar TEXT: twistd's lines of text.
+    @cvar JSON: one JSON object per line (L{smtpmx.jsonlog}).
+    """
+
+    TEXT = "text"
+    JSON = "json"
 
 
 @dataclass(frozen=True)
@@ -320,12 +333,24 @@ SECTIONS: tuple[Section, ...] = (
                 POSITIVE_INT, field="maxHops", default=50,
             ),
             Option(
+                "min-free-space", "BYTES",
+                "While the file system of ``--maildir-root`` or ``--queue-dir`` has less free"
+                " space than this, MAIL gets ``452 4.3.1``; 0 turns the check off.",
+                BYTES, field="minFreeSpace", default=104857600,
+                details="The space free for unprivileged users is measured at start-up and"
+                " every 5 seconds, off the reactor thread; the log says when it runs short"
+                " and when it is back.  Mail already accepted is still delivered and the"
+                " relay goes on sending (the default is 100 MiB).",
+            ),
+            Option(
                 "tls-certificate", "PEM",
                 "Certificate (chain) that enables STARTTLS (RFC 3207); needs ``--tls-key``.",
                 READABLE_FILE, field="tlsCertificate", defaultText="off",
                 details="The file may hold the intermediate certificates after the"
-                " server's.  Both files are read at start-up: an unreadable,"
-                " mismatched or expired pair stops it.",
+                " server's.  Both files are read at start-up: an unreadable or"
+                " mismatched pair stops it; an expired one is a warning in the log, as"
+                " is one that expires within 14 days (looked at daily).  ``SIGHUP``"
+                " reads them again (docs/resilience.rst).",
             ),
             Option(
                 "tls-key", "PEM",
@@ -473,6 +498,31 @@ SECTIONS: tuple[Section, ...] = (
             Option(
                 "ca-certs", "PEM", "Trust roots for ``--relay-tls verify``.",
                 READABLE_FILE, field="caCerts", defaultText="the system's",
+            ),
+        ),
+    ),
+    Section(
+        "Operating",
+        "Watching smtpmx at work: metrics, health and the log (docs/monitoring.rst).",
+        (
+            Option(
+                "metrics", "ENDPOINT",
+                "Twisted server endpoint to serve HTTP ``/metrics`` (Prometheus text format)"
+                " and ``/healthz`` on.",
+                ENDPOINT, field="metrics", defaultText="off",
+                details="For instance ``tcp:9100:interface=127.0.0.1``.  ``/healthz`` answers"
+                " ``200 ok`` while smtpmx listens and can write its Maildir root and queue,"
+                " ``503`` and the reason otherwise.  docs/monitoring.rst lists the metrics;"
+                " ``etc/prometheus/smtpmx-alerts.yml`` has alert rules for them.",
+            ),
+            Option(
+                "log-format", "FORMAT",
+                "``text``: twistd's lines; ``json``: one JSON object per line.",
+                choice(LogFormat), field="logFormat", default=LogFormat.TEXT.value,
+                details="A JSON line has ``time``, ``level`` and ``text``; a transaction's adds"
+                " ``queue_id``, ``client``, ``from``, ``to`` (a list), ``size`` and ``result``"
+                " (docs/monitoring.rst).  It goes where twistd's log goes (``--logfile``,"
+                " or stdout with ``--nodaemon``), not to syslog.",
             ),
         ),
     ),

@@ -356,6 +356,20 @@ def checkPositiveInt(value: Any, label: str) -> int:
     return number
 
 
+def checkBytes(value: Any, label: str) -> int:
+    """
+    A number of bytes: a whole number, zero or more.
+    """
+    number: Optional[int] = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None or number < 0:
+        raise ConfigError(f"{label}: must be a number of bytes (0 or more), not {value!r}")
+    return number
+
+
 def checkPositiveNumber(value: Any, label: str) -> float:
     """
     A number of seconds greater than zero.
@@ -551,6 +565,7 @@ DELIVERY = ValueType(
 MODE = ValueType("octal file mode", checked(checkMode), int, showMode)
 PORT = ValueType("TCP port (1-65535)", checked(checkPort), int)
 POSITIVE_INT = ValueType("positive integer", checked(checkPositiveInt), int)
+BYTES = ValueType("number of bytes (0 or more)", checked(checkBytes), int)
 SECONDS = ValueType("positive number of seconds", checked(checkPositiveNumber), float, showNumber)
 SCHEDULE = ValueType(
     "positive integers (seconds), a list or comma-separated",

@@ -86,6 +86,8 @@ RELAY_DENIED = Reply(554, "5.7.1", "Error: relay access denied")
 VALIDATOR_FAILED = Reply(451, "4.3.0", "Error: temporary failure checking the recipient, try again later")
 STORAGE_FAILED = Reply(451, "4.3.0", "Error: local storage failure, try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal server error, try again later")
+# RFC 5321 section 4.2.3 and RFC 3463 section 3.4 (X.3.1, mail system full).
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Error: insufficient system storage, try again later")
 
 
 def syntaxError(text: str) -> Reply:
@@ -139,6 +141,15 @@ def timedOut(hostname: str) -> Reply:
     section 4.5.3.2).
     """
     return Reply(421, "4.4.2", f"{hostname} Error: timeout exceeded")
+
+
+def makingRoom(hostname: str) -> Reply:
+    """
+    The C{421 4.7.0} sent before closing the session idle the longest,
+    to make room for a new connection when the server is full (RFC 5321
+    section 3.8: the server may close a session it cannot keep).
+    """
+    return Reply(421, "4.7.0", f"{hostname} Error: too many connections, closing idle session")
 
 
 def tooManyErrors(hostname: str) -> Reply:

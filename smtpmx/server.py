@@ -10,6 +10,14 @@ not acted on while an answer is pending, so pipelined replies always go out
 in order, RFC 2920; the socket is paused when the store or the client is
 behind), idle timeouts, connection counts and the STARTTLS switch of the
 transport (RFC 3207).
+
+Under load the factory is in I{stress} (Postfix's word): while more than
+80% of C{--max-connections} are in use, the idle limits drop to
+L{STRESS_IDLE_LIMIT} seconds (RFC 5321 section 4.5.3.2 lets a server
+shorten its timeouts when busy), and a connection that would pass the
+limit is let in by closing the session idle the longest, with
+C{421 4.7.0}.  Idle connections then cannot hold every slot for the
+whole command timeout while real senders are refused.
 """
 
 from __future__ import annotations
@@ -32,16 +40,19 @@ from smtpmx import reply
 from smtpmx.access import Access
 from smtpmx.auth.checker import SenderAuthentication
 from smtpmx.config import Config
-from smtpmx.interfaces import IMessageStore
+from smtpmx.interfaces import IMessageStore, IServerObserver
 from smtpmx.reply import Reply
 from smtpmx.session import Action, Answer, NegotiatedTLS, Session
-from smtpmx.transactionlog import TRANSACTION_LOG_FORMAT, TransactionRecord
+from smtpmx.transactionlog import TRANSACTION_LOG_FORMAT, RecipientVerdict, TransactionRecord
 from smtpmx.validation import ValidatorChain
 
 # A line longer than this without any line ending is not SMTP: cut it off.
 MAX_BUFFERED_LINE = 16384
 # Seconds a closing connection may take to flush its last replies.
 CLOSE_GRACE = 30
+# The idle limit, in seconds, of every session while the server is in
+# stress (Postfix's smtpd_timeout under stress is 10 s too).
+STRESS_IDLE_LIMIT = 10.0
 
 
 class QueueIds:
@@ -63,10 +74,51 @@ class QueueIds:
         return f"{millis:010X}{self._pid:04X}{next(self._counter) & 0xFFFF:04X}"
 
 
+@implementer(IServerObserver)
+class NoObserver:
+    """
+    An L{IServerObserver} that ignores everything: the server's observer
+    when nothing counts (no C{--metrics}).
+    """
+
+    def connectionOpened(self, clientHost: str) -> None:
+        """
+        Ignored.
+        """
+
+    def connectionRefused(self, clientHost: str, reason: str) -> None:
+        """
+        Ignored.
+        """
+
+    def connectionClosed(self, clientHost: str) -> None:
+        """
+        Ignored.
+        """
+
+    def tlsStarted(self, tls: NegotiatedTLS) -> None:
+        """
+        Ignored.
+        """
+
+    def recipientDecided(self, verdict: RecipientVerdict) -> None:
+        """
+        Ignored.
+        """
+
+    def transactionEnded(self, record: TransactionRecord) -> None:
+        """
+        Ignored.
+        """
+
+
 @implementer(IHandshakeListener)
 class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     """
     One SMTP connection.
+
+    @ivar lastActive: when the client last sent anything (the clock's
+        seconds), to find the session idle the longest.
     """
 
     delimiter = b"\n"
@@ -83,6 +135,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._transportPaused = False
         self._heldWhilePaused = 0
         self._abortCall = None
+        self.lastActive = factory.clock.seconds()
 
     # Connection life.
 
@@ -93,17 +146,19 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         peer = self.transport.getPeer()
         self.clientHost = getattr(peer, "host", "unknown")
         self.clientPort = getattr(peer, "port", 0)
-        refusal = self.factory.admit(self.clientHost)
+        refusal = self.factory.admit(self.clientHost, self)
         if refusal is not None:
             self.log.info(
                 "refused connection from [{client}]: {why}",
                 client=self.clientHost,
                 why=refusal,
             )
+            self.factory.observer.connectionRefused(self.clientHost, refusal)
             self._sendReply(reply.connectionRefused(self.factory.config.hostname, refusal))
             self._close()
             return
         self._counted = True
+        self.factory.observer.connectionOpened(self.clientHost)
         self.transport.registerProducer(self, True)
         # Replies are whole writes: never hold one back for an ACK.
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -111,7 +166,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             setNoDelay(True)
         self.log.info("connect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
         self.session = self.factory.newSession(self.clientHost)
-        self.setTimeout(self.factory.config.commandTimeout)
+        self.setTimeout(self._idleLimit())
         self._sendReply(self.session.greeting())
 
     def connectionLost(self, reason: Failure = None) -> None:
@@ -125,7 +180,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             self.session.abortMessage()
         if self._counted:
             self._counted = False
-            self.factory.release(self.clientHost)
+            self.factory.release(self.clientHost, self)
+            self.factory.observer.connectionClosed(self.clientHost)
+        if self.session is not None:
             self.log.info("disconnect from [{client}]:{port}", client=self.clientHost, port=self.clientPort)
 
     def timeoutConnection(self) -> None:
@@ -138,6 +195,47 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             client=self.clientHost,
         )
         self._sendReply(self.session.timedOut())
+        self._close()
+
+    def _idleLimit(self) -> float:
+        """
+        How long the client may now stay idle: the command or the data
+        timeout, shortened while the server is in stress.
+        """
+        config = self.factory.config
+        return self.factory.idleLimit(
+            config.dataTimeout if self.session.inData else config.commandTimeout
+        )
+
+    @property
+    def idle(self) -> bool:
+        """
+        Whether the session waits for its client (its idle timeout runs):
+        not closing, and no answer of ours pending.
+        """
+        return self._counted and not self._closing and self.timeOut is not None
+
+    def idleLimitChanged(self) -> None:
+        """
+        Stress began or ended: a session waiting for its client gets the
+        new idle limit, counted from now.
+        """
+        if self.idle:
+            self.setTimeout(self._idleLimit())
+
+    def makeRoom(self) -> None:
+        """
+        Close this idle session to let a new connection in: its slot is
+        already given away (L{SMTPServerFactory.admit}).
+        """
+        self._counted = False
+        self.log.info(
+            "closing the session of [{client}]:{port}, idle {idle:.0f} s, to make room",
+            client=self.clientHost,
+            port=self.clientPort,
+            idle=self.factory.clock.seconds() - self.lastActive,
+        )
+        self._sendReply(reply.makingRoom(self.factory.config.hostname))
         self._close()
 
     def _close(self) -> None:
@@ -192,9 +290,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         if self._closing or self.transport is None:
             return
         if not self._waitingOnUs():
-            self.setTimeout(
-                self.factory.config.dataTimeout if self.session.inData else self.factory.config.commandTimeout
-            )
+            self.setTimeout(self._idleLimit())
         if self._waiting:
             return
         self.paused = False
@@ -251,6 +347,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         """
         if self._closing:
             return
+        self.lastActive = self.factory.clock.seconds()
         self.resetTimeout()
         super().dataReceived(data)
         if self.paused:
@@ -319,7 +416,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
                 self._sendReply(answer.farewell)
             self._close()
         elif action is Action.READ_DATA:
-            self.setTimeout(self.factory.config.dataTimeout)
+            self.setTimeout(self._idleLimit())
             self.setRawMode()
         elif action is Action.START_TLS:
             self._startTLS()
@@ -354,7 +451,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             self.log.failure("cannot read the TLS session of [{client}]", client=self.clientHost)
             return
         if version and cipher:
-            self.session.handshakeCompleted(NegotiatedTLS(version, cipher, bits))
+            tls = NegotiatedTLS(version, cipher, bits)
+            self.session.handshakeCompleted(tls)
+            self.factory.observer.tlsStarted(tls)
 
     # The DATA phase.
 
@@ -383,9 +482,12 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 
     def _dataAnswered(self, record: TransactionRecord) -> None:
         """
-        The transaction is over: one log line for it, then its reply.
+        The transaction is over: one log line for it (the record rides
+        along in the event as C{transaction}, for structured logs), then
+        its reply.
         """
-        self.log.info(TRANSACTION_LOG_FORMAT, **record.logFields())
+        self.log.info(TRANSACTION_LOG_FORMAT, transaction=record, **record.logFields())
+        self.factory.observer.transactionEnded(record)
         if self.transport is not None and not self._closing:
             self._sendReply(record.reply)
         self._done("store")
@@ -394,11 +496,21 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 class SMTPServerFactory(Factory):
     """
     Makes L{SMTPServerProtocol}s and holds what they share: configuration,
-    validators, the store, sender authentication, the connection counts.
+    validators, the store, sender authentication, the connection counts,
+    the stress state, and the observer told what happens on the
+    connections.
+
+    @ivar tlsOptions: the TLS context factory of STARTTLS, or L{None}
+        without TLS; a reload replaces it, for the sessions that start
+        TLS afterwards.
+    @ivar sessions: the connections admitted and not yet released.
+    @ivar stressed: whether more than 80% of C{--max-connections} are in
+        use.
     """
 
     protocol = SMTPServerProtocol
     noisy = False
+    log = Logger()
 
     def __init__(
         self,
@@ -409,10 +521,16 @@ class SMTPServerFactory(Factory):
         runBlocking: Callable[..., Deferred],
         tlsOptions=None,
         authentication: Optional[SenderAuthentication] = None,
+        observer: Optional[IServerObserver] = None,
+        lowOnSpace: Optional[Callable[[], bool]] = None,
     ) -> None:
         """
         @param authentication: sender authentication, whose SPF check the
             sessions start at C{MAIL FROM}; L{None} when no method is on.
+        @param observer: told what happens on the connections
+            (L{smtpmx.metrics.Metrics}); nothing by default.
+        @param lowOnSpace: tells, without blocking, whether the disks of
+            the store are short of free space (MAIL is then refused).
         """
         self.config = config
         self.validators = validators
@@ -421,10 +539,14 @@ class SMTPServerFactory(Factory):
         self.runBlocking = runBlocking
         self.tlsOptions = tlsOptions
         self.authentication = authentication
+        self.observer = observer if observer is not None else NoObserver()
         self.access = Access.fromConfig(config)
         self.newQueueId = QueueIds(clock)
         self.connections = 0
         self.perHost: Counter[str] = Counter()
+        self.sessions: set[SMTPServerProtocol] = set()
+        self.stressed = False
+        self.lowOnSpace = lowOnSpace
 
     def buildProtocol(self, addr) -> SMTPServerProtocol:
         """
@@ -433,26 +555,80 @@ class SMTPServerFactory(Factory):
         p = self.protocol(self)
         return p
 
-    def admit(self, host: str) -> Optional[str]:
+    def admit(self, host: str, protocol: Optional[SMTPServerProtocol] = None) -> Optional[str]:
         """
         Count a new connection from C{host}, or say why it is refused.
+        When every slot is taken, the session idle the longest is closed
+        to make room; the connection is refused only when no session is
+        idle.
+
+        @param protocol: the new connection, kept in L{sessions}.
         """
-        if self.connections >= self.config.maxConnections:
-            return "too many connections"
         if self.perHost[host] >= self.config.maxConnectionsPerIp:
             return "too many connections from your address"
+        if self.connections >= self.config.maxConnections:
+            idle = [p for p in self.sessions if p.idle]
+            if not idle:
+                return "too many connections"
+            victim = min(idle, key=lambda p: p.lastActive)
+            self._forget(victim.clientHost, victim)
+            victim.makeRoom()
         self.connections += 1
         self.perHost[host] += 1
+        if protocol is not None:
+            self.sessions.add(protocol)
+        self._checkStress()
         return None
 
-    def release(self, host: str) -> None:
+    def release(self, host: str, protocol: Optional[SMTPServerProtocol] = None) -> None:
         """
         A connection admitted by L{admit} has ended.
         """
+        self._forget(host, protocol)
+        self._checkStress()
+
+    def _forget(self, host: str, protocol: Optional[SMTPServerProtocol]) -> None:
+        """
+        Give up the slot of a connection admitted by L{admit}.
+        """
+        self.sessions.discard(protocol)
         self.connections -= 1
         self.perHost[host] -= 1
         if self.perHost[host] <= 0:
             del self.perHost[host]
+
+    def idleLimit(self, limit: float) -> float:
+        """
+        The idle limit a session has now, given its usual one.
+        """
+        return min(limit, STRESS_IDLE_LIMIT) if self.stressed else limit
+
+    def _checkStress(self) -> None:
+        """
+        Enter or leave stress as the count of connections passes 80% of
+        C{--max-connections}, say so in the log, and give every idle
+        session its new idle limit.
+        """
+        # More than 80%, in whole numbers.
+        stressed = self.connections * 5 > self.config.maxConnections * 4
+        if stressed == self.stressed:
+            return
+        self.stressed = stressed
+        if stressed:
+            self.log.warn(
+                "stress: {n} of {max} connections in use: idle limits drop to {limit:g} s,"
+                " and the longest idle session makes room for a new connection",
+                n=self.connections, max=self.config.maxConnections, limit=STRESS_IDLE_LIMIT,
+            )
+        else:
+            self.log.info(
+                "stress over: {n} of {max} connections in use: idle limits back to"
+                " {command:g} s (commands) and {data:g} s (data)",
+                n=self.connections, max=self.config.maxConnections,
+                command=self.config.commandTimeout, data=self.config.dataTimeout,
+            )
+        for protocol in list(self.sessions):
+            protocol.idleLimitChanged()
 
     def newSession(self, clientHost: str) -> Session:
         """
@@ -469,4 +645,6 @@ class SMTPServerFactory(Factory):
             self.newQueueId,
             tlsAvailable=self.tlsOptions is not None,
             authentication=self.authentication,
+            onVerdict=self.observer.recipientDecided,
+            lowOnSpace=self.lowOnSpace,
         )

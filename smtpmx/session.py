@@ -106,6 +106,7 @@ class Transaction:
 
     @ivar context: what validators are given for this transaction's
         recipients.
+    @ivar started: when MAIL was accepted, by the session's clock.
     """
 
     reversePath: Optional[Address]
@@ -114,6 +115,7 @@ class Transaction:
     recipients: list[Recipient] = field(default_factory=list)
     accepted: int = 0
     verdicts: list[RecipientVerdict] = field(default_factory=list)
+    started: float = 0.0
 
 
 class Session:
@@ -144,6 +146,8 @@ class Session:
         newQueueId: Callable[[], str],
         tlsAvailable: bool = False,
         authentication: Optional[SenderAuthentication] = None,
+        onVerdict: Optional[Callable[[RecipientVerdict], None]] = None,
+        lowOnSpace: Optional[Callable[[], bool]] = None,
     ) -> None:
         """
         @param store: where accepted messages are streamed to.
@@ -157,6 +161,11 @@ class Session:
         @param tlsAvailable: whether STARTTLS is offered.
         @param authentication: sender authentication, whose SPF check
             starts at C{MAIL FROM}; L{None} when no check is made.
+        @param onVerdict: told of every RCPT's verdict as it is given
+            (L{smtpmx.interfaces.IServerObserver.recipientDecided}).
+        @param lowOnSpace: tells, without blocking, whether the disks
+            that mail is stored on are short of free space: MAIL is then
+            refused for now.
         """
         self.config = config
         self.validators = validators
@@ -168,6 +177,8 @@ class Session:
         self.authentication = authentication
         self._newQueueId = newQueueId
         self._clock = clock
+        self._onVerdict = onVerdict
+        self._lowOnSpace = lowOnSpace
         self.heloName: Optional[str] = None
         self.esmtp = False
         self.secure = False
@@ -365,11 +376,15 @@ class Session:
         if size is not None and size > self.config.maxMessageSize:
             # RFC 1870 6.1.
             return Answer(reply.TOO_BIG)
+        if self._lowOnSpace is not None and self._lowOnSpace():
+            # RFC 5321 4.2.3: 452, insufficient system storage (RFC 3463
+            # X.3.1, mail system full); the client tries again later.
+            return Answer(reply.INSUFFICIENT_STORAGE)
         context = ValidationContext(
             self.clientHost, self.heloName, path, self.config, self.runBlocking,
             esmtp=self.esmtp, declaredSize=size, reactor=self._clock,
         )
-        transaction = Transaction(path, smtputf8, context)
+        transaction = Transaction(path, smtputf8, context, started=self._clock.seconds())
         checking = self._checkSender(path)
         if checking is not None:
             return checking.addCallback(self._senderChecked, transaction).addErrback(self._broke)
@@ -472,7 +487,10 @@ class Session:
         if r.code == 250:
             t.accepted += 1
             t.recipients.extend(Recipient(address, dest) for dest in destinations)
-        t.verdicts.append(RecipientVerdict(str(address), r, decidedBy))
+        verdict = RecipientVerdict(str(address), r, decidedBy)
+        t.verdicts.append(verdict)
+        if self._onVerdict is not None:
+            self._onVerdict(verdict)
         if r.code != 250:
             self.log.info(
                 "NOQUEUE: reject: RCPT from [{client}]: {reply}; from={sender} to={rcpt}",
@@ -591,7 +609,10 @@ class Session:
             if message is not None and IFilteredMessage.providedBy(message):
                 filters = tuple(message.filterVerdicts)
                 authResults = message.authResults
-            return TransactionRecord(envelope, t.verdicts, size, r, filters, authResults)
+            return TransactionRecord(
+                envelope, t.verdicts, size, r, filters, authResults,
+                duration=self._clock.seconds() - t.started,
+            )
 
         if self._tooBig:
             return succeed(record(reply.TOO_BIG))

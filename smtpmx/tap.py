@@ -5,33 +5,25 @@ L{Options} parses the command line, reads the TOML file given with
 C{--config}, checks everything and builds the validator chain, so that a
 bad option stops start-up with one line.  Its options come from the table
 in L{smtpmx.options} (docs/options.rst).  L{makeService} is the entry
-point, the one place that takes the global reactor; L{buildService} does
-the work with the reactor passed in, for tests.
+point, the one place that takes the global reactor;
+L{smtpmx.services.buildService} does the work with the reactor passed in,
+for tests.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
-import smtpmx
-from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile, summarize
-from smtpmx.durable import DIRECTORY_MODE, directoryModeFor, makeDirectories
+from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile
 from smtpmx.backendlookup import configuredBackends, findBackendFactories
 from smtpmx.filterchain import findFilterFactories, makeFilters
-from smtpmx.options import OPTIONS, Option, plainText
+from smtpmx.options import OPTIONS, LogFormat, Option, plainText
 from smtpmx.pluginlookup import PluginLoadError, PluginNotFound, listing
 from smtpmx.validation import ValidatorChain
+from smtpmx.services import SMTPMXService, buildService
 from smtpmx.validators import findValidatorFactories, makeValidatorChain
 
 
@@ -242,396 +234,20 @@ class Options(TableOptions):
             self.validators = loadPlugins(makeValidatorChain, self.config.validators, "validator")
             self.filters = loadPlugins(makeFilters, self.config.filters, "filter")
             self.backends = loadPlugins(configuredBackends, self.config.delivery, "backend")
+            twistd = getattr(self, "parent", None)
+            if self.config.logFormat == LogFormat.JSON.value and twistd is not None and twistd.get("syslog"):
+                raise ConfigError("--log-format json: the JSON lines go to twistd's log file or stdout, not to syslog")
             if self.config.tlsCertificate is not None:
                 from smtpmx.tls import serverTLSOptions
 
+                # An expired certificate is only a warning
+                # (smtpmx.reload logs it): an MX that does not start
+                # loses mail.
                 self.tlsOptions = serverTLSOptions(
-                    self.config.tlsCertificate, self.config.tlsKey
+                    self.config.tlsCertificate, self.config.tlsKey, checkValidity=False
                 )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-
-
-class StartupFailed(SystemExit, Exception):
-    """
-    The server cannot start: a port cannot be listened on, or a directory
-    it must write cannot be.
-
-    It is a L{SystemExit}, so that C{twistd -n} ends with its one-line
-    message and status 1 rather than a traceback, and an L{Exception}, so
-    that a daemonizing twistd reports it to the parent process and removes
-    its PID file.
-    """
-
-
-class ListenFailed(StartupFailed):
-    """
-    An endpoint could not be listened on.
-    """
-
-
-class ListeningService(Service):
-    """
-    Listens on one endpoint, in C{privilegedStartService} so that port 25
-    is bound before twistd gives up root (C{--uid}/C{--gid}).
-
-    @ivar port: the L{twisted.internet.interfaces.IListeningPort} once
-        listening.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor, description: str, factory) -> None:
-        self._reactor = reactor
-        self.description = description
-        self.factory = factory
-        self.port = None
-        self._started = False
-
-    def privilegedStartService(self) -> None:
-        """
-        Listen now, while we may still bind a privileged port.
-        """
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        """
-        Start; listen now if L{privilegedStartService} was not called.
-        """
-        super().startService()
-        self._listen()
-
-    def _listen(self) -> None:
-        """
-        Listen on the endpoint; a failure that is known at once ends
-        start-up with L{ListenFailed}.
-        """
-        if self._started:
-            return
-        self._started = True
-        d = serverFromString(self._reactor, self.description).listen(self.factory)
-        later = False
-        result: list = []
-
-        def atOnce(outcome):
-            if later:
-                return outcome
-            result.append(outcome)
-            return None
-
-        d.addBoth(atOnce)
-        if not result:
-            # An endpoint that answers later: a failure can then only be
-            # logged and the server stopped.
-            later = True
-            d.addCallbacks(self._listening, self._failedLater)
-            return
-        outcome = result[0]
-        if isinstance(outcome, Failure):
-            # Not logged here: twistd writes the message to the log (stderr)
-            # on its way out; logging it too would say it twice.
-            raise ListenFailed(self._failureMessage(outcome))
-        self._listening(outcome)
-
-    def _failureMessage(self, failure: Failure) -> str:
-        """
-        The one line that says we cannot listen, and why.
-        """
-        return f"smtpmx cannot listen on {self.description}: {_reason(failure)}"
-
-    def _failedLater(self, failure: Failure) -> None:
-        """
-        An endpoint that answered asynchronously failed: log it and stop.
-        """
-        self.log.critical("{message}", message=self._failureMessage(failure))
-        self._reactor.stop()
-
-    def _listening(self, port) -> None:
-        """
-        Record the port and log where we listen, with the port really
-        bound (so C{tcp:0} tells which one it got).
-        """
-        self.port = port
-        self.log.info(
-            "smtpmx listening on {address}", address=_formatAddress(port.getHost())
-        )
-
-    def stopService(self) -> Optional[Deferred]:
-        """
-        Stop listening.
-        """
-        super().stopService()
-        self._started = False
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
-
-
-def _reason(failure: Failure) -> str:
-    """
-    A failure's message on one line.
-    """
-    return " ".join(str(failure.value).split()) or failure.type.__name__
-
-
-def _formatAddress(address) -> str:
-    """
-    C{HOST:PORT} for an IP address (C{[HOST]:PORT} for IPv6), else
-    whatever describes it.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return f"unix:{name.decode() if isinstance(name, bytes) else name}"
-    return str(address)
-
-
-class SMTPMXService(MultiService):
-    """
-    The whole server: its listening services, the thread pool of sender
-    authentication, and the start-up summary of the configuration in the
-    log.
-
-    @ivar threadPool: the thread pool of sender authentication's checks,
-        or L{None}; started with the server, stopped once its services
-        are.
-    """
-
-    log = Logger()
-
-    def __init__(self, config: Config, threadPool: Optional[ThreadPool] = None) -> None:
-        super().__init__()
-        self.config = config
-        self.threadPool = threadPool
-
-    _announced = False
-
-    def _announce(self) -> None:
-        """
-        Log the configuration in one line, once, before listening.
-        """
-        if not self._announced:
-            self._announced = True
-            self.log.info(
-                "smtpmx {version} starting: {summary}",
-                version=smtpmx.__version__,
-                summary=summarize(self.config),
-            )
-
-    def privilegedStartService(self) -> None:
-        """
-        Log the configuration, then listen (as root, if we are).
-        """
-        self._announce()
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        """
-        Log the configuration if not done yet, check that the Maildir root
-        and the queue can be written (as the user twistd now runs as), then
-        start.
-
-        @raise StartupFailed: one of them cannot be.
-        """
-        self._announce()
-        # A root made here is reachable by the group that may read the
-        # mail (--maildir-mode); making it setgid is the operator's call.
-        checkWritable(
-            "--maildir-root", self.config.maildirRoot, directoryModeFor(self.config.maildirMode)
-        )
-        checkWritable("--queue-dir", self.config.queueDir)
-        if self.threadPool is not None:
-            self.threadPool.start()
-        super().startService()
-
-    def stopService(self) -> Deferred:
-        """
-        Stop the services, then the thread pool (its threads end once the
-        check each runs is over: the checks are bounded in time).
-        """
-        d = super().stopService()
-        if self.threadPool is not None:
-            pool = self.threadPool
-
-            def stopPool(result):
-                pool.stop()
-                return result
-
-            d.addBoth(stopPool)
-        return d
-
-
-def checkWritable(option: str, path: str, mode: int = DIRECTORY_MODE) -> None:
-    """
-    Make sure directory C{path} exists and can be written, at start-up
-    (blocking is fine: nothing else runs yet).  A directory made here
-    gets C{mode} exactly, whatever the umask: C{0700}, or for the Maildir
-    root the directory mode of C{--maildir-mode}.
-
-    @raise StartupFailed: with one line naming the option and the problem.
-    """
-    try:
-        makeDirectories([path], mode)
-        if not os.path.isdir(path):
-            raise NotADirectoryError(20, "Not a directory", path)
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied", path)
-    except OSError as e:
-        raise StartupFailed(f"{option} {path}: {e.strerror or e}") from None
-
-
-def threadRunner(reactor) -> Callable[..., Deferred]:
-    """
-    C{runBlocking(f, *args, **kwargs)}: runs C{f} in C{reactor}'s thread
-    pool and returns a L{Deferred} of its result.  The pool is only
-    fetched (and started) on first use.
-    """
-
-    def runBlocking(f, *args, **kwargs) -> Deferred:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
-
-    return runBlocking
-
-
-class _LazyResolver:
-    """
-    A resolver made on first use: Twisted's reads C{resolv.conf} and
-    schedules re-reads as soon as it is made, which a server that never
-    relays has no need of.
-    """
-
-    def __init__(self, make: Callable[[], object]) -> None:
-        self._make = make
-        self._resolver = None
-
-    def __getattr__(self, name: str):
-        if self._resolver is None:
-            self._resolver = self._make()
-        return getattr(self._resolver, name)
-
-
-# Threads of sender authentication's pool: each runs the checks of one
-# message or sender at a time, blocked on their lookups.
-AUTH_THREADS = 10
-
-
-def senderAuthentication(config: Config, reactor):
-    """
-    Sender authentication as C{--auth-checks} asks for it: a
-    L{smtpmx.auth.checker.SenderAuthentication} whose checks run in a
-    thread pool of their own (never the reactor's, whose threads the
-    storage uses), their lookups going through one
-    L{smtpmx.auth.dns.Resolver} aimed at C{--dns-server} (else the
-    servers of C{/etc/resolv.conf}, read at the first lookup).
-
-    @return: the L{SenderAuthentication} and its L{ThreadPool} (to be
-        started and stopped with the server), or C{(None, None)} with
-        C{--auth-checks none}.
-    """
-    from smtpmx.auth.checker import SenderAuthentication
-    from smtpmx.auth.dns import Resolver
-    from smtpmx.auth.results import Method
-
-    if not config.authChecks:
-        return None, None
-    pool = ThreadPool(0, AUTH_THREADS, name="smtpmx-auth")
-
-    def runInThread(f, *args, **kwargs) -> Deferred:
-        return deferToThreadPool(reactor, pool, f, *args, **kwargs)
-
-    authentication = SenderAuthentication(
-        frozenset(Method(m) for m in config.authChecks),
-        Resolver(config.dnsServer),
-        runInThread,
-        reactor,
-        config.authTimeout,
-    )
-    return authentication, pool
-
-
-def buildService(
-    config: Config,
-    validators: ValidatorChain,
-    tlsOptions,
-    reactor,
-    filters: Sequence[tuple[str, object]] = (),
-    backends: Optional[Mapping[str, object]] = None,
-) -> SMTPMXService:
-    """
-    Build the server's services.
-
-    @param reactor: the reactor to listen, time and run threads with.
-    @param filters: the message filters, C{(name, filter)} pairs in order;
-        with none, and no sender authentication (C{--auth-checks none}),
-        messages go straight to the store.
-    @param backends: the delivery backends of C{config.delivery}, by
-        specification (L{smtpmx.backendlookup.makeBackends}); the relay
-        service hands their queued recipients to them.
-    """
-    from smtpmx.access import Access
-    from smtpmx.delivery.maildir import MaildirStore
-    from smtpmx.filterchain import FilterChain
-    from smtpmx.filterstore import FilteringStore
-    from smtpmx.relay.transaction import deliver
-    from smtpmx.relay.nexthop import makeResolver
-    from smtpmx.relay.intake import QueueStore
-    from smtpmx.relay.queue import Queue
-    from smtpmx.relay.service import RelayService
-    from smtpmx.routing import RoutingStore
-    from smtpmx.server import SMTPServerFactory
-
-    runBlocking = threadRunner(reactor)
-    queue = Queue(config.queueDir)
-    queueStore = QueueStore(queue, runBlocking, reactor)
-    # Mail for LMTP domains (--delivery) is queued, then handed over by
-    # the relay service, which hears of each message once it is committed.
-    store = RoutingStore(
-        MaildirStore(config.maildirRoot, runBlocking, mode=config.maildirMode), queueStore
-    )
-    authentication, authPool = senderAuthentication(config, reactor)
-    if filters or authentication is not None:
-        chain = FilterChain(filters, reactor, config.filterTimeout, config.filterFailure)
-        # Spooled messages wait in the queue's tmp/, on the queue's disk;
-        # what a crash leaves there is removed at the next start.
-        store = FilteringStore(
-            store, chain, Access.fromConfig(config), config, runBlocking,
-            queue.temporaryDirectory, reactor=reactor, authentication=authentication,
-        )
-    factory = SMTPServerFactory(
-        config,
-        validators,
-        store,
-        reactor,
-        runBlocking,
-        tlsOptions=tlsOptions,
-        authentication=authentication,
-    )
-    relay = RelayService(
-        config,
-        queue,
-        runBlocking,
-        reactor,
-        _LazyResolver(lambda: makeResolver(config.dnsServer, reactor)),
-        deliver,
-        factory.newQueueId,
-        reactor,
-        backends=backends,
-    )
-    queueStore.onQueued = relay.queued
-    service = SMTPMXService(config, authPool)
-    # First, so that the queue is recovered before any connection is taken.
-    relay.setName("relay")
-    relay.setServiceParent(service)
-    for description in config.listen:
-        listening = ListeningService(reactor, description, factory)
-        listening.setName(f"listen {description}")
-        listening.setServiceParent(service)
-    return service
 
 
 def makeService(options: Options) -> SMTPMXService:
@@ -640,7 +256,13 @@ def makeService(options: Options) -> SMTPMXService:
     """
     from twisted.internet import reactor
 
-    return buildService(
+    service = buildService(
         options.config, options.validators, options.tlsOptions, reactor, options.filters,
-        options.backends,
+        options.backends, handleSignals=True,
     )
+    if options.config.logFormat == LogFormat.JSON.value:
+        from smtpmx.jsonlog import JSONLogObserver, twistdLogFile
+
+        # Opened now, as twistd opens its own: before it daemonizes.
+        service.logObserver = JSONLogObserver(twistdLogFile(getattr(options, "parent", None)))
+    return service

@@ -1,7 +1,13 @@
 """
 TLS for the server's STARTTLS (RFC 3207): the certificate and key are read
-and checked once, at start-up, so that a wrong file stops start-up with one
-clear line instead of failing every handshake later.
+and checked at start-up, so that a wrong file stops start-up with one
+clear line instead of failing every handshake later, and again on
+C{SIGHUP} (L{smtpmx.reload}).
+
+A certificate that is out of its validity period does not stop start-up
+(an MX that does not start loses mail, and senders that use opportunistic
+TLS deliver anyway): L{expiryWarning} says so, as it says when the end is
+near.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from OpenSSL.crypto import X509, PKey
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 
 from smtpmx.config import ConfigError
+
+# A certificate whose end is nearer than this is warned about.
+EXPIRY_WARNING = datetime.timedelta(days=14)
 
 
 def _readFile(path: str, what: str) -> bytes:
@@ -44,6 +53,7 @@ def loadCertificateChain(
     certPath: str,
     keyPath: str,
     now: Optional[Callable[[], datetime.datetime]] = None,
+    checkValidity: bool = True,
 ):
     """
     Read and check a certificate chain and its private key.
@@ -53,12 +63,15 @@ def loadCertificateChain(
     @param keyPath: a PEM file holding the certificate's private key (not
         encrypted); it may be the same file as C{certPath}.
     @param now: gives the current time (UTC), for the validity check.
+    @param checkValidity: whether a certificate that is not valid now
+        (expired, or not yet valid) is refused.
 
     @return: the certificates (a L{list} of L{x509.Certificate}, the
         server's first) and the private key.
 
     @raise ConfigError: a file is unreadable or not PEM, the key does not
-        belong to the certificate, or the certificate is not valid now.
+        belong to the certificate, or (with C{checkValidity}) the
+        certificate is not valid now.
     """
     if now is None:
         now = lambda: datetime.datetime.now(datetime.timezone.utc)  # noqa: E731
@@ -86,6 +99,8 @@ def loadCertificateChain(
         raise ConfigError(
             f"the TLS key {keyPath} does not match the certificate {certPath}"
         )
+    if not checkValidity:
+        return certificates, key
     current = now()
     if current < leaf.not_valid_before_utc:
         raise ConfigError(
@@ -104,6 +119,7 @@ def serverTLSOptions(
     certPath: str,
     keyPath: str,
     now: Optional[Callable[[], datetime.datetime]] = None,
+    checkValidity: bool = True,
 ) -> CertificateOptions:
     """
     The context factory for the server's STARTTLS: TLS 1.2 or newer, with
@@ -112,10 +128,12 @@ def serverTLSOptions(
     @param certPath: PEM certificate chain, the server's certificate first.
     @param keyPath: PEM private key of that certificate.
     @param now: gives the current time (UTC), for the validity check.
+    @param checkValidity: whether a certificate that is not valid now is
+        refused (at start-up it is not: L{expiryWarning} tells of it).
 
     @raise ConfigError: see L{loadCertificateChain}.
     """
-    certificates, key = loadCertificateChain(certPath, keyPath, now)
+    certificates, key = loadCertificateChain(certPath, keyPath, now, checkValidity)
     try:
         return CertificateOptions(
             privateKey=PKey.from_cryptography_key(key),
@@ -128,3 +146,57 @@ def serverTLSOptions(
             f"cannot use the TLS certificate {certPath}:"
             f" {' '.join(str(e).split()) or type(e).__name__}"
         ) from None
+
+
+def certificateOf(options: CertificateOptions) -> x509.Certificate:
+    """
+    The server's certificate of TLS options made by L{serverTLSOptions}.
+    """
+    return options.certificate.to_cryptography()
+
+
+def describe(certificate: x509.Certificate) -> str:
+    """
+    A certificate in a few words for the log: its subject and the end of
+    its validity.
+    """
+    return (
+        f"{certificate.subject.rfc4514_string() or 'no subject'},"
+        f" valid until {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    )
+
+
+def expiryWarning(
+    certificate: x509.Certificate,
+    path: str,
+    now: datetime.datetime,
+    within: datetime.timedelta = EXPIRY_WARNING,
+) -> Optional[str]:
+    """
+    What to warn about a certificate in force: that it expired, is not
+    valid yet, or expires within C{within}; L{None} when all is well.
+
+    @param path: the certificate's file, to name it.
+    @param now: the current time (UTC).
+    """
+    end = certificate.not_valid_after_utc
+    start = certificate.not_valid_before_utc
+    if now > end:
+        return (
+            f"the TLS certificate {path} expired on {end:%Y-%m-%d %H:%M:%S} UTC:"
+            " clients that check it refuse it; renew it and send smtpmx SIGHUP"
+        )
+    if now < start:
+        return (
+            f"the TLS certificate {path} is not valid before"
+            f" {start:%Y-%m-%d %H:%M:%S} UTC (is the clock right?)"
+        )
+    left = end - now
+    if left <= within:
+        days = left.days
+        when = "within a day" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
+        return (
+            f"the TLS certificate {path} expires {when}, on {end:%Y-%m-%d %H:%M:%S} UTC:"
+            " renew it and send smtpmx SIGHUP"
+        )
+    return None

@@ -39,6 +39,8 @@ class TransactionRecord:
     """
     How one transaction that reached the end of DATA ended: what its log
     line says, and the reply the client gets.
+
+    @ivar duration: seconds from MAIL to the reply to the end of data.
     """
 
     envelope: Envelope
@@ -47,6 +49,7 @@ class TransactionRecord:
     reply: Reply
     filters: tuple[str, ...] = ()
     authResults: Optional[AuthResults] = None
+    duration: float = 0.0
 
     def logFields(self) -> dict:
         """

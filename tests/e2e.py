@@ -3,7 +3,8 @@ A harness for end-to-end tests: the real C{twistd -n smtpmx} as a
 subprocess, in a fresh temporary directory, talked to over loopback.
 
 L{RunningServer} starts the server with L{tests.process.RunningProcess},
-waits (bounded) for its C{smtpmx listening on 127.0.0.1:PORT} log line,
+waits (bounded) for its C{smtpmx listening on 127.0.0.1:PORT} log line and
+the relay's queue recovery line (the last step of start-up),
 and stops it by PID in a cleanup.  L{runToExit} runs a server that is expected to refuse to start.
 The small SMTP helpers here (L{ReplyReader}, L{rawDialog}) speak the
 protocol over plain sockets, for the cases smtplib cannot express:
@@ -55,10 +56,8 @@ TWISTD = [
 ]
 
 LISTENING = re.compile(r"smtpmx listening on \[?([0-9A-Fa-f.:]+?)\]?:(\d+)")
-# The last line of start-up: twistd listens first (privilegedStartService),
-# then starts the services, the relay recovering its queue (and making its
-# directories) last.
-STARTED = "relay queue: "
+# The relay service's start-up line: the queue is recovered.
+RECOVERED = re.compile(r"relay queue: \d+ message\(s\) waiting")
 
 def makeTemporaryDirectory(addCleanup, prefix: str = "smtpmx-e2e-") -> str:
     """
@@ -130,6 +129,7 @@ class RunningServer:
         listen: bool = True,
         pythonPath: Sequence[str] = (),
         maildirRoot: str = "Maildir",
+        environ: Optional[dict] = None,
     ) -> None:
         """
         @param args: smtpmx options.
@@ -141,6 +141,7 @@ class RunningServer:
             checkout, for third-party plugins.
         @param maildirRoot: where the Maildirs are, relative to C{dir}
             unless absolute, for L{maildir}.
+        @param environ: variables added to its environment.
         """
         self.args = list(args)
         if listen:
@@ -148,6 +149,7 @@ class RunningServer:
         self.dir = directory
         self.pythonPath = list(pythonPath)
         self.maildirRoot = maildirRoot
+        self.environ = dict(environ or {})
         self.runner: Optional[RunningProcess] = None
         self.port: Optional[int] = None
         self.host = "127.0.0.1"
@@ -194,21 +196,27 @@ class RunningServer:
         if self.dir is None:
             self.dir = tempfile.mkdtemp(prefix="smtpmx-e2e-")
         self.runs += 1
+        listening = logMatches(LISTENING)
+        recovered = logMatches(RECOVERED)
+
+        def started(runner: RunningProcess) -> Optional[re.Match]:
+            # Listening is logged as the ports are bound, before the
+            # services start; the relay's line comes once the queue is
+            # recovered (its directories made), the last step of start-up.
+            match = listening(runner)
+            return match if match is not None and recovered(runner) else None
+
         out, err = self.logPaths()
         self.runner = RunningProcess(
             TWISTD + ["-n", "--pidfile=", "smtpmx"] + self.args,
-            out, cwd=self.dir, env=environment(self.pythonPath), name="smtpmx", stderrPath=err,
+            out, cwd=self.dir, env={**environment(self.pythonPath), **self.environ}, name="smtpmx",
+            stderrPath=err,
         )
         try:
-            match = self.runner.launch(logMatches(LISTENING), timeout)
+            match = self.runner.launch(started, timeout)
         except ProcessDidNotStart as e:
             raise ServerDidNotStart(str(e), e.exited) from None
         self.host, self.port = match.group(1), int(match.group(2))
-        # Listening comes before the rest of start-up: wait for its end, so
-        # that what the test sees on disk (the queue's directories) is all
-        # there.
-        if not waitUntil(lambda: STARTED in self.output() or self.process.poll() is not None, timeout):
-            raise ServerDidNotStart(f"smtpmx did not finish starting in {timeout} s:\n{self.log()}", False)
 
     def restart(self) -> None:
         """

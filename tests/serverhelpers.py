@@ -56,7 +56,7 @@ class Server:
     One server connection driven by a test.
     """
 
-    def __init__(self, verdicts=None, clientHost="127.0.0.1", tlsOptions=None, **config) -> None:
+    def __init__(self, verdicts=None, clientHost="127.0.0.1", tlsOptions=None, observer=None, **config) -> None:
         self.clock = Clock()
         self.store = MemoryStore()
         self.validator = DictValidator(
@@ -75,6 +75,7 @@ class Server:
             self.clock,
             lambda f, *a, **kw: maybeDeferred(f, *a, **kw),
             tlsOptions=tlsOptions,
+            observer=observer,
         )
         self.clientHost = clientHost
         self.protocol, self.transport = self.connect()

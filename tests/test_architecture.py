@@ -43,7 +43,7 @@ LAYERS = (
         "storage",
         (
             "smtpmx.streaming", "smtpmx.delivery.maildir", "smtpmx.relay.queue",
-            "smtpmx.relay.intake", "smtpmx.routing",
+            "smtpmx.relay.intake", "smtpmx.routing", "smtpmx.freespace",
         ),
     ),
     (
@@ -74,7 +74,13 @@ LAYERS = (
             "smtpmx.plugins.builtin_backends",
         ),
     ),
-    ("entry", ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs")),
+    # Watching the server at work: what it counts, serves and logs.
+    ("operations", ("smtpmx.metrics", "smtpmx.webstatus", "smtpmx.jsonlog")),
+    (
+        "entry",
+        ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs", "smtpmx.reload",
+         "smtpmx.services"),
+    ),
 )
 
 # The SMTP dialogue and the value modules it is made of: they know nothing
@@ -94,7 +100,7 @@ DIALOGUE = (
 
 # What the dialogue may never import.
 STORAGE_AND_RELAY = ("smtpmx.relay", "smtpmx.delivery", "smtpmx.durable", "smtpmx.streaming",
-                     "smtpmx.routing", "smtpmx.tap")
+                     "smtpmx.routing", "smtpmx.tap", "smtpmx.services")
 
 
 def layerOf(module: str) -> int:

@@ -72,9 +72,20 @@ class SpoolBackendTests(SynchronousTestCase):
         queueId = queueIdOf(reply)
 
         alice = os.path.join(self.spool, "alice@example.org")
-        waitUntil(lambda: os.path.exists(alice), 10)
-        with open(alice, "rb") as f:
-            copy = f.read()
+
+        def aliceCopy() -> bytes:
+            """
+            Alice's copy as written so far (the backend creates the file,
+            then writes it: wait for the bytes, not the name).
+            """
+            try:
+                with open(alice, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return b""
+
+        waitUntil(lambda: messageId.encode() in aliceCopy(), 10)
+        copy = aliceCopy()
         self.assertIn(messageId.encode(), copy)
         self.assertTrue(copy.startswith(b"Received: "), copy[:80])
         self.assertEqual(sorted(os.listdir(self.spool)), ["alice@example.org"])

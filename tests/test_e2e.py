@@ -799,18 +799,6 @@ class StartupErrorTests(SynchronousTestCase):
             "nocert.pem",
         )
 
-    def test_expiredCertificate(self):
-        """
-        An expired certificate stops start-up with a one-line error.
-        """
-        authority = certs.makeAuthority(self.dir)
-        certificate, key = certs.makeExpiredCertificate(authority, self.dir)
-        output = self.assertRefused(
-            ["--listen", "tcp:0:interface=127.0.0.1", "--tls-certificate", certificate, "--tls-key", key],
-            "expire",
-        )
-        self.assertNotIn("smtpmx listening", output)
-
     def test_keyDoesNotMatch(self):
         """
         A key that does not belong to the certificate stops start-up with

@@ -684,7 +684,7 @@ class TapTests(SynchronousTestCase):
         """
         from twisted.internet.testing import MemoryReactorClock
 
-        from smtpmx.tap import ListeningService, buildService
+        from smtpmx.services import ListeningService, buildService
         from tests.test_tap import parse
 
         directory = spoolDirectory(self)

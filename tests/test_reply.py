@@ -46,6 +46,7 @@ class ReplyTests(SynchronousTestCase):
             reply.connectionRefused("mx.example", "too many connections"),
             reply.timedOut("mx.example"),
             reply.tooManyErrors("mx.example"),
+            reply.makingRoom("mx.example"),
         ]
         self.assertGreater(len(replies), 20)
         for r in replies:
@@ -78,6 +79,7 @@ class ReplyTests(SynchronousTestCase):
             reply.connectionRefused("mx.example", "too many connections"),
             reply.timedOut("mx.example"),
             reply.tooManyErrors("mx.example"),
+            reply.makingRoom("mx.example"),
         ]:
             self.assertEqual(r.code, 421)
             self.assertTrue(r.text.startswith("mx.example Error: "), r)

@@ -715,11 +715,16 @@ class LimitTests(SynchronousTestCase):
     @pytest.mark.rfc("5321", "3.8", "5321-3.8-2")
     def test_tooManyConnections(self):
         """
-        Past the global limit a connection gets 421 4.7.0.
+        Past the global limit, when no session is idle (the one there
+        waits for a verdict), a connection gets 421 4.7.0 and is closed.
         """
-        s = Server(maxConnections=1)
+        s = Server({"alice@example.org": lambda: Deferred()}, maxConnections=1).greeted()
+        s.codes(TRANSACTION)
         _, transport = s.connect()
         self.assertEqual(transport.value()[:9], b"421 4.7.0")
+        self.assertIn(b"too many connections", transport.value())
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(s.closed)
 
 
 class StartTLSTests(SynchronousTestCase):

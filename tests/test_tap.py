@@ -16,9 +16,13 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from smtpmx.freespace import FreeSpaceMonitor
 from smtpmx.relay.service import RelayService
-from smtpmx.tap import ListenFailed, ListeningService, Options, StartupFailed, buildService, makeService
+from smtpmx.reload import ReloadService
+from smtpmx.services import ListenFailed, ListeningService, StartupFailed, buildService
+from smtpmx.tap import Options, makeService
 from smtpmx.validation import ValidatorChain
+from tests import certs
 
 
 class TempDirMixin:
@@ -159,6 +163,17 @@ class OptionsTests(TempDirMixin, SynchronousTestCase):
                               "--tls-key", cert)
         self.assertIn(cert, str(e))
 
+    def test_expiredTLS(self):
+        """
+        An expired certificate is no usage error: the server starts with
+        it, and the reload service warns of it.
+        """
+        directory = self.makeDir()
+        authority = certs.makeAuthority(directory)
+        cert, key = certs.makeExpiredCertificate(authority, directory)
+        options = parse("--tls-certificate", cert, "--tls-key", key)
+        self.assertIsNotNone(options.tlsOptions)
+
     def test_listValidators(self):
         """
         C{--list-validators} prints each validator with its description,
@@ -220,14 +235,18 @@ class ServiceTests(TempDirMixin, SynchronousTestCase):
     def test_oneServicePerEndpoint(self):
         """
         There is one listening service per C{--listen} endpoint, after the
-        relay service (which recovers the queue before any connection).
+        relay service (which recovers the queue before any connection),
+        the free-space guard (which measures before any MAIL) and the
+        reload service.
         """
         service = self.build("--listen", "tcp:2525:interface=127.0.0.1",
                              "--listen", "tcp6:2526:interface=\\:\\:")
         self.assertIsInstance(service, MultiService)
         IServiceCollection(service)
-        relay, *children = list(service)
+        relay, monitor, reloader, *children = list(service)
         self.assertIsInstance(relay, RelayService)
+        self.assertIsInstance(monitor, FreeSpaceMonitor)
+        self.assertIsInstance(reloader, ReloadService)
         self.assertEqual(len(children), 2)
         self.assertTrue(all(isinstance(c, ListeningService) for c in children))
         self.assertEqual([c.description for c in children],
@@ -277,7 +296,7 @@ class ServiceTests(TempDirMixin, SynchronousTestCase):
         directory = self.makeDir()
         options = parse("--maildir-root", directory, "--queue-dir", directory)
         service = makeService(options)
-        self.assertEqual(len(list(service)), 2)
+        self.assertEqual(len(list(service)), 4)
         self.assertFalse(service.running)
 
 

@@ -17,7 +17,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.config import ConfigError
-from smtpmx.tls import serverTLSOptions
+from smtpmx.tls import certificateOf, expiryWarning, serverTLSOptions
 
 NOW = datetime.datetime(2030, 6, 1, tzinfo=datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -201,3 +201,79 @@ class ServerTLSOptionsTests(SynchronousTestCase):
         """
         e = self.assertRaises(ConfigError, self.options, pem(self.cert), pem(makeKey()))
         self.assertNotIn("\n", str(e))
+
+    def test_expiredAcceptedWithoutValidityCheck(self):
+        """
+        At start-up an expired certificate (or one not valid yet) is used
+        all the same (C{checkValidity=False}): an MX that does not start
+        loses mail.  The other checks still hold.
+        """
+        old = makeCertificate("mx.example.org", self.key, notBefore=NOW - 60 * DAY,
+                              notAfter=NOW - DAY)
+        options = serverTLSOptions(
+            self.write("old.pem", pem(old)), self.write("key.pem", pem(self.key)),
+            now=lambda: NOW, checkValidity=False,
+        )
+        self.assertEqual(certificateOf(options).serial_number, old.serial_number)
+        e = self.assertRaises(
+            ConfigError, serverTLSOptions, self.write("old.pem", pem(old)),
+            self.write("stray.key", pem(makeKey())), now=lambda: NOW, checkValidity=False,
+        )
+        self.assertIn("does not match", str(e))
+
+
+class ExpiryWarningTests(SynchronousTestCase):
+    """
+    L{expiryWarning} tells of a certificate past its end, not valid yet,
+    or within 14 days of its end.
+    """
+
+    def setUp(self):
+        """
+        A key to make certificates for.
+        """
+        self.key = makeKey()
+
+    def certificate(self, notBefore, notAfter):
+        """
+        A certificate valid from C{notBefore} to C{notAfter}.
+        """
+        return makeCertificate("mx.example.org", self.key, notBefore=notBefore, notAfter=notAfter)
+
+    def test_farFromItsEnd(self):
+        """
+        Nothing to say of a certificate with more than 14 days left.
+        """
+        cert = self.certificate(NOW - DAY, NOW + 15 * DAY)
+        self.assertIsNone(expiryWarning(cert, "/etc/cert.pem", NOW))
+
+    def test_within14Days(self):
+        """
+        14 days or less before its end: a warning naming the file, the
+        days left and the date, telling what to do.
+        """
+        cert = self.certificate(NOW - DAY, NOW + 14 * DAY)
+        warning = expiryWarning(cert, "/etc/cert.pem", NOW)
+        self.assertIn("/etc/cert.pem expires in 14 days", warning)
+        self.assertIn("2030-06-15", warning)
+        self.assertIn("SIGHUP", warning)
+        cert = self.certificate(NOW - DAY, NOW + DAY + datetime.timedelta(hours=1))
+        self.assertIn("expires in 1 day,", expiryWarning(cert, "/etc/cert.pem", NOW))
+        cert = self.certificate(NOW - DAY, NOW + datetime.timedelta(hours=3))
+        self.assertIn("expires within a day", expiryWarning(cert, "/etc/cert.pem", NOW))
+
+    def test_expired(self):
+        """
+        Past its end: a warning that it expired, and when.
+        """
+        cert = self.certificate(NOW - 60 * DAY, NOW - DAY)
+        warning = expiryWarning(cert, "/etc/cert.pem", NOW)
+        self.assertIn("/etc/cert.pem expired on 2030-05-31", warning)
+        self.assertNotIn("\n", warning)
+
+    def test_notYetValid(self):
+        """
+        Before its start: a warning that it is not valid yet.
+        """
+        cert = self.certificate(NOW + DAY, NOW + 60 * DAY)
+        self.assertIn("not valid before 2030-06-02", expiryWarning(cert, "/etc/cert.pem", NOW))

@@ -95,6 +95,9 @@ class RelayService(Service):
         L{None} for C{maildir}.
     @ivar unusableBackends: specifications met in the queue that could not
         be made, with why.
+    @ivar onAttempt: told of what every attempt found for each recipient
+        (a L{RecipientAttempt}) as it is recorded, for L{smtpmx.metrics};
+        L{None} for no one.
     """
 
     log = Logger()
@@ -141,6 +144,7 @@ class RelayService(Service):
         self.access = Access.fromConfig(config)
         self.messages: dict[str, QueuedMessage] = {}
         self.inFlight: set[str] = set()
+        self.onAttempt: Optional[Callable[[RecipientAttempt], None]] = None
         self._loop: Optional[LoopingCall] = None
         self._polling = False
         self._flushStarted = 0.0
@@ -279,6 +283,8 @@ class RelayService(Service):
             now = self.clock.seconds()
             for r, attempt in found:
                 status = self._record(r, attempt, now)
+                if self.onAttempt is not None:
+                    self.onAttempt(attempt)
                 if status is not None:
                     bounced[r.address] = status
 

@@ -17,7 +17,8 @@ without the tag (C{bob@example.org}).  Targets may be local or remote.
 The file is read when the validator is made (an error stops start-up) and
 read again when it changes: its modification time is checked at most once
 a second, in the thread pool; a new version that cannot be read or parsed
-is logged and the old table kept.
+is logged and the old table kept.  It is also read again, changed or not,
+when the server is sent C{SIGHUP} (L{smtpmx.interfaces.IReloadable}).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from smtpmx.address import Address, AddressError, isValidDomain, parseAddress
-from smtpmx.interfaces import IRecipientValidator
+from smtpmx.interfaces import IRecipientValidator, IReloadable
 from smtpmx.validation import Accept
 
 # How often, at most, the file's modification time is looked at (seconds).
@@ -201,7 +202,7 @@ def readAliases(path: str) -> tuple[tuple[int, int, int], AliasTable]:
     return signature, parseAliases(text, path)
 
 
-@implementer(IRecipientValidator)
+@implementer(IRecipientValidator, IReloadable)
 class AliasesValidator:
     """
     Accepts the recipients of an aliases file, rewritten to their targets;
@@ -250,6 +251,27 @@ class AliasesValidator:
         except ValueError as e:
             return (signature, None, str(e))
         return (signature, table, None)
+
+    def reload(self, runBlocking) -> Deferred:
+        """
+        Read the file again now, changed or not (L{IReloadable}, on
+        C{SIGHUP}).
+
+        @return: a L{Deferred} that fires once the new table is in force,
+            or fails with L{ValueError} saying why the file cannot be
+            used; the old table is kept then.
+        """
+
+        def done(result) -> None:
+            signature, table, error = result
+            # The change check must not report this version again.
+            self._signature = signature
+            self._lastCheck = self._now()
+            if table is None:
+                raise ValueError(error)
+            self.table = table
+
+        return runBlocking(self._reload, None).addCallback(done)
 
     def _reloaded(self, result) -> None:
         """
