@@ -41,6 +41,23 @@ class DictValidator:
         return verdict
 
 
+class TLSv13Handle:
+    """
+    What a TLS transport's C{getHandle()} gives (an C{OpenSSL.SSL.Connection})
+    as far as the server reads it once the handshake is done: a TLS 1.3
+    session, for tests that do not run a real handshake.
+    """
+
+    def get_protocol_version_name(self):
+        return "TLSv1.3"
+
+    def get_cipher_name(self):
+        return "TLS_AES_128_GCM_SHA256"
+
+    def get_cipher_bits(self):
+        return 128
+
+
 def makeConfig(**overrides) -> Config:
     """
     A configuration for tests: local domain example.org, host name

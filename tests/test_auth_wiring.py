@@ -577,17 +577,11 @@ class TapTests(SynchronousTestCase):
         """
         from twisted.internet.testing import MemoryReactorClock
 
-        from smtpmx.services import ListeningService, buildService
-        from tests.test_tap import parse
+        from tests.test_tap import buildFromArguments
 
-        directory = spoolDirectory(self)
-        options = parse("--maildir-root", os.path.join(directory, "Maildir"),
-                        "--queue-dir", os.path.join(directory, "queue"), *argv)
         self.reactor = MemoryReactorClock()
-        service = buildService(options.config, options.validators, options.tlsOptions,
-                               self.reactor, options.filters)
-        [listening] = [s for s in service if isinstance(s, ListeningService)]
-        return service, listening.factory.store, listening.factory
+        _, service, factory = buildFromArguments(self, self.reactor, *argv)
+        return service, factory.store, factory
 
     def test_default(self) -> None:
         """

@@ -39,7 +39,7 @@ from smtpmx.session import NegotiatedTLS
 from smtpmx.transactionlog import TransactionRecord
 from smtpmx.validation import Accept, Reject
 from tests.e2e import ROOT
-from tests.serverhelpers import Server
+from tests.serverhelpers import Server, TLSv13Handle
 from tests.test_relay_service import FakeDeliver
 
 TRANSACTION = (
@@ -254,17 +254,7 @@ class ServerCountingTests(SynchronousTestCase):
         The protocol tells the observer of the handshake it completed.
         """
 
-        class Handle:
-            def get_protocol_version_name(self):
-                return "TLSv1.3"
-
-            def get_cipher_name(self):
-                return "TLS_AES_128_GCM_SHA256"
-
-            def get_cipher_bits(self):
-                return 128
-
-        self.server.transport.getHandle = Handle
+        self.server.transport.getHandle = TLSv13Handle
         self.server.protocol.handshakeCompleted()
         self.assertEqual(value(self.metrics, "smtpmx_tls_sessions_total", version="TLSv1.3"), 1)
 

@@ -18,7 +18,7 @@ from smtpmx.validation import Accept, Reject
 from smtpmx.server import MAX_BUFFERED_LINE
 
 from tests import dialogues
-from tests.serverhelpers import Server
+from tests.serverhelpers import Server, TLSv13Handle
 
 TRANSACTION = (
     "MAIL FROM:<sender@remote.example>\r\n"
@@ -782,17 +782,7 @@ class StartTLSTests(SynchronousTestCase):
         s = self.server()
         s.codes("EHLO client.example\r\nSTARTTLS\r\n")
 
-        class Handle:
-            def get_protocol_version_name(self):
-                return "TLSv1.3"
-
-            def get_cipher_name(self):
-                return "TLS_AES_128_GCM_SHA256"
-
-            def get_cipher_bits(self):
-                return 128
-
-        s.transport.getHandle = Handle
+        s.transport.getHandle = TLSv13Handle
         s.protocol.handshakeCompleted()
         s.codes("EHLO client.example\r\n" + TRANSACTION + "x\r\n.\r\n")
         self.assertIn(

@@ -48,6 +48,24 @@ def parse(*argv):
     return options
 
 
+def buildFromArguments(test, reactor, *argv):
+    """
+    What C{twistd smtpmx} builds for C{argv}, on C{reactor}, with a
+    Maildir root and a queue in a temporary directory removed after
+    C{test}.
+
+    @return: the options, the service and the server factory.
+    """
+    directory = tempfile.mkdtemp()
+    test.addCleanup(shutil.rmtree, directory, True)
+    options = parse("--maildir-root", os.path.join(directory, "Maildir"),
+                    "--queue-dir", os.path.join(directory, "queue"), *argv)
+    service = buildService(options.config, options.validators, options.tlsOptions,
+                           reactor, options.filters)
+    [listening] = [s for s in service if isinstance(s, ListeningService)]
+    return options, service, listening.factory
+
+
 class OptionsTests(TempDirMixin, SynchronousTestCase):
     """
     Parsing the options of C{twistd smtpmx}.
