@@ -269,12 +269,14 @@ class ProtocolFuzzTests(SynchronousTestCase):
     The protocol, in memory, fed bytes a client could send.
     """
 
-    def feed(self, server: Server, chunks: list[bytes], step: float = 0) -> list[tuple[int, list[bytes]]]:
+    def feed(
+        self, server: Server, chunks: list[bytes], step: float = 0, idle: bool = True
+    ) -> list[tuple[int, list[bytes]]]:
         """
-        Feed C{chunks} one write at a time, C{step} seconds apart, then let
-        the idle timer run out and the client go; return the replies,
-        checked for form, and check that nothing was logged as a failure
-        or an error.
+        Feed C{chunks} one write at a time, C{step} seconds apart, then
+        (if C{idle}) let the idle timer run out, and let the client go;
+        return the replies, checked for form, and check that nothing was
+        logged as a failure or an error.
         """
         with capturedLogs() as events:
             for chunk in chunks:
@@ -283,7 +285,8 @@ class ProtocolFuzzTests(SynchronousTestCase):
             # Late verdicts held the rest back: a second for each line.
             for _ in range(sum(chunk.count(b"\n") for chunk in chunks) if step else 0):
                 server.clock.advance(step)
-            server.clock.advance(server.config.dataTimeout + 1)
+            if idle:
+                server.clock.advance(server.config.dataTimeout + 1)
             lost(server)
         self.assertEqual(problems(events), [])
         return parseReplies(server.transport.value())
@@ -311,11 +314,13 @@ class ProtocolFuzzTests(SynchronousTestCase):
             ),
             max_size=30,
         ),
+        st.booleans(),
     )
-    def test_arbitraryBytes(self, greet: bool, chunks: list[bytes]) -> None:
+    def test_arbitraryBytes(self, greet: bool, chunks: list[bytes], idle: bool) -> None:
         """
         Any bytes at all -- random ones, spoiled commands, parts of a
-        transaction -- in any chunks, greeted or not: every reply is
+        transaction -- in any chunks, greeted or not, the client going
+        idle or away at the end: every reply is
         well-formed, nothing raises or is logged as a failure, a message
         is stored only after a C{354} and only with its C{250}, and none
         is left half-written when the client goes.  (1000 examples, about
@@ -324,7 +329,7 @@ class ProtocolFuzzTests(SynchronousTestCase):
         server = Server(clientHost=CLIENT)
         if greet:
             chunks = [b"EHLO client.example\r\n"] + chunks
-        replies = self.feed(server, chunks)
+        replies = self.feed(server, chunks, idle=idle)
         self.assertEqual(replies[0][0], 220)
         queued = [r for r in replies if r[0] == 250 and r[1][-1].startswith(b"2.0.0 Ok: queued as")]
         self.assertEqual(len(server.store.messages), len(queued))
@@ -332,13 +337,14 @@ class ProtocolFuzzTests(SynchronousTestCase):
         self.assertAbortedOrFinished(server)
 
     @settings(max_examples=STREAM_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(streams(), st.lists(st.integers(min_value=0), max_size=40), st.booleans())
-    def test_mutatedStreams(self, stream: Stream, cuts: list[int], late: bool) -> None:
+    @given(streams(), st.lists(st.integers(min_value=0), max_size=40), st.booleans(), st.booleans())
+    def test_mutatedStreams(self, stream: Stream, cuts: list[int], late: bool, idle: bool) -> None:
         """
         Valid transactions with garbage pipelined before, between and
         inside them (NUL, bare CR, invalid UTF-8, overlong lines),
         abandoned ones and ones whose recipients are all refused, the last
-        perhaps cut off in its DATA phase, all sent in random chunks: each
+        perhaps cut off in its DATA phase (then the idle timer runs out or
+        the client goes), all sent in random chunks: each
         line gets the reply it must, in order; exactly the complete
         transactions with an accepted recipient are stored, byte for byte,
         for exactly their accepted recipients; the cut-off message is
@@ -349,7 +355,7 @@ class ProtocolFuzzTests(SynchronousTestCase):
         server = Server(clientHost=CLIENT)
         if late:
             server.validator.verdicts["alice@example.org"] = lambda: deferLater(server.clock, 1, Accept)
-        replies = self.feed(server, chunked(stream.data, cuts), step=1 if late else 0)
+        replies = self.feed(server, chunked(stream.data, cuts), step=1 if late else 0, idle=idle)
         codes = [code for code, _ in replies]
         # The idle timer may run out after the last reply: a 421 then.
         if codes[len(stream.codes):] == [421]:
