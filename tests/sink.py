@@ -3,7 +3,8 @@ The recording SMTP sink: a next hop for tests of the relay, a small server
 of its own (not smtpmx's), listening on a loopback address, that records
 every transaction and answers as a test tells it to — per-recipient
 replies, a reply to the end of data, temporary failures for the first
-transactions, replies withheld (to test timeouts), garbage, STARTTLS with
+transactions, replies withheld (to test timeouts), garbage, a connection dropped in
+the middle of the data, STARTTLS with
 a given certificate, with or without PIPELINING, SIZE and EHLO itself.
 With C{lmtp=True} it speaks LMTP instead (RFC 2033 section 4): LHLO in
 place of EHLO and HELO, no STARTTLS, and after the data one reply per
@@ -147,6 +148,7 @@ class SinkProtocol(LineReceiver):
         self.transaction: Optional[Transaction] = None
         self.reader: Optional[DataReader] = None
         self.batch: Optional[list[str]] = None
+        self.dataSeen = 0
 
     def connectionMade(self) -> None:
         """
@@ -200,6 +202,12 @@ class SinkProtocol(LineReceiver):
         Message data after C{354}.
         """
         assert self.reader is not None and self.transaction is not None
+        self.dataSeen += len(data)
+        if self.sink.dropInData is not None and self.dataSeen >= self.sink.dropInData:
+            # The connection breaks in the middle of the message.
+            self.reader = self.transaction = None
+            self.transport.abortConnection()
+            return
         message, leftover = self.reader.feed(data)
         self.transaction.data += message
         if leftover is None:
@@ -321,6 +329,7 @@ class SinkProtocol(LineReceiver):
             return
         self.transaction.data = b""
         self.reader = DataReader()
+        self.dataSeen = 0
         self.reply("354 End data with <CR><LF>.<CR><LF>")
         self.setRawMode()
 
@@ -354,6 +363,8 @@ class Sink(Factory):
     @ivar hang: verbs never answered (C{"GREETING"} for the banner, C{"."}
         for the end of data).
     @ivar drop: verbs answered by dropping the connection.
+    @ivar dropInData: drop the connection once this many bytes of a
+        message's data have come (L{None}: never).
     @ivar transactionsStarted: transactions that got as far as a RCPT.
     """
 
@@ -374,6 +385,7 @@ class Sink(Factory):
         failFirst: int = 0,
         lmtp: bool = False,
         dataReplies: Optional[Mapping[str, str]] = None,
+        dropInData: Optional[int] = None,
     ) -> None:
         """
         @param replies: fixed replies by verb (C{{"EHLO": "502 5.5.1 no"}}),
@@ -401,6 +413,7 @@ class Sink(Factory):
         self.failFirst = failFirst
         self.lmtp = lmtp
         self.dataReplies = {k.lower(): v for k, v in (dataReplies or {}).items()}
+        self.dropInData = dropInData
         self.transactionsStarted = 0
         self.tlsOptions = None
         if certificate is not None:
