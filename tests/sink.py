@@ -18,7 +18,7 @@ As a subprocess, for end-to-end tests and benchmarks::
 
     python -m tests.sink --host 127.0.0.3 [--port 0] --record FILE \\
         [--reply-rcpt ADDR=CODE_TEXT ...] [--reply-data CODE_TEXT] \\
-        [--fail-first N] [--connections FILE] [--lmtp]
+        [--fail-first N] [--connections FILE] [--lmtp] [--no-fsync]
 
 it prints C{listening on HOST:PORT} once it listens, appends one JSON line
 per transaction it accepted (its final reply was 2xx) to C{FILE}, fsynced
@@ -518,13 +518,17 @@ class RecordingSink(Sink):
         connections after each one, or L{None}.
     """
 
-    def __init__(self, reactor, recordPath: str, connectionsPath: Optional[str] = None, **kwargs) -> None:
+    def __init__(self, reactor, recordPath: str, connectionsPath: Optional[str] = None, sync: bool = True,
+                 **kwargs) -> None:
         """
+        @param sync: fsync each record before the reply; L{False} for a
+            load test that reads the records only once the sink is idle.
         @param kwargs: see L{Sink.__init__}.
         """
         super().__init__(reactor, **kwargs)
         self.recordPath = recordPath
         self.connectionsPath = connectionsPath
+        self.sync = sync
 
     def connectionOpened(self, session: Session) -> None:
         """
@@ -547,7 +551,8 @@ class RecordingSink(Sink):
         fd = os.open(self.recordPath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (transaction.toJSON() + "\n").encode("ascii"))
-            os.fsync(fd)
+            if self.sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -572,6 +577,8 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
     parser.add_argument("--fail-first", type=int, default=0, metavar="N",
                         help="answer 451 to every RCPT of the first N transactions")
     parser.add_argument("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="do not fsync the record file (for load tests that read it once idle)")
     options = parser.parse_args(argv)
     if not options.host.startswith("127."):
         parser.error("only loopback (127.0.0.0/8) addresses")
@@ -584,7 +591,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
     sink = RecordingSink(
         reactor, options.record, options.connections, interface=options.host,
         rcptReplies=rcptReplies, finalReply=options.reply_data, failFirst=options.fail_first,
-        lmtp=options.lmtp,
+        lmtp=options.lmtp, sync=not options.no_fsync,
     )
     port = sink.listen(options.port)
     sys.stdout.write(f"listening on {options.host}:{port}\n")
