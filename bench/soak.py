@@ -314,6 +314,9 @@ def soak(messages: int = 5000, clients: int = 40, rounds: int = 5, perConnection
         began = time.monotonic()
 
         def sample() -> Sample:
+            """
+            Take, keep and report the server's figures now.
+            """
             rss, fds = figures(server.pid)
             s = Sample(time.monotonic() - began, load.done, rss, fds, queued(server))
             result.samples.append(s)

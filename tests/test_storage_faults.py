@@ -83,6 +83,9 @@ class Faults:
             A wrapper of C{os.<name>} that classes each call.
             """
             def call(*args: Any, **kwargs: Any) -> Any:
+                """
+                Note the call; fail it if it is the one to fail.
+                """
                 kind = step(*args, **kwargs)
                 area = self.area(where(*args)) if kind is not None else None
                 if area is not None:
@@ -94,9 +97,15 @@ class Faults:
             return call
 
         def creating(path: Any, flags: int, *rest: Any, **kw: Any) -> Optional[str]:
+            """
+            An C{open} that creates a new file is the create step.
+            """
             return "create" if flags & os.O_CREAT and flags & os.O_EXCL else None
 
         def syncing(fd: int) -> str:
+            """
+            An C{fsync} of a directory is a step of its own.
+            """
             return "dirsync" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync"
 
         case.patch(os, "open", watch(creating, "open", lambda path, *a: path))
