@@ -260,7 +260,10 @@ def streams(draw) -> Stream:
         s.send(b"MAIL FROM:<sender@remote.example>", 250)
         s.send(b"RCPT TO:<alice@example.org>", 250)
         s.send(b"DATA", 354)
-        s.data += b"Subject: cut off\r\n\r\n" + draw(NOT_LF) + draw(st.sampled_from([b"", b"\r\n", b"\r\n.", b"\r\n.\r"]))
+        line = draw(NOT_LF)
+        if line.startswith(b"."):
+            line = b"." + line  # dot-stuffed: a line "." would end the data
+        s.data += b"Subject: cut off\r\n\r\n" + line + draw(st.sampled_from([b"", b"\r\n", b"\r\n.", b"\r\n.\r"]))
     return s
 
 
