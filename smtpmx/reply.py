@@ -28,11 +28,17 @@ class Reply:
     def format(self) -> bytes:
         """
         The reply as it goes on the wire, CRLF-terminated, each line of a
-        multi-line reply but the last written C{code-}.
+        multi-line reply but the last written C{code-}.  Its text is
+        printable ASCII whatever it was made from (RFC 5321 section 4.2:
+        a textstring is C{%d09 / %d32-126}): a text that echoes what a
+        client sent, or that a validator or filter gave, has any other
+        character escaped, C{\\x00} or C{\\xe9}, never sent raw.
         """
         lines = self.text.split("\n")
         out = []
         for i, line in enumerate(lines):
+            if not (line.isascii() and line.isprintable()):
+                line = _escape(line)
             sep = "-" if i < len(lines) - 1 else " "
             if self.enhanced:
                 line = f"{self.enhanced} {line}" if line else self.enhanced
@@ -51,6 +57,14 @@ class Reply:
         The reply on one line, its lines joined by C{" / "}: how logs show it.
         """
         return self.format().decode("utf-8").replace("\r\n", " / ").rstrip(" /")
+
+
+def _escape(line: str) -> str:
+    """
+    C{line} with every character but printable ASCII as a Python escape
+    (C{\\r}, C{\\x00}, C{\\xe9}, C{\\u2028}).
+    """
+    return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in line)
 
 
 # The standard replies, keyed by what they answer.

@@ -3,7 +3,8 @@ The recording SMTP sink: a next hop for tests of the relay, a small server
 of its own (not smtpmx's), listening on a loopback address, that records
 every transaction and answers as a test tells it to — per-recipient
 replies, a reply to the end of data, temporary failures for the first
-transactions, replies withheld (to test timeouts), garbage, STARTTLS with
+transactions, replies withheld (to test timeouts), garbage, a connection dropped in
+the middle of the data, STARTTLS with
 a given certificate, with or without PIPELINING, SIZE and EHLO itself.
 With C{lmtp=True} it speaks LMTP instead (RFC 2033 section 4): LHLO in
 place of EHLO and HELO, no STARTTLS, and after the data one reply per
@@ -17,7 +18,7 @@ As a subprocess, for end-to-end tests and benchmarks::
 
     python -m tests.sink --host 127.0.0.3 [--port 0] --record FILE \\
         [--reply-rcpt ADDR=CODE_TEXT ...] [--reply-data CODE_TEXT] \\
-        [--fail-first N] [--connections FILE] [--lmtp]
+        [--fail-first N] [--connections FILE] [--lmtp] [--no-fsync]
 
 it prints C{listening on HOST:PORT} once it listens, appends one JSON line
 per transaction it accepted (its final reply was 2xx) to C{FILE}, fsynced
@@ -147,6 +148,7 @@ class SinkProtocol(LineReceiver):
         self.transaction: Optional[Transaction] = None
         self.reader: Optional[DataReader] = None
         self.batch: Optional[list[str]] = None
+        self.dataSeen = 0
 
     def connectionMade(self) -> None:
         """
@@ -200,6 +202,12 @@ class SinkProtocol(LineReceiver):
         Message data after C{354}.
         """
         assert self.reader is not None and self.transaction is not None
+        self.dataSeen += len(data)
+        if self.sink.dropInData is not None and self.dataSeen >= self.sink.dropInData:
+            # The connection breaks in the middle of the message.
+            self.reader = self.transaction = None
+            self.transport.abortConnection()
+            return
         message, leftover = self.reader.feed(data)
         self.transaction.data += message
         if leftover is None:
@@ -321,6 +329,7 @@ class SinkProtocol(LineReceiver):
             return
         self.transaction.data = b""
         self.reader = DataReader()
+        self.dataSeen = 0
         self.reply("354 End data with <CR><LF>.<CR><LF>")
         self.setRawMode()
 
@@ -354,6 +363,8 @@ class Sink(Factory):
     @ivar hang: verbs never answered (C{"GREETING"} for the banner, C{"."}
         for the end of data).
     @ivar drop: verbs answered by dropping the connection.
+    @ivar dropInData: drop the connection once this many bytes of a
+        message's data have come (L{None}: never).
     @ivar transactionsStarted: transactions that got as far as a RCPT.
     """
 
@@ -374,6 +385,7 @@ class Sink(Factory):
         failFirst: int = 0,
         lmtp: bool = False,
         dataReplies: Optional[Mapping[str, str]] = None,
+        dropInData: Optional[int] = None,
     ) -> None:
         """
         @param replies: fixed replies by verb (C{{"EHLO": "502 5.5.1 no"}}),
@@ -401,6 +413,7 @@ class Sink(Factory):
         self.failFirst = failFirst
         self.lmtp = lmtp
         self.dataReplies = {k.lower(): v for k, v in (dataReplies or {}).items()}
+        self.dropInData = dropInData
         self.transactionsStarted = 0
         self.tlsOptions = None
         if certificate is not None:
@@ -505,13 +518,17 @@ class RecordingSink(Sink):
         connections after each one, or L{None}.
     """
 
-    def __init__(self, reactor, recordPath: str, connectionsPath: Optional[str] = None, **kwargs) -> None:
+    def __init__(self, reactor, recordPath: str, connectionsPath: Optional[str] = None, sync: bool = True,
+                 **kwargs) -> None:
         """
+        @param sync: fsync each record before the reply; L{False} for a
+            load test that reads the records only once the sink is idle.
         @param kwargs: see L{Sink.__init__}.
         """
         super().__init__(reactor, **kwargs)
         self.recordPath = recordPath
         self.connectionsPath = connectionsPath
+        self.sync = sync
 
     def connectionOpened(self, session: Session) -> None:
         """
@@ -534,7 +551,8 @@ class RecordingSink(Sink):
         fd = os.open(self.recordPath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (transaction.toJSON() + "\n").encode("ascii"))
-            os.fsync(fd)
+            if self.sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -559,6 +577,8 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
     parser.add_argument("--fail-first", type=int, default=0, metavar="N",
                         help="answer 451 to every RCPT of the first N transactions")
     parser.add_argument("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="do not fsync the record file (for load tests that read it once idle)")
     options = parser.parse_args(argv)
     if not options.host.startswith("127."):
         parser.error("only loopback (127.0.0.0/8) addresses")
@@ -571,7 +591,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
     sink = RecordingSink(
         reactor, options.record, options.connections, interface=options.host,
         rcptReplies=rcptReplies, finalReply=options.reply_data, failFirst=options.fail_first,
-        lmtp=options.lmtp,
+        lmtp=options.lmtp, sync=not options.no_fsync,
     )
     port = sink.listen(options.port)
     sys.stdout.write(f"listening on {options.host}:{port}\n")

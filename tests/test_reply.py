@@ -31,6 +31,19 @@ class ReplyTests(SynchronousTestCase):
         """
         self.assertEqual(Reply(214, "2.0.0", "a\nb").format(), b"214-2.0.0 a\r\n214 2.0.0 b\r\n")
 
+    def test_textIsPrintableASCII(self):
+        """
+        A reply whose text holds control characters or anything but ASCII
+        (an echo of what a client sent, a validator's or a filter's text)
+        goes out with them escaped: a bare CR, a NUL or raw UTF-8 never
+        reaches the client.
+        """
+        r = Reply(501, "5.5.4", "Syntax: '\xa1' \x00 \r\tx \u2028\nnext é")
+        self.assertEqual(
+            r.format(),
+            b"501-5.5.4 Syntax: '\\xa1' \\x00 \\r\\tx \\u2028\r\n501 5.5.4 next \\xe9\r\n",
+        )
+
     @pytest.mark.rfc("3463", "2", "3463-2-1")
     @pytest.mark.rfc("2034", "3")
     def test_everyStandardReplyHasEnhancedCode(self):
