@@ -14,13 +14,20 @@ Prints the messages/second accepted, the messages/second relayed (end to
 end, first message sent to queue empty), the relay drain time after the
 last message was accepted, and how many connections the next hop saw.
 
+With C{--queued} it measures a drain instead: the queue is filled while
+the next hop is down, the server left to defer every message, then the
+next hop started and C{smtpmx-queue flush} run; the drain is timed from
+the moment the server takes the flush request until the queue is empty,
+and the server's CPU time per message over it is read from C{/proc}.
+
 Usage: C{python bench/relay_bench.py [--messages 1000] [--clients 10]
-[--recipients 1] [--sink smtp-sink|ours]}.
+[--recipients 1] [--sink smtp-sink|ours] [--queued]}.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import shutil
@@ -157,11 +164,58 @@ def main() -> None:
         print(f"tracebacks in server log:  {tracebacks}")
 
 
+def serverCpu(pid: int) -> float:
+    """
+    The CPU time (user and system) a process has used so far, in seconds,
+    from C{/proc}.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def allAttempted(queueDirectory: str) -> bool:
+    """
+    Whether every message in the queue has had its first attempt recorded:
+    the server is done with the queue until a flush.
+    """
+    envelopes = os.path.join(queueDirectory, "env")
+    for name in os.listdir(envelopes):
+        try:
+            with open(os.path.join(envelopes, name), "rb") as f:
+                if any(r["attempts"] < 1 for r in json.load(f)["recipients"]):
+                    return False
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            return False
+    return True
+
+
+def waitForLine(log, text: str, timeout: float) -> bool:
+    """
+    Read an open log file on until a line holding C{text} appears.
+
+    @return: whether it appeared within C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = seen[-len(text):] + log.read()
+        if text in seen:
+            return True
+        time.sleep(0.002)
+    return False
+
+
 def queued(options) -> None:
     """
     Relay from a full queue: accept every message while Postfix's
-    C{smtp-sink} is down, then start it, C{smtpmx-queue flush}, and time
-    until the queue is empty.
+    C{smtp-sink} is down and wait until the server has deferred them all,
+    then start it, C{smtpmx-queue flush}, and time the drain from the
+    moment the server takes the flush request (its next poll) until the
+    queue is empty.  The flush command itself (which rewrites every
+    message's state) and the wait for the poll are timed apart.
     """
     with ExitStack() as stack:
         addCleanup = stack.callback
@@ -175,31 +229,50 @@ def queued(options) -> None:
                 "--hostname", "mx.bench.example",
                 "--route", f"remote.example={SINK_HOST}:{port}",
                 "--retry-schedule", "3600",
+                "--max-recipients", str(max(100, options.recipients)),
                 "--max-connections-per-ip", str(max(20, options.clients + 5)),
             ],
         )
+        queueDirectory = os.path.join(server.dir, "queue")
         perClient = options.messages // options.clients
         start = time.time() + 0.5
         with multiprocessing.Pool(options.clients) as pool:
             jobs = [(server.port, i, perClient, options.recipients, options.size, start) for i in range(options.clients)]
             accepted = sum(pool.map(sendMany, jobs))
-        time.sleep(1)
+        acceptedAt = time.time()
+        if not waitUntil(lambda: allAttempted(queueDirectory), options.timeout, interval=0.1):
+            raise SystemExit("the server did not defer every message in time")
+        deferredIn = time.time() - acceptedAt
         waiting = queueLength(server)
         sink = startSmtpSink(addCleanup, directory, SINK_HOST, port)
-        flushedAt = time.time()
-        subprocess.run(
-            [sys.executable, "-c", "from smtpmx.queuecli import main; raise SystemExit(main())",
-             "--queue-dir", os.path.join(server.dir, "queue"), "flush"],
-            check=True, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
-        )
-        waitUntil(lambda: not queueLength(server), options.timeout, interval=0.01)
-        drained = time.time() - flushedAt
+        with open(server.logPaths()[0]) as log:
+            log.seek(0, os.SEEK_END)
+            flushedAt = time.time()
+            subprocess.run(
+                [sys.executable, "-c", "from smtpmx.queuecli import main; raise SystemExit(main())",
+                 "--queue-dir", queueDirectory, "flush"],
+                check=True, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
+            )
+            flushDone = time.time()
+            if not waitForLine(log, "relay queue flush requested", 30):
+                raise SystemExit("the server did not take the flush request")
+        takenAt = time.time()
+        cpuBefore = serverCpu(server.pid)
+        waitUntil(lambda: not queueLength(server), options.timeout, interval=0.005)
+        emptyAt = time.time()
+        cpu = serverCpu(server.pid) - cpuBefore
+        drained = emptyAt - takenAt
         # smtp-sink counts a session when it ends: let the relay's idle
         # cached connections time out (5 s) and close first.
         time.sleep(6.5)
         connections, delivered = sink.counters()
-        print(f"accepted into the queue:   {accepted} (queue held {waiting} while the next hop was down)")
+        print(f"accepted into the queue:   {accepted} (queue held {waiting} while the next hop was down;"
+              f" all deferred {deferredIn:.2f} s after the last was accepted)")
+        print(f"flush command:             {flushDone - flushedAt:.2f} s (rewrites every message's state);"
+              f" taken by the server {takenAt - flushDone:.2f} s later")
         print(f"drained after flush:       {drained:.2f} s, {waiting / drained:.0f} msg/s")
+        print(f"flush command to empty:    {emptyAt - flushedAt:.2f} s, {waiting / (emptyAt - flushedAt):.0f} msg/s")
+        print(f"server CPU while draining: {1000 * cpu / max(waiting, 1):.2f} ms/msg")
         print(f"left in queue:             {queueLength(server)}")
         print(f"smtp-sink saw:             {delivered} messages over {connections} connections")
         print(f"tracebacks in server log:  {server.log().count('Traceback')}")
