@@ -287,12 +287,7 @@ def removeDurably(path: str) -> bool:
 
     @raise OSError: it could not be removed, or the directory not fsynced.
     """
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    fsyncDirectory(os.path.dirname(path) or ".")
-    return True
+    return removeFiles([path])[0]
 
 
 def moveFile(source: str, target: str, replace: bool = True) -> None:
@@ -390,3 +385,75 @@ def writeDurably(
         if not replace:
             removeFile(path)
         raise
+
+
+def unlinkFiles(paths: Iterable[str]) -> list[bool]:
+    """
+    Remove files without syncing anything: the first half of
+    L{removeFiles}, for a caller that fsyncs their directory once with
+    other changes made in it.
+
+    @return: for each path, whether the file was there.
+
+    @raise OSError: a file could not be removed; those before it are gone.
+    """
+    removed = []
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            removed.append(False)
+        else:
+            removed.append(True)
+    return removed
+
+
+def removeFiles(paths: Iterable[str]) -> list[bool]:
+    """
+    Remove files and fsync each of their directories once, after every
+    removal: L{removeDurably} for several files at the cost of one fsync
+    per directory (a group commit).
+
+    @return: for each path, whether the file was there.
+
+    @raise OSError: a file could not be removed, or a directory not
+        fsynced.
+    """
+    paths = list(paths)
+    removed = unlinkFiles(paths)
+    directories = {os.path.dirname(path) or ".": None for path, gone in zip(paths, removed) if gone}
+    for directory in directories:
+        fsyncDirectory(directory)
+    return removed
+
+
+def writeNewFiles(files: Iterable[tuple[str, Data]], mode: int = FILE_MODE) -> None:
+    """
+    L{writeNewFile} for several files: each is created and written, then
+    each is fsynced, so that the file system may flush them together
+    rather than one journal commit each.  On failure every file made is
+    removed.
+
+    @param files: pairs of path and content.
+    @param mode: the files' mode (L{createFile}).
+
+    @raise FileExistsError: a name is taken.
+    """
+    made: list[tuple[str, int]] = []
+    try:
+        for path, data in files:
+            fd = createFile(path, mode=mode)
+            made.append((path, fd))
+            writeAll(fd, data)
+        for _, fd in made:
+            os.fsync(fd)
+    except BaseException:
+        for path, fd in made:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            removeFile(path)
+        raise
+    for _, fd in made:
+        os.close(fd)

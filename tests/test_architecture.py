@@ -43,7 +43,7 @@ LAYERS = (
         "storage",
         (
             "smtpmx.streaming", "smtpmx.delivery.maildir", "smtpmx.relay.queue",
-            "smtpmx.relay.intake", "smtpmx.routing", "smtpmx.freespace",
+            "smtpmx.relay.intake", "smtpmx.relay.groupcommit", "smtpmx.routing", "smtpmx.freespace",
         ),
     ),
     (

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from twisted.logger import Logger
 
@@ -276,11 +277,56 @@ class Queue:
 
         @return: whether it was saved; C{False} if it is no longer queued.
         """
-        with self._locked():
-            if not os.path.exists(self.envelopePath(message.id)):
-                return False
-            self._writeState(message)
-            return True
+        return self.commit(saves=[message])[0][0]
+
+    def commit(
+        self, saves: Sequence[QueuedMessage] = (), removals: Sequence[str] = ()
+    ) -> tuple[list[bool], list[bool]]:
+        """
+        Several states saved (L{save}) and messages removed (L{remove}) at
+        once, at the cost of one fsync of C{env/} and one of C{msg/} for
+        them all rather than one or two each: a group commit.  Every change
+        is durable when it returns, and each is what L{save} or L{remove}
+        alone would have made: a state file replaced whole or not at all,
+        an env file gone before its message file.
+
+        The new states are written and fsynced under temporary names
+        first; then, holding the lock, each replaces its env file (unless
+        the message is no longer queued), the removed env files go, C{env/}
+        is fsynced, and the removed messages' files go, C{msg/} fsynced.
+
+        @param saves: states to save, of distinct messages.
+        @param removals: IDs of messages to remove, none of them saved here.
+
+        @return: for each save whether it was saved (C{False}: no longer
+            queued), and for each removal whether the message was queued.
+
+        @raise ValueError: an ID is not a queue ID; nothing was changed.
+        @raise OSError: a change could not be made durable; which of them
+            were made is unknown, as after a crash.
+        """
+        envelopes = [self.envelopePath(message.id) for message in saves]
+        removed = [self.envelopePath(messageId) for messageId in removals]
+        messageFiles = [self.messagePath(messageId) for messageId in removals]
+        temporaries = [self.temporaryPath(durable.temporaryName()) for _ in saves]
+        durable.writeNewFiles(zip(temporaries, map(encodeMessage, saves)))
+        saved: list[bool] = []
+        try:
+            with self._locked():
+                for temporary, envelope in zip(temporaries, envelopes):
+                    queued = os.path.exists(envelope)
+                    if queued:
+                        durable.moveFile(temporary, envelope)
+                    saved.append(queued)
+                existed = durable.unlinkFiles(removed)
+                if any(saved) or any(existed):
+                    durable.fsyncDirectory(self.envelopeDirectory)
+                durable.removeFiles(messageFiles)
+        finally:
+            for temporary, moved in itertools.zip_longest(temporaries, saved, fillvalue=False):
+                if not moved:
+                    durable.removeFile(temporary)
+        return saved, existed
 
     def update(self, messageId: str, change: Callable[[QueuedMessage], Any]) -> Optional[QueuedMessage]:
         """
@@ -346,12 +392,7 @@ class Queue:
 
         @raise ValueError: C{messageId} is not a queue ID.
         """
-        envPath = self.envelopePath(messageId)
-        messagePath = self.messagePath(messageId)
-        with self._locked():
-            existed = durable.removeDurably(envPath)
-            durable.removeDurably(messagePath)
-        return existed
+        return self.commit(removals=[messageId])[1][0]
 
     # Flush requests from the operator.
 

@@ -43,6 +43,7 @@ from smtpmx.bounce import BounceFailure, headersOf, makeBounce
 from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes, mailboxPath
 from smtpmx.envelope import CourierRecipient
+from smtpmx.relay.groupcommit import StateCommits
 from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, resolveNextHops
 from smtpmx.relay.pool import SessionPool
 from smtpmx.relay.queue import Queue
@@ -141,6 +142,7 @@ class RelayService(Service):
         self.backends: dict[str, object] = dict(backends or {})
         self.unusableBackends: dict[str, str] = {}
         self.pool = SessionPool(self.reactor)
+        self.commits = StateCommits(queue, runBlocking)
         self.access = Access.fromConfig(config)
         self.messages: dict[str, QueuedMessage] = {}
         self.inFlight: set[str] = set()
@@ -556,14 +558,16 @@ class RelayService(Service):
         Record the state on disk: a message with a recipient still pending
         has its state saved; one that is done is removed at once (saving
         its final state first would be an fsync for nothing: a crash before
-        the removal only means the last attempt is made again).
+        the removal only means the last attempt is made again).  Either is
+        durable before this returns, made together with the changes of
+        other attempts ending meanwhile (L{StateCommits}).
         """
         if not message.pending():
             self.messages.pop(message.id, None)
-            if await self.runBlocking(self.queue.remove, message.id):
+            if await self.commits.remove(message.id):
                 self.log.info("{id}: removed from the relay queue", id=message.id)
             return
-        if not await self.runBlocking(self.queue.save, message):
+        if not await self.commits.save(message):
             # Deleted by the operator meanwhile.
             self.messages.pop(message.id, None)
 
