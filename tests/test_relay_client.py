@@ -13,8 +13,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import dataclasses
@@ -804,3 +806,47 @@ class ProtocolSurfaceTests(SynchronousTestCase):
         transport.setTcpNoDelay = calls.append
         ClientProtocol(self.clock).makeConnection(transport)
         self.assertEqual(calls, [True])
+
+
+class ConnectTests(SynchronousTestCase):
+    """
+    How L{deliver} reaches a next hop: an address is connected to
+    directly, a route's host name through the resolver.
+    """
+
+    def deliver(self, host: str) -> tuple[MemoryReactorClock, Deferred]:
+        """
+        Start a delivery to C{host} on a memory reactor.
+        """
+        memory = MemoryReactorClock()
+        request = DeliveryRequest(
+            NextHop(host, 2525, "mx.example"), "relay.test", "s@example.org", ["a@example.com"],
+            "/nonexistent", 10, "none", None, SHORT,
+        )
+        return memory, deliver(request, reactor=memory, runBlocking=runBlocking)
+
+    def test_addressAtOnce(self) -> None:
+        """
+        An IPv4 or IPv6 address is connected to at once, without asking
+        the resolver, and a refused connection is a result at once (not
+        after the resolver endpoint's delay between addresses), so that a
+        next hop that is down does not hold a connection slot.
+        """
+        for host in ("192.0.2.7", "2001:db8::7"):
+            memory, d = self.deliver(host)
+            [(connectedTo, port, factory, timeout, _)] = memory.tcpClients
+            self.assertEqual((connectedTo, port, timeout), (host, 2525, SHORT["connect"]))
+            factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+            result = self.successResultOf(d)
+            self.assertFalse(result.connected)
+            self.assertIn("refused", result.error)
+
+    def test_hostNameResolved(self) -> None:
+        """
+        A host name (a C{--route}'s) goes to the reactor's resolver first:
+        the memory reactor's resolves every name to 127.0.0.1.
+        """
+        memory, d = self.deliver("smarthost.example")
+        [(connectedTo, port, _, _, _)] = memory.tcpClients
+        self.assertEqual((connectedTo, port), ("127.0.0.1", 2525))
+        self.assertNoResult(d)

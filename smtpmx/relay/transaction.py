@@ -27,11 +27,17 @@ hop (L{NextHop.endpoint}), one reply per accepted recipient after the data.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -142,6 +148,23 @@ def _close(f) -> None:
     Close an open file (blocking).
     """
     f.close()
+
+
+def _hostEndpoint(reactor, host: str, port: int, timeout: float):
+    """
+    The endpoint to reach a next hop: a plain TCP endpoint for an address
+    (what MX and address lookups give), else a L{HostnameEndpoint} (the
+    host name of a C{--route}).  A L{HostnameEndpoint} would send even an
+    address to the thread pool's resolver, and report a refused connection
+    only once its delay between two addresses (0.3 s) has passed: a next
+    hop that is down would hold each connection slot that long.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    kind = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
+    return kind(reactor, host, port, timeout=timeout)
 
 
 class _OneConnection(Factory):
@@ -279,7 +302,7 @@ class _Attempt:
         if hop.endpoint is not None:
             endpoint = clientFromString(self.reactor, hop.endpoint)
         else:
-            endpoint = HostnameEndpoint(self.reactor, hop.host, hop.port, timeout=timeout)
+            endpoint = _hostEndpoint(self.reactor, hop.host, hop.port, timeout)
         connecting = endpoint.connect(_OneConnection(protocol))
         timer = self.reactor.callLater(timeout + 1, connecting.cancel)
         try:
