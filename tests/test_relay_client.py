@@ -281,6 +281,36 @@ class DeliverTests(_RelayTestMixin, TestCase):
         self.assertIs(result.recipients["rcpt@example.com"].disposition, Disposition.DELIVERED)
         self.assertEqual(sink.transactions[0].data, message + b"\n")
 
+    async def test_fileJobs(self) -> None:
+        """
+        The message file is read in the thread runner, one job per chunk
+        of 64 KiB: a small message costs one job (open, read and close),
+        a message of exactly two chunks three (the last finds the end),
+        and each arrives whole.
+        """
+        sink, port = self.startSink()
+        for size, jobs in ((100, 1), (2 * 65536, 3)):
+            message = (b"z" * 99 + b"\n") * (size // 100) + b"q" * (size % 100)
+            path = self.writeMessage(message, f"m{size}")
+            calls = []
+
+            def counting(f, *args, **kwargs):
+                """
+                Count the jobs that read the message file.
+                """
+                if getattr(f, "__name__", "") in ("read", "close"):
+                    calls.append(f.__name__)
+                return runBlocking(f, *args, **kwargs)
+
+            request = DeliveryRequest(
+                NextHop("127.0.0.1", port, "localhost"), "relay.test", "s@example.org", ["r@example.com"],
+                path, size, "none", None, SHORT,
+            )
+            result = await deliver(request, reactor=reactor, runBlocking=counting)
+            self.assertIs(result.recipients["r@example.com"].disposition, Disposition.DELIVERED)
+            self.assertEqual(calls, ["read"] * jobs)
+            self.assertEqual(sink.transactions[-1].data, message if message.endswith(b"\n") else message + b"\n")
+
     @pytest.mark.rfc("6531", "3.2")
     async def test_nonAsciiWithoutSMTPUTF8(self) -> None:
         """

@@ -138,7 +138,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
         self.assertDelivered(await self.deliverPooled(pool, port))
         self.assertDelivered(await self.deliverPooled(pool, port))
         self.assertEqual(len(sink.sessions), 2)
-        self.assertEqual(sink.sessions[0].commands[-1][0], "RSET")
+        self.assertEqual([c.split()[0] for c, _ in sink.sessions[0].commands][-3:], ["RSET", "MAIL", "RCPT"])
         self.assertEqual(len(sink.transactions), 2)
 
     @pytest.mark.rfc("5321", "3.8", "5321-3.8-3")
@@ -163,14 +163,40 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
     async def test_rsetRefused(self) -> None:
         """
         A cached session whose RSET is not answered 250 is closed (with
-        QUIT) and the transaction goes over a fresh connection.
+        QUIT) and the transaction goes over a fresh connection; the MAIL and
+        RCPT pipelined after the RSET never reach DATA.
         """
-        sink, port = self.startSink(replies={"RSET": "502 5.5.2 no RSET here"})
-        pool = self.makePool()
-        self.assertDelivered(await self.deliverPooled(pool, port))
-        self.assertDelivered(await self.deliverPooled(pool, port))
-        self.assertEqual(len(sink.sessions), 2)
-        self.assertEqual([c for c, _ in sink.sessions[0].commands][-2:], ["RSET", "QUIT"])
+        for pipelining in (True, False):
+            sink, port = self.startSink(replies={"RSET": "502 5.5.2 no RSET here"}, pipelining=pipelining)
+            pool = self.makePool()
+            self.assertDelivered(await self.deliverPooled(pool, port))
+            self.assertDelivered(await self.deliverPooled(pool, port))
+            self.assertEqual(len(sink.sessions), 2)
+            commands = [c.split()[0] for c, _ in sink.sessions[0].commands]
+            tail = commands[commands.index("RSET"):]
+            if pipelining:
+                self.assertEqual(tail, ["RSET", "MAIL", "RCPT", "QUIT"])
+            else:
+                self.assertEqual(tail, ["RSET", "QUIT"])
+            self.assertEqual(len(sink.transactions), 2)
+
+    @pytest.mark.rfc("2920", "3.1")
+    async def test_rsetPipelined(self) -> None:
+        """
+        A cached session of a next hop that offers PIPELINING is reset in
+        the same write as MAIL and RCPT (no round trip of its own); one
+        that does not is sent RSET alone and its reply awaited first.
+        """
+        for pipelining, batch in ((True, [["RSET", "MAIL", "RCPT"]]), (False, [["RSET"], ["MAIL"]])):
+            sink, port = self.startSink(pipelining=pipelining)
+            pool = self.makePool()
+            self.assertDelivered(await self.deliverPooled(pool, port))
+            self.assertDelivered(await self.deliverPooled(pool, port))
+            [session] = sink.sessions
+            first = next(i for i, b in enumerate(session.batches) if b[0] == "RSET")
+            batches = [[c.split()[0] for c in b] for b in session.batches]
+            self.assertEqual(batches[first:first + len(batch)], batch)
+            self.assertEqual(len(sink.transactions), 2)
 
     @pytest.mark.rfc("5321", "4.5.3.2", "5321-4.5.3.2-1")
     async def test_rsetTimeout(self) -> None:

@@ -166,9 +166,8 @@ class SessionPool:
     async def takeOver(self, key: tuple, timeout: float, label: str) -> Optional[PooledSession]:
         """
         An idle session for C{key} reset for a new transaction: taken out
-        of the pool and sent RSET (RFC 5321 section 4.1.1.5).  A session
-        that is dead or does not answer RSET with 250 is closed and the
-        next one tried.
+        of the pool and sent RSET (L{reset}).  A session that is dead or
+        does not answer RSET with 250 is closed and the next one tried.
 
         @param timeout: seconds to wait for the reply to RSET.
         @param label: the next hop, for the log.
@@ -178,19 +177,32 @@ class SessionPool:
             session = self.take(key)
             if session is None:
                 return None
-            protocol = session.protocol
-            try:
-                protocol.send("RSET")
-                reply = await protocol.expect(timeout, "RSET")
-            except SessionError as e:
-                _log.debug("{hop}: cached session lost ({why}); not reused", hop=label, why=str(e))
-                self.discard(session)
-                continue
-            if reply.code != 250:
-                _log.debug("{hop}: RSET refused ({reply}); cached session not reused", hop=label, reply=str(reply))
-                self.discard(session)
-                continue
-            return session
+            if await self.reset(session, timeout, label):
+                return session
+
+    async def reset(self, session: PooledSession, timeout: float, label: str) -> bool:
+        """
+        Send RSET (RFC 5321 section 4.1.1.5) on a session taken out of the
+        pool and wait for its reply; a session that is dead or does not
+        answer 250 is closed (L{discard}).
+
+        @param timeout: seconds to wait for the reply.
+        @param label: the next hop, for the log.
+        @return: whether the session is fit for a transaction.
+        """
+        protocol = session.protocol
+        try:
+            protocol.send("RSET")
+            reply = await protocol.expect(timeout, "RSET")
+        except SessionError as e:
+            _log.debug("{hop}: cached session lost ({why}); not reused", hop=label, why=str(e))
+            self.discard(session)
+            return False
+        if reply.code != 250:
+            _log.debug("{hop}: RSET refused ({reply}); cached session not reused", hop=label, reply=str(reply))
+            self.discard(session)
+            return False
+        return True
 
     def release(self, session: PooledSession, reusable: bool) -> None:
         """

@@ -136,18 +136,42 @@ async def _safely(attempt: _Attempt) -> DeliveryResult:
         )
 
 
-def _readChunk(f, size: int) -> bytes:
+class _MessageFile:
     """
-    The next C{size} bytes of an open file (blocking).
-    """
-    return f.read(size)
+    A queued message file read in chunks, from the thread runner: opened
+    by the first read and closed by the one that reaches its end, so that
+    a small message costs one job.
 
+    @ivar closed: whether it was closed (or never needs to be).
+    """
 
-def _close(f) -> None:
-    """
-    Close an open file (blocking).
-    """
-    f.close()
+    def __init__(self, path: str) -> None:
+        """
+        @param path: the file.
+        """
+        self.path = path
+        self.file = None
+        self.closed = False
+
+    def read(self, size: int) -> tuple[bytes, bool]:
+        """
+        The next C{size} bytes at most, and whether the end was reached
+        (the file is then closed).  Blocks.
+        """
+        if self.file is None:
+            self.file = open(self.path, "rb")
+        chunk = self.file.read(size)
+        if len(chunk) < size:
+            self.close()
+        return chunk, self.closed
+
+    def close(self) -> None:
+        """
+        Close the file, if it was opened.  Blocks.
+        """
+        self.closed = True
+        if self.file is not None:
+            self.file.close()
 
 
 def _hostEndpoint(reactor, host: str, port: int, timeout: float):
@@ -265,20 +289,28 @@ class _Attempt:
 
     async def reuse(self) -> Optional[DeliveryResult]:
         """
-        The transaction on a session from the pool, after an RSET.
+        The transaction on a session from the pool, after an RSET (RFC
+        5321 section 4.1.1.5).  With a next hop that offers PIPELINING the
+        RSET goes in the same write as MAIL and RCPT (RFC 2920 section
+        3.1), so that reuse costs no round trip of its own; else it is
+        sent and answered first (L{SessionPool.takeOver}).
 
-        A cached session lost before the message was sent (so nothing can
-        have been delivered) is dropped and the next one tried.
+        A cached session lost, or whose RSET is refused, before the message
+        was sent (so nothing can have been delivered) is dropped and the
+        next one tried.
 
         @return: the result, or L{None} when no cached session would do:
             the caller opens a fresh connection.
         """
         while True:
-            cached = await self.pool.takeOver(self.key, self.timeouts["command"], self.label)
+            cached = self.pool.take(self.key)
             if cached is None:
                 return None
+            pipelined = "PIPELINING" in cached.extensions
+            if not pipelined and not await self.pool.reset(cached, self.timeouts["command"], self.label):
+                continue
             try:
-                end = await self.transact(cached.protocol, cached.extensions)
+                end = await self.transact(cached.protocol, cached.extensions, reset=pipelined)
             except Exception:
                 self.pool.discard(cached)
                 raise
@@ -442,11 +474,16 @@ class _Attempt:
             parameters.append("SMTPUTF8")
         return " ".join([f"MAIL FROM:<{request.sender}>", *parameters])
 
-    async def transact(self, protocol: ClientProtocol, extensions: dict[str, str]) -> TransactionEnd:
+    async def transact(self, protocol: ClientProtocol, extensions: dict[str, str],
+                       reset: bool = False) -> TransactionEnd:
         """
         MAIL, RCPT, DATA and the message, pipelined when the next hop
         offers PIPELINING (RFC 2920): MAIL and every RCPT in one write.
 
+        @param reset: send RSET first, in the same write (a cached session
+            of a next hop that offers PIPELINING); a refused RSET ends the
+            transaction as a lost connection before DATA would, so that
+            the caller tries another session.
         @return: how it ended, with a result for every recipient, whatever
             happens to the connection.
         """
@@ -466,9 +503,15 @@ class _Attempt:
             rcpts = [f"RCPT TO:<{r}>" for r in self.recipients]
             pipelining = "PIPELINING" in extensions
             if pipelining:
-                protocol.send(mail, *rcpts)
+                protocol.send(*(["RSET"] if reset else []), mail, *rcpts)
             else:
                 protocol.send(mail)
+            if reset:
+                stage = "RSET"
+                reply = await protocol.expect(t["command"], stage)
+                if reply.code != 250:
+                    raise SessionError(f"RSET refused: {reply.code} {resultOf(reply).text}")
+                stage = "MAIL FROM"
             reply = await protocol.expect(t["command"], "MAIL FROM")
             if not 200 <= reply.code < 300:
                 for r in self.recipients:
@@ -525,39 +568,52 @@ class _Attempt:
     async def sendMessage(self, protocol: ClientProtocol) -> None:
         """
         Write the message file, dot-stuffed (RFC 5321 section 4.5.2), then
-        the end of data, following the transport's flow control.
+        the end of data, following the transport's flow control.  A message
+        that fits in one chunk (most do) costs one job of the thread runner
+        (open, read, close) and one write with the end of data.
 
         @raise SessionError: the connection failed, or the file cannot be
             read (the connection is then dropped, so that no truncated copy
             is ever delivered).
         """
         stuffer = DotStuffer()
-        try:
-            f = await self.runBlocking(open, self.request.messageFile, "rb")
-        except OSError as e:
-            protocol.abort()
-            raise SessionError(f"cannot read the queued message: {e}") from None
+        message = _MessageFile(self.request.messageFile)
+        chunk, done = await self.readMessage(protocol, message)
+        if done:
+            protocol.writeData(stuffer.feed(chunk) + stuffer.end())
+            return
         protocol.startData()
         try:
             while True:
-                try:
-                    chunk = await self.runBlocking(_readChunk, f, CHUNK_SIZE)
-                except OSError as e:
-                    protocol.abort()
-                    raise SessionError(f"cannot read the queued message: {e}") from None
-                if protocol.error is not None:
-                    raise protocol.error
-                if not chunk:
-                    break
                 protocol.writeData(stuffer.feed(chunk))
+                if done:
+                    break
                 await protocol.whenWritable(self.timeouts["dataBlock"])
+                chunk, done = await self.readMessage(protocol, message)
             protocol.writeData(stuffer.end())
         finally:
             protocol.stopData()
-            try:
-                await self.runBlocking(_close, f)
-            except OSError:
-                pass
+            if not message.closed:
+                try:
+                    await self.runBlocking(message.close)
+                except OSError:
+                    pass
+
+    async def readMessage(self, protocol: ClientProtocol, message: _MessageFile) -> tuple[bytes, bool]:
+        """
+        The next chunk of the message, and whether it was the last.
+
+        @raise SessionError: the file cannot be read (the connection is
+            dropped), or the connection failed meanwhile.
+        """
+        try:
+            read = await self.runBlocking(message.read, CHUNK_SIZE)
+        except OSError as e:
+            protocol.abort()
+            raise SessionError(f"cannot read the queued message: {e}") from None
+        if protocol.error is not None:
+            raise protocol.error
+        return read
 
     async def quit(self, protocol: ClientProtocol) -> None:
         """
