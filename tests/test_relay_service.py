@@ -296,7 +296,7 @@ class RelayServiceTests(SynchronousTestCase):
         A bounce that cannot be filed (full disk) is not lost: the
         recipient stays queued and is bounced on a later attempt.
         """
-        from smtpmx.relay import service as serviceModule
+        from smtpmx.relay import bouncing as serviceModule
 
         def diskFull(path, data, mode=0o600):
             """
@@ -420,8 +420,8 @@ class RelayServiceTests(SynchronousTestCase):
         queued via its LMTP server, not filed in smtpmx's Maildir.
         """
         self.config = dataclasses.replace(self.config, delivery=(("example.org", "lmtp:unix:/run/dovecot/lmtp"),))
-        self.service.config = self.config
-        self.service.access = Access.fromConfig(self.config)
+        self.service.config = self.service.bouncer.config = self.config
+        self.service.access = self.service.bouncer.access = Access.fromConfig(self.config)
         self.deliver.replies["bad@remote.example"] = (550, "5.1.1 no such user")
         self.enqueue("Someone@example.org", "bad@remote.example")
         bounceCall = self.deliver.calls[-1]

@@ -35,14 +35,10 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from smtpmx import headers
 from smtpmx.access import Access
-from smtpmx.address import AddressError, UnsafeMailbox, parseAddress
 from smtpmx.backendlookup import CourierRequest, makeBackends
-from smtpmx.bounce import BounceFailure, headersOf, makeBounce
 from smtpmx.config import Config
-from smtpmx.delivery.maildir import deliverBytes, mailboxPath
-from smtpmx.envelope import CourierRecipient
+from smtpmx.relay.bouncing import Bouncer
 from smtpmx.relay.groupcommit import StateCommits
 from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, resolveNextHops
 from smtpmx.relay.pool import SessionPool
@@ -53,8 +49,6 @@ from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition, R
 
 # How often the queue is looked at for due messages and flush requests.
 POLL_INTERVAL = 1.0
-# Bytes of a message read to quote its headers in a bounce.
-HEADER_READ_LIMIT = 64 * 1024
 
 # The word for a disposition in the log line of a recipient, as Postfix
 # logs it.
@@ -144,6 +138,7 @@ class RelayService(Service):
         self.pool = SessionPool(self.reactor)
         self.commits = StateCommits(queue, runBlocking)
         self.access = Access.fromConfig(config)
+        self.bouncer = Bouncer(config, queue, runBlocking, clock, newQueueId, self.access, self.queued, self.log)
         self.messages: dict[str, QueuedMessage] = {}
         self.inFlight: set[str] = set()
         self.onAttempt: Optional[Callable[[RecipientAttempt], None]] = None
@@ -542,7 +537,7 @@ class RelayService(Service):
         newlyBounced = [r for r in message.recipients if r.address in statuses]
         if newlyBounced:
             try:
-                await self._bounce(message, newlyBounced, statuses)
+                await self.bouncer.bounce(message, newlyBounced, statuses)
             except Exception:
                 # Never lose a bounce: the recipients stay pending, to be
                 # tried (and, failing again, bounced) later.
@@ -571,70 +566,6 @@ class RelayService(Service):
             # Deleted by the operator meanwhile.
             self.messages.pop(message.id, None)
 
-    # Bounces.
-
-    async def _bounce(self, message: QueuedMessage, failed: list[QueuedRecipient], statuses: dict[str, str]) -> None:
-        """
-        Tell the sender about recipients that failed for good (an RFC 3464
-        report); never for a message with the null reverse-path (RFC 5321
-        section 4.5.5).
-
-        @raise Exception: the bounce could not be made, filed or queued.
-        """
-        if not message.sender:
-            self.log.info("{id}: not bouncing a message from <>", id=message.id)
-            return
-        failures = [
-            BounceFailure(r.address, statuses[r.address], r.remoteMta, r.lastReply)
-            for r in failed
-        ]
-        head = await self.runBlocking(_readHead, self.queue.messagePath(message.id))
-        bounceId = self.newQueueId()
-        data = makeBounce(
-            headersOf(head), failures, message.sender, self.config.hostname, message.id,
-            self.clock.seconds(), arrival=message.created,
-        )
-        await self._sendBounce(message, bounceId, data)
-
-    async def _sendBounce(self, message: QueuedMessage, bounceId: str, data: bytes) -> None:
-        """
-        File the bounce in the sender's Maildir when it is local, else queue
-        it: for relay, or for the delivery backend of the sender's domain.
-        """
-        try:
-            sender = parseAddress(message.sender)
-        except AddressError:
-            self.log.info("{id}: cannot bounce to unparsable <{sender}>", id=message.id, sender=message.sender)
-            return
-        via = None
-        if self.access.isLocal(sender.domain):
-            try:
-                destination = self.access.localDestination(sender)
-                if isinstance(destination, CourierRecipient):
-                    via = destination.backend
-                else:
-                    path = mailboxPath(self.config.maildirRoot, destination)
-            except UnsafeMailbox:
-                self.log.info("{id}: cannot bounce to unsafe <{sender}>", id=message.id, sender=message.sender)
-                return
-        if via is None and self.access.isLocal(sender.domain):
-            filed = headers.returnPath(None) + headers.deliveredTo(sender) + data
-            await self.runBlocking(deliverBytes, path, filed, mode=self.config.maildirMode)
-            self.log.info(
-                "{id}: bounce {bounce} filed locally for <{sender}>", id=message.id, bounce=bounceId,
-                sender=message.sender,
-            )
-            return
-        bounce = QueuedMessage(
-            id=bounceId, created=self.clock.seconds(), sender="", size=len(data),
-            clientHost="127.0.0.1", heloName=self.config.hostname,
-            recipients=[QueuedRecipient(address=message.sender, nextAttempt=self.clock.seconds(), via=via)],
-        )
-        await self.runBlocking(self.queue.add, bounce, data)
-        self.log.info("{id}: bounce {bounce} queued for <{sender}>", id=message.id, bounce=bounceId, sender=message.sender)
-        self.queued(bounce)
-
-
 async def _gather(coroutines: list) -> list:
     """
     Run coroutines side by side; their results in order.  The first
@@ -647,14 +578,6 @@ async def _gather(coroutines: list) -> list:
     if len(coroutines) == 1:
         return [await coroutines[0]]
     return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
-
-
-def _readHead(path: str) -> bytes:
-    """
-    The first bytes of a queued message, for its headers.  Blocks.
-    """
-    with open(path, "rb") as f:
-        return f.read(HEADER_READ_LIMIT)
 
 
 def _paths(recipients: list[QueuedRecipient]) -> str:
