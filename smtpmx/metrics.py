@@ -37,8 +37,7 @@ from zope.interface import implementer
 from smtpmx.auth.results import AuthResults
 from smtpmx.interfaces import IServerObserver
 from smtpmx.relay.queueformat import QueuedMessage
-from smtpmx.relay.request import Disposition
-from smtpmx.relay.service import RecipientAttempt
+from smtpmx.relay.request import Disposition, RecipientAttempt
 from smtpmx.reply import Reply
 from smtpmx.session import NegotiatedTLS
 from smtpmx.transactionlog import RecipientVerdict, TransactionRecord
@@ -320,8 +319,15 @@ class Metrics:
         for message in messages:
             count += 1
             oldest = min(oldest, message.created)
+        self.queueFigures(count, oldest, now)
+
+    def queueFigures(self, count: int, oldest: Optional[float], now: float) -> None:
+        """
+        Take the relay queue's size and when its oldest message was queued
+        (L{None}: none).
+        """
         self.queueMessages.set(count)
-        self.queueOldestAge.set(max(now - oldest, 0.0))
+        self.queueOldestAge.set(max(now - oldest, 0.0) if count and oldest is not None else 0.0)
 
 
 class MetricsService(Service):
@@ -341,7 +347,8 @@ class MetricsService(Service):
     ) -> None:
         """
         @param relay: the L{smtpmx.relay.service.RelayService}, whose
-            C{messages} are the queue; L{None} in a process without one.
+            C{queueStatistics} are the queue's; L{None} in a process
+            without one.
         @param clock: the L{IReactorTime} to sample by.
         @param checkHealth: checks the server's health
             (L{smtpmx.webstatus.HealthCheck.check}): a L{Deferred} firing
@@ -359,7 +366,8 @@ class MetricsService(Service):
         Sample the relay queue now.
         """
         if self.relay is not None:
-            self.metrics.sampleQueue(self.relay.messages.values(), self.clock.seconds())
+            count, oldest = self.relay.queueStatistics()
+            self.metrics.queueFigures(count, oldest, self.clock.seconds())
 
     def tick(self) -> None:
         """

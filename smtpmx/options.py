@@ -489,6 +489,13 @@ SECTIONS: tuple[Section, ...] = (
                 POSITIVE_INT, field="maxQueueAge", default=432000,
             ),
             Option(
+                "relay-active-limit", "N",
+                "Messages the relay attempts at once at most; the rest wait on disk in the queue.",
+                POSITIVE_INT, field="relayActiveLimit", default=1000,
+                details="Like Postfix's ``qmgr_message_active_limit``: what the relay holds in"
+                " memory stays bounded whatever the queue's length (docs/relay.rst).",
+            ),
+            Option(
                 "relay-tls", "MODE",
                 "Relay client TLS: ``none`` never, ``may`` when offered, ``verify``"
                 " required with a certificate valid for the next hop.",

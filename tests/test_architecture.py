@@ -70,7 +70,7 @@ LAYERS = (
         (
             "smtpmx.relay.nexthop", "smtpmx.relay.pool",
             "smtpmx.relay.request", "smtpmx.relay.transaction", "smtpmx.relay.service",
-            "smtpmx.relay.bouncing",
+            "smtpmx.relay.bouncing", "smtpmx.relay.backlog",
             # The built-in delivery backends: lmtp uses the relay's values.
             "smtpmx.plugins.builtin_backends",
         ),

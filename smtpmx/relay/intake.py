@@ -20,7 +20,7 @@ from smtpmx import durable
 from smtpmx.backends import describeVia
 from smtpmx.envelope import CourierRecipient, Envelope, RemoteAddress
 from smtpmx.interfaces import IMessageStore
-from smtpmx.relay.queue import Queue
+from smtpmx.relay.queue import Queue, markCreated, markDue
 from smtpmx.relay.queueformat import QueuedMessage, QueuedRecipient, checkId, encodeMessage
 from smtpmx.streaming import (
     BACKLOG_LIMIT,
@@ -105,6 +105,7 @@ class QueueFiles(MessageFiles):
         self._made[messagePath] = None
         del self._made[self._temporaryMessage]
         durable.fsyncDirectory(self._queue.messageDirectory)
+        markCreated(messagePath, self.now)
         self.message.size = self._size
         self.message.created = self.now
         for recipient in self.message.recipients:
@@ -118,6 +119,7 @@ class QueueFiles(MessageFiles):
         """
         envelopePath = self._queue.envelopePath(self.message.id)
         durable.moveFile(self._temporaryEnvelope, envelopePath)
+        markDue(envelopePath, self.message)
         del self._made[self._temporaryEnvelope]
         self._made = {envelopePath: None, **self._made}
         durable.fsyncDirectory(self._queue.envelopeDirectory)

@@ -32,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import math
 import os
-from typing import Any, Callable, Iterator, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Iterator, Optional, Sequence
 
 from twisted.logger import Logger
 
@@ -240,6 +242,114 @@ class Queue:
         messages.sort(key=lambda m: (m.created, m.id))
         return messages
 
+    def due(self, now: float, limit: int, candidates: Sequence[str] = (), exclude: Collection[str] = (),
+            keep: int = 0) -> DueMessages:
+        """
+        Up to C{limit} messages due at C{now} (a recipient pending whose
+        next attempt has come, or none pending: a message to settle),
+        oldest due first, for the relay service to take in; the others
+        stay on disk.
+
+        The env file's modification time is the hint (L{markDue}): the
+        earliest next attempt of the message, never later.  The
+        C{candidates}, IDs an earlier call found due, are loaded first;
+        when they run out the directory is scanned (one C{stat} per
+        message) for files whose hint has come, and up to C{keep} of those
+        left over are returned as the next candidates.  A message whose
+        hint had come but that is not due (a state written by an older
+        version, or a hint lost in a crash) gets its hint put right.
+
+        @param exclude: IDs to leave out (the messages the service holds).
+        @return: what was found, L{DueMessages}.
+        """
+        found = DueMessages()
+        pending = [c for c in candidates if c not in exclude]
+        scanned = False
+        while len(found.messages) < limit:
+            if not pending:
+                if scanned:
+                    break
+                scanned = True
+                pending = self._scanDue(now, exclude, found)
+                continue
+            messageId = pending.pop(0)
+            try:
+                message = self.load(messageId)
+            except (CorruptMessage, OSError) as e:
+                _log.error("{id}: unreadable queue entry: {reason}", id=messageId, reason=str(e))
+                continue
+            if message is None:
+                continue
+            dueAt = dueTime(message)
+            if dueAt <= now:
+                found.messages.append(message)
+            else:
+                found.nextDue = min(found.nextDue, self._correctHint(messageId))
+        found.scanned = scanned
+        found.candidates = pending[:keep]
+        if len(pending) > keep:
+            # Due, but not kept: the next scan finds them again.
+            found.nextDue = now
+        return found
+
+    def _scanDue(self, now: float, exclude: Collection[str], found: DueMessages) -> list[str]:
+        """
+        The IDs whose hint has come, oldest first; the earliest hint of
+        the others goes into C{found.nextDue}, and the number of messages
+        into C{found.count}.
+        """
+        due = []
+        count = 0
+        for messageId in self.ids():
+            count += 1
+            if messageId in exclude:
+                continue
+            try:
+                hint = os.stat(os.path.join(self.envelopeDirectory, messageId)).st_mtime
+            except FileNotFoundError:
+                continue
+            if hint <= now:
+                due.append((hint, messageId))
+            else:
+                found.nextDue = min(found.nextDue, hint)
+        found.count = count
+        due.sort()
+        return [messageId for _, messageId in due]
+
+    def _correctHint(self, messageId: str) -> float:
+        """
+        Put right the hint of a message found not due, from its state read
+        again under the lock (a writer may have replaced it meanwhile).
+
+        @return: when it is due (C{inf} if it is gone).
+        """
+        with self._locked():
+            try:
+                message = self.load(messageId)
+            except CorruptMessage:
+                return math.inf
+            if message is None:
+                return math.inf
+            markDue(self.envelopePath(messageId), message)
+            return dueTime(message)
+
+    def statistics(self) -> tuple[int, Optional[float]]:
+        """
+        How many messages the queue holds, and when the oldest was queued
+        (L{None} when it is empty): the message files' modification times
+        (L{markCreated}), one C{stat} per message.
+        """
+        count = 0
+        oldest: Optional[float] = None
+        for messageId in self.ids():
+            try:
+                created = os.stat(os.path.join(self.messageDirectory, messageId)).st_mtime
+            except FileNotFoundError:
+                continue
+            count += 1
+            oldest = created if oldest is None else min(oldest, created)
+        return count, oldest
+
     # Writing.
 
     @contextlib.contextmanager
@@ -260,12 +370,9 @@ class Queue:
         Write C{message}'s env file whole: temporary file in C{tmp/},
         fsync, rename, directory fsync.
         """
-        durable.writeDurably(
-            self.envelopePath(message.id),
-            encodeMessage(message),
-            temporaryDirectory=self.temporaryDirectory,
-            replace=replace,
-        )
+        path = self.envelopePath(message.id)
+        durable.writeDurably(path, encodeMessage(message), temporaryDirectory=self.temporaryDirectory, replace=replace)
+        markDue(path, message)
 
     def save(self, message: QueuedMessage) -> bool:
         """
@@ -317,6 +424,7 @@ class Queue:
                     queued = os.path.exists(envelope)
                     if queued:
                         durable.moveFile(temporary, envelope)
+                        markDue(envelope, saves[len(saved)])
                     saved.append(queued)
                 existed = durable.unlinkFiles(removed)
                 if any(saved) or any(existed):
@@ -359,6 +467,7 @@ class Queue:
         msgPath = self.messagePath(message.id)
         envPath = self.envelopePath(message.id)
         durable.writeDurably(msgPath, data, self.temporaryDirectory, replace=False)
+        markCreated(msgPath, message.created)
         try:
             self._writeState(message, replace=False)
         except BaseException as e:
@@ -414,3 +523,54 @@ class Queue:
         except FileNotFoundError:
             return False
         return True
+
+
+@dataclass
+class DueMessages:
+    """
+    What L{Queue.due} found.
+
+    @ivar messages: the messages due, loaded.
+    @ivar candidates: IDs of more messages found due, not loaded.
+    @ivar nextDue: the earliest time another message on disk (not held,
+        not a candidate) may be due: C{inf} when none is known.
+    @ivar scanned: whether the directory was scanned (else C{nextDue}
+        says nothing of the messages not looked at).
+    @ivar count: with C{scanned}, how many messages the queue holds.
+    """
+
+    messages: list[QueuedMessage] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+    nextDue: float = math.inf
+    scanned: bool = False
+    count: int = 0
+
+
+def dueTime(message: QueuedMessage) -> float:
+    """
+    When C{message} is next due: the earliest next attempt of its pending
+    recipients; a message with none pending is due at once (it is to be
+    settled), from the time it was queued.
+    """
+    return min((r.nextAttempt for r in message.pending()), default=message.created)
+
+
+def markDue(path: str, message: QueuedMessage) -> None:
+    """
+    Give an env file the time C{message} is next due (L{dueTime}) as its
+    modification time: the hint L{Queue.due} scans by, as Postfix's
+    deferred queue does.  A hint only: it is not fsynced, and one lost in
+    a crash leaves the time the file was written, which is never later
+    than the state it holds is due.
+    """
+    at = dueTime(message)
+    os.utime(path, (at, at))
+
+
+def markCreated(path: str, created: float) -> None:
+    """
+    Give a message file the time the message was queued as its
+    modification time, which L{Queue.statistics} reads (a hint, as in
+    L{markDue}).
+    """
+    os.utime(path, (created, created))

@@ -1,9 +1,9 @@
 """
 The values of one delivery attempt (docs/relay.rst): the L{DeliveryRequest}
 that L{smtpmx.relay.transaction.deliver} takes, the L{DeliveryResult} it
-gives back, and each recipient's L{RecipientResult} with its
-L{Disposition}.  Plain values, shared by the transaction, the service and
-their tests.
+gives back, each recipient's L{RecipientResult} with its L{Disposition},
+and the L{RecipientAttempt} the service records of it.  Plain values,
+shared by the transaction, the service and their tests.
 """
 
 from __future__ import annotations
@@ -171,3 +171,24 @@ def localFailure(reason: str, enhanced: str = "4.4.2", code: int = 451) -> Recip
     reply.
     """
     return RecipientResult(code, enhanced, f"{enhanced} {reason}", Disposition.TEMPORARY)
+
+
+@dataclass(frozen=True)
+class RecipientAttempt:
+    """
+    What one attempt found for one queued recipient: what its queue state
+    records.
+
+    @ivar disposition: delivered, or a temporary or permanent failure.
+    @ivar reply: the reply, code first, as the queue and a bounce quote it.
+    @ivar status: the enhanced status code (RFC 3463) for a bounce.
+    @ivar remoteMta: the next hop that answered, if one did.
+    @ivar expired: the recipient was given up because the message is too
+        old in the queue (a permanent failure that was no attempt).
+    """
+
+    disposition: Disposition
+    reply: str
+    status: str = "4.0.0"
+    remoteMta: Optional[str] = None
+    expired: bool = False

@@ -22,12 +22,17 @@ the thread runner, DNS through the resolver, SMTP through C{deliver}
 for each recipient (L{RecipientAttempt}) and the state of each recipient is
 saved after every attempt, so a crash at any moment loses nothing and
 delivers nothing twice that was recorded as done.
+
+At most C{--relay-active-limit} messages are held in memory and attempted
+at once; the others wait on disk and are taken in as attempts end
+(L{smtpmx.relay.backlog.Backlog}), so that memory stays bounded whatever
+the queue's length.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 from twisted.application.service import Service
@@ -38,17 +43,32 @@ from twisted.logger import Logger
 from smtpmx.access import Access
 from smtpmx.backendlookup import CourierRequest, makeBackends
 from smtpmx.config import Config
+from smtpmx.relay.backlog import Backlog
 from smtpmx.relay.bouncing import Bouncer
 from smtpmx.relay.groupcommit import StateCommits
 from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, resolveNextHops
 from smtpmx.relay.pool import SessionPool
-from smtpmx.relay.queue import Queue
+from smtpmx.relay.queue import Queue, dueTime
 from smtpmx.relay.queueformat import BOUNCED, DELIVERED, PENDING, QueuedMessage, QueuedRecipient
 from smtpmx.relay.retry import isExpired, nextAttemptDelay
-from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
+from smtpmx.relay.request import (
+    DeliveryRequest,
+    DeliveryResult,
+    Disposition,
+    RecipientAttempt,
+    RecipientResult,
+)
 
-# How often the queue is looked at for due messages and flush requests.
+# How often the queue is looked at for due messages and flush requests,
+# and how often it is counted for the metrics.
 POLL_INTERVAL = 1.0
+STATISTICS_INTERVAL = 5.0
+# Seconds a destination that could not be reached is not tried again.
+DOWN_TIME = 10.0
+# IDs of messages found due but not taken in for lack of room, kept for
+# the next look (per message of --relay-active-limit): the scans of a long
+# backlog are spread over this many messages each.
+CANDIDATES_PER_LIMIT = 4
 
 # The word for a disposition in the log line of a recipient, as Postfix
 # logs it.
@@ -57,27 +77,6 @@ _LOGGED_STATUS = {
     Disposition.PERMANENT: "bounced",
     Disposition.TEMPORARY: "deferred",
 }
-
-
-@dataclass(frozen=True)
-class RecipientAttempt:
-    """
-    What one attempt found for one queued recipient: what its queue state
-    records.
-
-    @ivar disposition: delivered, or a temporary or permanent failure.
-    @ivar reply: the reply, code first, as the queue and a bounce quote it.
-    @ivar status: the enhanced status code (RFC 3463) for a bounce.
-    @ivar remoteMta: the next hop that answered, if one did.
-    @ivar expired: the recipient was given up because the message is too
-        old in the queue (a permanent failure that was no attempt).
-    """
-
-    disposition: Disposition
-    reply: str
-    status: str = "4.0.0"
-    remoteMta: Optional[str] = None
-    expired: bool = False
 
 
 class RelayService(Service):
@@ -142,15 +141,23 @@ class RelayService(Service):
         self.messages: dict[str, QueuedMessage] = {}
         self.inFlight: set[str] = set()
         self.onAttempt: Optional[Callable[[RecipientAttempt], None]] = None
+        self.activeLimit = config.relayActiveLimit
+        self.queueSize = 0
+        self.oldestCreated: Optional[float] = None
+        self.backlog = Backlog(queue, runBlocking, clock, CANDIDATES_PER_LIMIT * self.activeLimit)
+        # Destinations that could not be reached: until when they are not
+        # tried, and why.
+        self.down: dict[tuple, tuple[float, str]] = {}
         self._loop: Optional[LoopingCall] = None
         self._polling = False
-        self._flushStarted = 0.0
+        self._lastStatistics = -math.inf
 
     # Life cycle.
 
     def startService(self) -> None:
         """
-        Recover the queue, then poll it.
+        Recover the queue, then poll it: the messages waiting are taken in
+        from disk at the first poll, at most L{activeLimit} at a time.
 
         Recovery blocks, on purpose: it runs as the reactor starts, before
         any connection is accepted, and it must, since L{Queue.recover}
@@ -161,9 +168,9 @@ class RelayService(Service):
         Service.startService(self)
         if self.pool.closed:
             self.pool = SessionPool(self.reactor)
-        for message in self.queue.recover():
-            self.messages[message.id] = message
-        self.log.info("relay queue: {n} message(s) waiting", n=len(self.messages))
+        self.queueSize = len(self.queue.recover())
+        self.backlog.noteDue(-math.inf)
+        self.log.info("relay queue: {n} message(s) waiting", n=self.queueSize)
         self._loop = LoopingCall(self.poll)
         self._loop.clock = self.clock
         self._loop.start(POLL_INTERVAL, now=False)
@@ -184,16 +191,42 @@ class RelayService(Service):
 
     def queued(self, message: QueuedMessage) -> None:
         """
-        A message was just committed to the queue: try it at once.
+        A message was just committed to the queue: try it at once, unless
+        L{activeLimit} messages are held already (it then waits on disk
+        and is taken in when there is room, oldest due first).
         """
-        self.messages[message.id] = message
-        self._attempt(message)
+        self.queueSize += 1
+        if self.oldestCreated is None or message.created < self.oldestCreated:
+            self.oldestCreated = message.created
+        if message.id in self.messages:
+            return
+        if len(self.messages) < self.activeLimit and dueTime(message) <= self.clock.seconds():
+            self._hold(message)
+            return
+        self.backlog.noteDue(dueTime(message))
+
+    def wake(self) -> None:
+        """
+        Messages may have been queued or changed on disk by someone else
+        (another process): look at the queue at the next poll.
+        """
+        self.backlog.noteDue(-math.inf)
+
+    def queueStatistics(self) -> tuple[int, Optional[float]]:
+        """
+        How many messages the queue holds and when the oldest was queued
+        (L{None} when none), as last counted on disk (every
+        L{STATISTICS_INTERVAL} seconds) and kept up to date since, for
+        L{smtpmx.metrics}.
+        """
+        return self.queueSize, self.oldestCreated
 
     # Scheduling.
 
     def poll(self) -> Deferred:
         """
-        Honour a flush request, then attempt every message that is due.
+        Honour a flush request, retry what is held and due, and take in
+        the messages due on disk for which there is room.
         """
         if self._polling:
             return succeed(None)
@@ -205,36 +238,75 @@ class RelayService(Service):
         The work of L{poll}; a failure is logged, never raised.
         """
         try:
+            now = self.clock.seconds()
             if await self.runBlocking(self.queue.takeFlushRequest):
                 self.log.info("relay queue flush requested")
-                self._flushStarted = self.clock.seconds()
-                self._reload(await self.runBlocking(self.queue.list))
-            now = self.clock.seconds()
+                # smtpmx-queue flush made every pending recipient due on
+                # disk; those held are made due here.
+                for message in self.messages.values():
+                    for r in message.pending():
+                        r.nextAttempt = min(r.nextAttempt, now)
+                self.backlog.flushed()
+                self.down.clear()
+            self.down = {k: v for k, v in self.down.items() if v[0] > now}
             for message in list(self.messages.values()):
-                if message.id in self.inFlight:
-                    continue
-                if any(r.nextAttempt <= now for r in message.pending()) or not message.pending():
+                if message.id not in self.inFlight and dueTime(message) <= now:
                     self._attempt(message)
+            self.backlog.tick(now)
+            self._lookAtDisk()
+            if now - self._lastStatistics >= STATISTICS_INTERVAL:
+                self._lastStatistics = now
+                self.queueSize, self.oldestCreated = await self.runBlocking(self.queue.statistics)
         except Exception:
             self.log.failure("relay queue poll failed")
         finally:
             self._polling = False
 
-    def _reload(self, messages: list[QueuedMessage]) -> None:
+    def _lookAtDisk(self) -> None:
         """
-        After a flush: take the state on disk (C{smtpmx-queue flush} made
-        every pending recipient due; the operator may have deleted
-        messages), keeping messages in flight or queued since the read.
+        Take in the messages due on disk that there is room for
+        (L{Backlog.look}), if some may be due.
         """
-        onDisk = {m.id: m for m in messages}
-        for messageId in list(self.messages):
-            if messageId not in onDisk and messageId not in self.inFlight:
-                # Deleted, unless queued after the listing was read.
-                if self.messages[messageId].created < self._flushStarted:
-                    del self.messages[messageId]
-        for messageId, message in onDisk.items():
-            if messageId not in self.inFlight:
-                self.messages[messageId] = message
+        d = self.backlog.look(self.activeLimit - len(self.messages), self.messages)
+        if d is not None:
+            d.addCallback(self._takeIn)
+
+    def _takeIn(self, messages: list[QueuedMessage]) -> None:
+        """
+        Hold and attempt messages a look found due, but none held already
+        and no more than there is room for.
+        """
+        for message in messages:
+            if message.id in self.messages:
+                continue
+            if len(self.messages) >= self.activeLimit:
+                self.backlog.noteDue(dueTime(message))
+                break
+            self._hold(message)
+
+    def _hold(self, message: QueuedMessage) -> None:
+        """
+        Hold C{message} in memory and attempt it.
+        """
+        self.messages[message.id] = message
+        self._attempt(message)
+
+    def _release(self, message: QueuedMessage, stored: bool) -> None:
+        """
+        An attempt is over.  A message whose state is stored is no longer
+        held: it waits on disk for its next attempt (or is gone); one
+        whose state could not be stored stays held, to be attempted (and
+        stored) again when due.  Then there may be room for messages due
+        on disk.
+        """
+        if stored:
+            self.messages.pop(message.id, None)
+            self.backlog.settled(message.id)
+            if message.pending():
+                self.backlog.noteDue(dueTime(message))
+        room = self.activeLimit - len(self.messages)
+        if room >= max(1, self.activeLimit // 4) or not self.inFlight:
+            self._lookAtDisk()
 
     # One attempt of one message.
 
@@ -252,14 +324,16 @@ class RelayService(Service):
         Attempt C{message}, which is in flight until done; a failure is
         logged, never raised.
         """
+        stored = False
         try:
-            await self._attemptMessage(message)
+            stored = await self._attemptMessage(message)
         except Exception:
             self.log.failure("{id}: relay attempt failed", id=message.id)
         finally:
             self.inFlight.discard(message.id)
+            self._release(message, stored)
 
-    async def _attemptMessage(self, message: QueuedMessage) -> None:
+    async def _attemptMessage(self, message: QueuedMessage) -> bool:
         """
         Attempt every due recipient of C{message}, one transaction per
         next hop (recipients of different domains whose next hops are the
@@ -340,6 +414,7 @@ class RelayService(Service):
             + [carry(backend, rs) for backend, rs in couriers.items()]
         )
         await self._settle(message, bounced)
+        return True
 
     async def _resolve(
         self, message: QueuedMessage, domain: str, recipients: list[QueuedRecipient]
@@ -460,10 +535,34 @@ class RelayService(Service):
         """
         hop = request.hop
         destination = (hop.host, hop.port) if hop.endpoint is None else (hop.endpoint, 0)
-        return self.pool.limited(
-            destination, self.deliver, request,
-            reactor=self.reactor, runBlocking=self.runBlocking, pool=self.pool,
-        )
+        return self.pool.limited(destination, self._deliverUnlessDown, destination, request)
+
+    def _deliverUnlessDown(self, destination: tuple, request: DeliveryRequest) -> Deferred[DeliveryResult]:
+        """
+        The transaction, unless the destination could not be reached a
+        moment ago: then it is unreachable at once, without a connection.
+        The attempts that waited for a connection slot behind those that
+        found a next hop down (a connect timeout takes 30 s) go back to the
+        queue at once rather than each waiting its own timeout, and the
+        attempts of other destinations get their turn within the cap.
+        """
+        down = self.down.get(destination)
+        if down is not None and down[0] > self.clock.seconds():
+            return succeed(DeliveryResult(connected=False, error=down[1], remoteMta=request.hop.name))
+
+        def noted(result: DeliveryResult) -> DeliveryResult:
+            """
+            Remember a destination that could not be reached; forget one
+            that could.
+            """
+            if result.connected:
+                self.down.pop(destination, None)
+            else:
+                self.down[destination] = (self.clock.seconds() + DOWN_TIME, result.error or "unreachable")
+            return result
+
+        d = self.deliver(request, reactor=self.reactor, runBlocking=self.runBlocking, pool=self.pool)
+        return d.addCallback(noted)
 
     def _logUnreachable(self, message: QueuedMessage, label: str, result: DeliveryResult, delay: float) -> None:
         """
@@ -558,13 +657,13 @@ class RelayService(Service):
         other attempts ending meanwhile (L{StateCommits}).
         """
         if not message.pending():
-            self.messages.pop(message.id, None)
             if await self.commits.remove(message.id):
+                self.queueSize = max(self.queueSize - 1, 0)
                 self.log.info("{id}: removed from the relay queue", id=message.id)
             return
         if not await self.commits.save(message):
             # Deleted by the operator meanwhile.
-            self.messages.pop(message.id, None)
+            self.queueSize = max(self.queueSize - 1, 0)
 
 async def _gather(coroutines: list) -> list:
     """
