@@ -336,3 +336,64 @@ class DownDestinationTests(SynchronousTestCase):
         self.queue.requestFlush()
         self.clock.advance(1)
         self.assertEqual(self.service.down, {})
+
+
+class QueueDueTests(SynchronousTestCase):
+    """
+    L{Queue.due}, the look at the disk, and L{Queue.statistics}.
+    """
+
+    def setUp(self) -> None:
+        """
+        A recovered queue with five messages, M000 due at 100 and then one
+        every 10 seconds, queued at 50 and then one a second.
+        """
+        path = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, path)
+        self.queue = Queue(os.path.join(path, "queue"))
+        self.queue.recover()
+        for n in (3, 0, 4, 1, 2):
+            self.queue.add(QueuedMessage(
+                id=f"M{n:03d}", created=50.0 + n, sender="", size=0, clientHost="127.0.0.1", heloName="c",
+                recipients=[QueuedRecipient(f"r{n}@remote.example", nextAttempt=100.0 + 10 * n)],
+            ), b"x\n")
+
+    def test_oldestDueFirst(self) -> None:
+        """
+        The messages due come oldest due first, up to the limit; the rest
+        due are kept as candidates (up to C{keep}), and the earliest due
+        of the others is known.
+        """
+        found = self.queue.due(125.0, 1, keep=5)
+        self.assertEqual([m.id for m in found.messages], ["M000"])
+        self.assertEqual(found.candidates, ["M001", "M002"])
+        self.assertEqual(found.nextDue, 130.0)
+        self.assertTrue(found.scanned)
+        self.assertEqual(found.count, 5)
+
+    def test_candidatesFirst(self) -> None:
+        """
+        Candidates are loaded before any scan, and what is held is left
+        out.
+        """
+        found = self.queue.due(125.0, 1, candidates=["M001", "M002"], exclude={"M001"})
+        self.assertEqual([m.id for m in found.messages], ["M002"])
+        self.assertFalse(found.scanned)
+
+    def test_tooManyToKeep(self) -> None:
+        """
+        Due messages beyond the candidates kept make the next look scan
+        again at once.
+        """
+        found = self.queue.due(1000.0, 1, keep=1)
+        self.assertEqual(found.candidates, ["M001"])
+        self.assertEqual(found.nextDue, 1000.0)
+
+    def test_statistics(self) -> None:
+        """
+        The count and the time the oldest message was queued, from the
+        message files.
+        """
+        self.assertEqual(self.queue.statistics(), (5, 50.0))
+        self.queue.remove("M000")
+        self.assertEqual(self.queue.statistics(), (4, 51.0))
