@@ -149,6 +149,7 @@ class SinkProtocol(LineReceiver):
         self.reader: Optional[DataReader] = None
         self.batch: Optional[list[str]] = None
         self.dataSeen = 0
+        self.stuck = False
 
     def connectionMade(self) -> None:
         """
@@ -237,7 +238,10 @@ class SinkProtocol(LineReceiver):
             self.batch.append(text)
         verb, _, argument = text.partition(" ")
         verb = verb.upper()
-        if verb in self.sink.hang:
+        if self.stuck or verb in self.sink.hang:
+            # Stuck at it, as a real server would be: the commands
+            # pipelined after it are never answered either.
+            self.stuck = True
             return
         if verb in self.sink.drop:
             self.transport.abortConnection()
@@ -360,8 +364,9 @@ class Sink(Factory):
 
     @ivar transactions: every transaction whose data ended, in order.
     @ivar sessions: every connection, in order.
-    @ivar hang: verbs never answered (C{"GREETING"} for the banner, C{"."}
-        for the end of data).
+    @ivar hang: verbs never answered, nor any command after them on that
+        connection (C{"GREETING"} for the banner, C{"."} for the end of
+        data).
     @ivar drop: verbs answered by dropping the connection.
     @ivar dropInData: drop the connection once this many bytes of a
         message's data have come (L{None}: never).

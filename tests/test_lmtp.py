@@ -135,7 +135,7 @@ class LmtpClientTests(_LmtpMixin, TestCase):
         self.assertFalse([c for c in commands if c.split(" ")[0] in ("EHLO", "HELO", "STARTTLS")])
         self.assertIn(
             ["MAIL FROM:<sender@client.example> SIZE=%d BODY=8BITMIME" % len(MESSAGE),
-             "RCPT TO:<alice@example.org>", "RCPT TO:<bob@example.org>"],
+             "RCPT TO:<alice@example.org>", "RCPT TO:<bob@example.org>", "DATA"],
             sink.sessions[0].batches,
         )
         self.assertEqual(commands[-1], "QUIT")

@@ -157,12 +157,33 @@ class DeliverTests(_RelayTestMixin, TestCase):
 
     async def test_noRecipientAcceptedNoData(self) -> None:
         """
-        When no recipient is accepted, DATA is never sent.
+        When no recipient is accepted no message goes out: without
+        PIPELINING DATA is never sent; with it, the DATA pipelined after
+        the RCPTs is refused by the next hop (RFC 2920 section 3.1), and
+        nothing is delivered.
         """
-        sink, port = self.startSink(rcptReplies={"gone@example.com": "550 5.1.1 no such user"})
+        for pipelining in (False, True):
+            sink, port = self.startSink(rcptReplies={"gone@example.com": "550 5.1.1 no such user"},
+                                        pipelining=pipelining)
+            result = await self.deliver(port, ["gone@example.com"])
+            self.assertIs(result.recipients["gone@example.com"].disposition, Disposition.PERMANENT)
+            self.assertEqual("DATA" in [c for c, _ in sink.sessions[0].commands], pipelining)
+            self.assertEqual(sink.transactions, [])
+
+    @pytest.mark.rfc("2920", "3.1")
+    async def test_dataStartedForNobody(self) -> None:
+        """
+        A next hop that answers the pipelined DATA with 354 although it
+        accepted no recipient gets a lone end of data: an empty message for
+        nobody, never the content.
+        """
+        sink, port = self.startSink(rcptReplies={"gone@example.com": "550 5.1.1 no such user"},
+                                    replies={"DATA": "354 go ahead"})
         result = await self.deliver(port, ["gone@example.com"])
         self.assertIs(result.recipients["gone@example.com"].disposition, Disposition.PERMANENT)
-        self.assertNotIn("DATA", [c for c, _ in sink.sessions[0].commands])
+        commands = [c for c, _ in sink.sessions[0].commands]
+        # The sink, told to answer 354, records the end of data as a line.
+        self.assertEqual(commands[commands.index("DATA") + 1:], [".", "QUIT"])
 
     @pytest.mark.rfc("5321", "4.2.1", "5321-4.2.1-1", "5321-4.2.1-2")
     @pytest.mark.rfc("2920", "3.1", "2920-3.1-1")
@@ -236,16 +257,18 @@ class DeliverTests(_RelayTestMixin, TestCase):
     @pytest.mark.rfc("2920", "3.1", "2920-3.1-2")
     async def test_pipelining(self) -> None:
         """
-        With PIPELINING, MAIL and every RCPT go out in one write.
+        With PIPELINING, MAIL, every RCPT and DATA go out in one write
+        (RFC 2920 section 3.1: DATA last in a group).
         """
         sink, port = self.startSink()
         await self.deliver(port, ["a@example.com", "b@example.com"])
         batches = sink.sessions[0].batches
         self.assertIn(
             ["MAIL FROM:<sender@example.org> SIZE=%d BODY=8BITMIME" % len(MESSAGE),
-             "RCPT TO:<a@example.com>", "RCPT TO:<b@example.com>"],
+             "RCPT TO:<a@example.com>", "RCPT TO:<b@example.com>", "DATA"],
             batches,
         )
+        self.assertEqual(len(sink.transactions), 1)
 
     @pytest.mark.rfc("5321", "4.3.1", "5321-4.3.1-1")
     async def test_noPipelining(self) -> None:

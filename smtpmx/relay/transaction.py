@@ -68,8 +68,9 @@ class TransactionEnd:
     @ivar recipients: every recipient to its L{RecipientResult}.
     @ivar finished: whether it ran to the reply to the end of data, leaving
         the session fit for another transaction.
-    @ivar dataSent: whether DATA went out (past it, a lost connection may
-        have delivered the message).
+    @ivar dataSent: whether the message content started to go out (past
+        it, a lost connection may have delivered the message; before it,
+        DATA alone never can).
     @ivar lost: whether the connection failed during it.
     """
 
@@ -478,12 +479,16 @@ class _Attempt:
                        reset: bool = False) -> TransactionEnd:
         """
         MAIL, RCPT, DATA and the message, pipelined when the next hop
-        offers PIPELINING (RFC 2920): MAIL and every RCPT in one write.
+        offers PIPELINING (RFC 2920): MAIL, every RCPT and DATA in one
+        write, DATA last as section 3.1 allows; the replies come in order.
+        When no recipient is accepted the next hop refuses that DATA (RFC
+        2920 section 3.1); one that starts the data all the same gets a
+        lone end of data, an empty message for nobody.
 
         @param reset: send RSET first, in the same write (a cached session
             of a next hop that offers PIPELINING); a refused RSET ends the
-            transaction as a lost connection before DATA would, so that
-            the caller tries another session.
+            transaction as a lost connection before the data would, so
+            that the caller tries another session.
         @return: how it ended, with a result for every recipient, whatever
             happens to the connection.
         """
@@ -503,7 +508,7 @@ class _Attempt:
             rcpts = [f"RCPT TO:<{r}>" for r in self.recipients]
             pipelining = "PIPELINING" in extensions
             if pipelining:
-                protocol.send(*(["RSET"] if reset else []), mail, *rcpts)
+                protocol.send(*(["RSET"] if reset else []), mail, *rcpts, "DATA")
             else:
                 protocol.send(mail)
             if reset:
@@ -513,38 +518,45 @@ class _Attempt:
                     raise SessionError(f"RSET refused: {reply.code} {resultOf(reply).text}")
                 stage = "MAIL FROM"
             reply = await protocol.expect(t["command"], "MAIL FROM")
+            accepted = []
             if not 200 <= reply.code < 300:
                 for r in self.recipients:
                     results[r] = resultOf(reply)
                 if pipelining:
                     for r in self.recipients:
                         await protocol.expect(t["command"], "RCPT TO")
-                return TransactionEnd(results, finished=False)
-            accepted = []
-            for r, command in zip(self.recipients, rcpts):
-                stage = f"RCPT TO:<{r}>"
-                if not pipelining:
-                    protocol.send(command)
-                reply = await protocol.expect(t["command"], stage)
-                results[r] = resultOf(reply)
-                if 200 <= reply.code < 300:
-                    accepted.append(r)
+            else:
+                for r, command in zip(self.recipients, rcpts):
+                    stage = f"RCPT TO:<{r}>"
+                    if not pipelining:
+                        protocol.send(command)
+                    reply = await protocol.expect(t["command"], stage)
+                    results[r] = resultOf(reply)
+                    if 200 <= reply.code < 300:
+                        accepted.append(r)
             if not accepted:
+                if pipelining:
+                    stage = "DATA"
+                    if (await protocol.expect(t["command"], stage)).code == 354:
+                        stage = "end of an empty data"
+                        protocol.writeData(b".\r\n")
+                        await protocol.expect(t["finalDot"], stage)
                 return TransactionEnd(results, finished=False)
             for r in accepted:
                 del results[r]
 
             stage = "DATA"
-            dataSent = True
-            protocol.send("DATA")
+            if not pipelining:
+                protocol.send("DATA")
             reply = await protocol.expect(t["command"], "DATA")
             if reply.code != 354:
                 disposition = Disposition.PERMANENT if reply.code >= 500 else Disposition.TEMPORARY
                 for r in accepted:
                     results[r] = resultOf(reply, disposition)
-                return TransactionEnd(results, finished=False, dataSent=True)
+                return TransactionEnd(results, finished=False)
 
             stage = "sending message content"
+            dataSent = True
             await self.sendMessage(protocol)
             stage = "end of data"
             if self.lmtp:
