@@ -19,8 +19,9 @@ port, each filing into Maildirs under one temporary directory:
   - Postfix's C{smtp-sink}, which discards: the ceiling of the protocol
     and of the client.
 
-Then, in rounds (so that a burst of load from elsewhere on the machine
-falls on every server alike), it sends each server the same loads with
+Then, in rounds (the servers in turn, forward in one round and backward
+in the next, so that load from elsewhere on the machine falls on every
+server alike), it sends each server the same loads with
 Postfix's C{smtp-source}, one message per connection: N messages of
 SIZE bytes from 10 sessions, from 1 session, and from 10 sessions with 5
 recipients each.  For each run it waits until every copy has landed (a
@@ -445,8 +446,6 @@ def runLoad(peer: Peer, load: Load, base: str, messages: int, size: int, stall: 
     time.sleep(0.1)
     landed = peer.landed(users) - before
     accepted = messages - refusedMessages
-    if refusedCopies:
-        problems.append(f"{refusedCopies} copies refused (4xx/5xx)")
     if landed < expected - refusedCopies:
         problems.append(f"LOST: {expected - refusedCopies - landed} of {expected - refusedCopies} accepted copies never landed")
     elif landed > expected - refusedCopies:
@@ -611,7 +610,7 @@ def report(peers: Sequence[Peer], runs: Sequence[Run], skipped: dict[str, str], 
             rate = median(r.rate for r in mine)
             ratio = f"{rate / median(base):.2f}" if base and median(base) else "—"
             peak = max((r.peak for r in mine), key=lambda m: (m.rss, m.pss))
-            flag = " ⚠" if any(r.problems for r in mine) else ""
+            flag = " ⚠" if any(r.problems or r.refusedCopies for r in mine) else ""
             lines.append(
                 f"| {names[peer.key]}{flag} | {load.name} | {rate:,.0f} | {ratio} | "
                 f"{median(r.landedRate for r in mine):,.0f} | {median(r.cpuPerMessage for r in mine):.2f} | "
@@ -641,6 +640,13 @@ def report(peers: Sequence[Peer], runs: Sequence[Run], skipped: dict[str, str], 
         for rate, detail in relay:
             if rate is None:
                 lines.append(f"Relay run FAILED: {detail}")
+    refused = [r for r in runs if r.refusedCopies]
+    if refused:
+        lines.append("")
+        lines.append("Refused (a 4xx or 5xx reply, counted out of msg/s; not a loss):")
+        for r in refused:
+            lines.append(f"- {names[r.peer]}, {r.load.name}: {r.refusedCopies} of {r.expected} copies "
+                         f"({r.messages - r.accepted} messages refused whole)")
     problems = [(r, p) for r in runs for p in r.problems]
     if problems:
         lines.append("")
@@ -724,12 +730,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs: list[Run] = []
         for n in range(options.runs):
             for load in loads:
-                for peer in peers:
+                # Forward in one round, backward in the next: a load on
+                # the machine that rises or falls over a round weighs on
+                # every server alike.
+                for peer in (peers if n % 2 == 0 else peers[::-1]):
                     run = runLoad(peer, load, bases[(n, load)], options.messages, options.size, options.stall)
                     runs.append(run)
                     say(f"round {n + 1}/{options.runs}, {load.name}, {peer.key}: {run.rate:,.0f} msg/s, "
                         f"{run.cpuPerMessage:.2f} ms CPU/msg, {run.landed}/{run.expected} landed, "
-                        f"load {run.loadAverage:.2f}" + (f" -- {'; '.join(run.problems)}" if run.problems else ""))
+                        f"{run.refusedCopies} refused, load {run.loadAverage:.2f}"
+                        + (f" -- {'; '.join(run.problems)}" if run.problems else ""))
         for peer in peers:
             for problem in peer.check():
                 say(f"{peer.key}: {problem}")
