@@ -224,7 +224,7 @@ def startPeer(key: str, cleanups: ExitStack, directory: str, users: Sequence[str
         return Peer(
             key, f"chasquid {version} + maildrop", instance.pid, instance.port, maildirCounter(instance.maildir),
             notes="private config dir; queues, then runs maildrop (its default MDA) once per recipient; "
-            f"users in its user db; SPF lookups: {'no resolver (fail at once)' if instance.resolver == 'none' else 'system resolver'}",
+            "users in its user db; its SPF lookups fail at once (its own resolv.conf names no server)",
         )
     if key == "smtp-sink":
         sink = startSmtpSink(add, home, HOST, freePort(HOST), backlog=256)
