@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 from typing import Callable, Iterable
 
 from tests.certs import makeAuthority, makeServerCertificate
@@ -59,17 +60,28 @@ def chasquidMissing() -> str:
 def canIsolateDNS() -> bool:
     """
     Whether chasquid can be given a resolv.conf of its own: root,
-    C{unshare}, and nothing serving DNS on L{NO_DNS}.
+    C{unshare} allowed to make a mount namespace and bind a file in it,
+    and nothing serving DNS on L{NO_DNS}.
     """
     if os.geteuid() != 0 or not os.access(UNSHARE, os.X_OK):
         return False
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        probe.bind((NO_DNS, 53))
+        probe = subprocess.run(
+            [UNSHARE, "--mount", "--propagation", "private", "sh", "-c",
+             "mount --bind /etc/resolv.conf /etc/resolv.conf"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if probe.returncode != 0:
+        return False
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        dns.bind((NO_DNS, 53))
     except OSError:
         return False
     finally:
-        probe.close()
+        dns.close()
     return True
 
 
