@@ -30,6 +30,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 from tests.e2e import environment
@@ -85,6 +86,8 @@ class MaildirHandler:
         """
         self.root = root
         self.mailboxes: dict[str, mailbox.Maildir] = {}
+        # Two threads must not make the same Maildir at once.
+        self.making = threading.Lock()
 
     def maildirPath(self, address: str) -> Optional[str]:
         """
@@ -116,8 +119,11 @@ class MaildirHandler:
             path = self.maildirPath(address)
             box = self.mailboxes.get(path)
             if box is None:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                box = self.mailboxes[path] = mailbox.Maildir(path, factory=None, create=True)
+                with self.making:
+                    box = self.mailboxes.get(path)
+                    if box is None:
+                        os.makedirs(os.path.dirname(path), exist_ok=True)
+                        box = self.mailboxes[path] = mailbox.Maildir(path, factory=None, create=True)
             box.add(content)
             fsyncDirectory(os.path.join(path, "new"))
 
@@ -128,8 +134,8 @@ class MaildirHandler:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, self.deliver, list(envelope.rcpt_tos), envelope.content)
-        except OSError as e:
-            print(f"delivery failed: {e}", file=sys.stderr)
+        except (OSError, mailbox.Error) as e:
+            print(f"delivery failed: {e!r}", file=sys.stderr, flush=True)
             return "451 4.3.0 Could not store the message"
         return "250 2.0.0 OK"
 
