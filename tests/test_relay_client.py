@@ -170,7 +170,7 @@ class DeliverTests(_RelayTestMixin, TestCase):
             self.assertEqual("DATA" in [c for c, _ in sink.sessions[0].commands], pipelining)
             self.assertEqual(sink.transactions, [])
 
-    @pytest.mark.rfc("2920", "3.1")
+    @pytest.mark.rfc("2920", "3.1", "2920-3.1-1")
     async def test_dataStartedForNobody(self) -> None:
         """
         A next hop that answers the pipelined DATA with 354 although it

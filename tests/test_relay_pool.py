@@ -181,7 +181,7 @@ class PooledDeliverTests(_RelayTestMixin, TestCase):
                 self.assertEqual(tail, ["RSET", "QUIT"])
             self.assertEqual(len(sink.transactions), 2)
 
-    @pytest.mark.rfc("2920", "3.1")
+    @pytest.mark.rfc("2920", "3.1", "2920-3.1-2")
     async def test_rsetPipelined(self) -> None:
         """
         A cached session of a next hop that offers PIPELINING is reset in
