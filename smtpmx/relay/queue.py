@@ -564,7 +564,7 @@ def markDue(path: str, message: QueuedMessage) -> None:
     than the state it holds is due.
     """
     at = dueTime(message)
-    os.utime(path, (at, at))
+    _setTime(path, at)
 
 
 def markCreated(path: str, created: float) -> None:
@@ -573,4 +573,16 @@ def markCreated(path: str, created: float) -> None:
     modification time, which L{Queue.statistics} reads (a hint, as in
     L{markDue}).
     """
-    os.utime(path, (created, created))
+    _setTime(path, created)
+
+
+def _setTime(path: str, at: float) -> None:
+    """
+    Set a file's modification time (a hint); a failure leaves the time the
+    file was written, which at worst means an early look, so it is only
+    logged.
+    """
+    try:
+        os.utime(path, (at, at))
+    except OSError as e:
+        _log.warn("Cannot set the time of {path}: {problem!r}", path=path, problem=e)
