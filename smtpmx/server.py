@@ -57,14 +57,20 @@ STRESS_IDLE_LIMIT = 10.0
 
 class QueueIds:
     """
-    Makes queue IDs unique within this host: the time in milliseconds, the
-    process ID and a counter, in hexadecimal.
+    Makes queue IDs unique within this host, across every process that
+    makes them at once (the workers of C{--workers}): the time in
+    milliseconds (10 digits), the whole process ID (4 digits or more) and a
+    counter (4 digits), in hexadecimal.  The fields around the process ID
+    have fixed widths, so two processes never make the same ID.
     """
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, pid: Optional[int] = None) -> None:
+        """
+        @param pid: the process ID; this process's by default.
+        """
         self._clock = clock
         self._counter = itertools.count()
-        self._pid = os.getpid() & 0xFFFF
+        self._pid = os.getpid() if pid is None else pid
 
     def __call__(self) -> str:
         """
