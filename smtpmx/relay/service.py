@@ -113,6 +113,7 @@ class RelayService(Service):
         newQueueId: Callable[[], str],
         reactor=None,
         backends: Optional[Mapping[str, object]] = None,
+        recover: bool = True,
     ) -> None:
         """
         @param config: the configuration.
@@ -129,6 +130,10 @@ class RelayService(Service):
             specification (L{smtpmx.backendlookup.configuredBackends});
             any other a queued recipient's C{via} names is made from the
             plugins on first use.
+        @param recover: whether starting recovers the queue (L{Queue.recover}),
+            which only the one process that starts first may do; with
+            C{--workers} their parent has done it, and the relay worker only
+            lists the queue, since the other workers may be writing to it.
         """
         self.config = config
         self.queue = queue
@@ -145,6 +150,7 @@ class RelayService(Service):
         self.messages: dict[str, QueuedMessage] = {}
         self.inFlight: set[str] = set()
         self.onAttempt: Optional[Callable[[RecipientAttempt], None]] = None
+        self.recover = recover
         self._loop: Optional[LoopingCall] = None
         self._polling = False
         self._flushStarted = 0.0
@@ -153,7 +159,7 @@ class RelayService(Service):
 
     def startService(self) -> None:
         """
-        Recover the queue, then poll it.
+        Recover the queue (or, without C{recover}, list it), then poll it.
 
         Recovery blocks, on purpose: it runs as the reactor starts, before
         any connection is accepted, and it must, since L{Queue.recover}
@@ -164,7 +170,7 @@ class RelayService(Service):
         Service.startService(self)
         if self.pool.closed:
             self.pool = SessionPool(self.reactor)
-        for message in self.queue.recover():
+        for message in self.queue.recover() if self.recover else self.queue.list():
             self.messages[message.id] = message
         self.log.info("relay queue: {n} message(s) waiting", n=len(self.messages))
         self._loop = LoopingCall(self.poll)
