@@ -40,6 +40,11 @@ RESERVED = frozenset({"time", "level", "text", "logger", "traceback"})
 # line.
 RENAMED = {"id": "queue_id"}
 
+# The key of an event that a worker of --workers logged and its parent
+# writes (smtpmx.workers): the JSON object the worker made of it, with
+# "worker", its number; it is written as it is.
+RELAYED = "smtpmx_worker_fields"
+
 
 def isoTime(timestamp: Optional[float]) -> Optional[str]:
     """
@@ -91,6 +96,9 @@ def eventFields(event: Mapping[str, Any]) -> dict[str, Any]:
     """
     The JSON object of one log event.
     """
+    relayed = event.get(RELAYED)
+    if isinstance(relayed, dict):
+        return dict(relayed)
     level = event.get("log_level")
     namespace = event.get("log_namespace") or ""
     fields: dict[str, Any] = {
