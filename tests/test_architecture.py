@@ -70,6 +70,8 @@ LAYERS = (
         (
             "smtpmx.relay.nexthop", "smtpmx.relay.pool",
             "smtpmx.relay.request", "smtpmx.relay.transaction", "smtpmx.relay.service",
+            # Word of new messages between the workers of --workers.
+            "smtpmx.relay.wakeup",
             # The built-in delivery backends: lmtp uses the relay's values.
             "smtpmx.plugins.builtin_backends",
         ),
@@ -79,7 +81,7 @@ LAYERS = (
     (
         "entry",
         ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs", "smtpmx.reload",
-         "smtpmx.services"),
+         "smtpmx.services", "smtpmx.worker", "smtpmx.workers"),
     ),
 )
 
@@ -316,12 +318,13 @@ class ArchitectureTests(SynchronousTestCase):
 
     def test_onlyTheEntryPointTakesTheReactor(self) -> None:
         """
-        Only the twistd entry point (C{smtpmx.tap}) and the command-line tool
-        import the global reactor; everything else is given one.
+        Only the entry points -- twistd's (C{smtpmx.tap}), a worker
+        process's (C{smtpmx.worker}) and the command-line tool's -- import
+        the global reactor; everything else is given one.
         """
         offences = []
         for module, path in modules():
-            if module in ("smtpmx.tap", "smtpmx.queuecli"):
+            if module in ("smtpmx.tap", "smtpmx.worker", "smtpmx.queuecli"):
                 continue
             for imported, line in importedModules(module, parse(path)):
                 if imported == "twisted.internet.reactor":
