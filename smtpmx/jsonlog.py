@@ -125,6 +125,14 @@ def eventFields(event: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def jsonLine(event: Mapping[str, Any]) -> str:
+    """
+    The line of one log event: its JSON object (L{eventFields}) and a
+    newline.
+    """
+    return json.dumps(eventFields(event), ensure_ascii=False, default=str) + "\n"
+
+
 @implementer(ILogObserver)
 class JSONLogObserver:
     """
@@ -141,8 +149,7 @@ class JSONLogObserver:
         """
         Write one event.
         """
-        line = json.dumps(eventFields(event), ensure_ascii=False, default=str)
-        self.outFile.write(line + "\n")
+        self.outFile.write(jsonLine(event))
         self.outFile.flush()
 
 

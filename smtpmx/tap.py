@@ -234,18 +234,23 @@ def makeService(options: Options) -> SMTPMXService:
     """
     from twisted.internet import reactor
 
+    twistdOptions = getattr(options, "parent", None)
     if options.config.workers > 1:
-        from smtpmx.workers import WorkersService
+        from smtpmx.workers import WorkersService, parentLog
 
-        service: SMTPMXService = WorkersService(options.config, options.tlsOptions, reactor)
-    else:
-        service = buildService(
-            options.config, options.validators, options.tlsOptions, reactor, options.filters,
-            options.backends, handleSignals=True,
+        # The log is opened now, as twistd opens its own: before it
+        # daemonizes.
+        return WorkersService(
+            options.config, options.tlsOptions, reactor,
+            log=parentLog(twistdOptions, options.config.logFormat),
         )
+    service = buildService(
+        options.config, options.validators, options.tlsOptions, reactor, options.filters,
+        options.backends, handleSignals=True,
+    )
     if options.config.logFormat == LogFormat.JSON.value:
         from smtpmx.jsonlog import JSONLogObserver, twistdLogFile
 
         # Opened now, as twistd opens its own: before it daemonizes.
-        service.logObserver = JSONLogObserver(twistdLogFile(getattr(options, "parent", None)))
+        service.logObserver = JSONLogObserver(twistdLogFile(twistdOptions))
     return service

@@ -8,9 +8,11 @@ C{python -c "from smtpmx.worker import main; ..."} with these descriptors:
     nothing; its end (the parent is gone) stops the worker
     (L{ParentWatch});
   - 1 and 2: stdout and stderr, which the parent logs line by line;
-  - 3 (C{LOG_FD}): the worker's log, one JSON object a line
-    (L{LogRelay}), which the parent writes to its own log as if it were
-    its own;
+  - 3 (C{LOG_FD}): the worker's log: when the parent writes twistd's
+    log itself (text or C{--log-format json}, to a file or stdout), the
+    lines as the parent would write them (L{LineRelay}), which it copies
+    as they are; else (C{--syslog}, C{--logger}) one JSON record an event
+    (L{LogRelay}), which it logs as its own;
   - 4 (C{NOTIFY_FD}): the pipe of word of new messages
     (L{smtpmx.relay.wakeup}): its reading end for the relay worker, its
     writing end for the others;
@@ -33,15 +35,23 @@ import pickle
 import signal
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.logger import ILogObserver, Logger, globalLogBeginner
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    formatEventAsClassicLogText,
+    formatTime,
+    globalLogBeginner,
+    timeFormatRFC3339,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpmx.config import Config, ConfigError
-from smtpmx.jsonlog import eventFields
+from smtpmx.jsonlog import eventFields, jsonLine
+from smtpmx.options import LogFormat
 
 # The descriptors of a worker (see the module's docstring).
 CONTROL_FD = 0
@@ -65,6 +75,9 @@ class WorkerSpec:
     @ivar logFD: where its log goes.
     @ivar path: the parent's C{sys.path}, so that the worker finds the
         same plugins.
+    @ivar logFormat: C{"text"} or C{"json"}: the worker writes its log
+        lines in that format (L{LineRelay}); L{None}: it writes records
+        of its events (L{LogRelay}).
     """
 
     index: int
@@ -74,6 +87,7 @@ class WorkerSpec:
     notifyFD: int = NOTIFY_FD
     logFD: int = LOG_FD
     path: list[str] = field(default_factory=list)
+    logFormat: Optional[str] = None
 
     @property
     def relay(self) -> bool:
@@ -131,6 +145,59 @@ class LogRelay:
             writeAll(self.fd, logRecord(event, self.worker))
         except OSError:
             pass
+
+
+def lineFormatter(logFormat: str, worker: Optional[int] = None) -> Callable[[Mapping[str, Any]], Optional[str]]:
+    """
+    What makes the line of a log event in twistd's log: its text format
+    (as C{textFileLogObserver} writes it) or C{--log-format json}'s
+    (L{jsonLine}, with C{worker}, the worker's number, when given).
+    """
+    if logFormat == LogFormat.JSON.value:
+        if worker is None:
+            return jsonLine
+
+        def workersLine(event: Mapping[str, Any]) -> str:
+            fields = eventFields(event)
+            fields["worker"] = worker
+            return json.dumps(fields, ensure_ascii=False, default=str) + "\n"
+
+        return workersLine
+
+    def textLine(event: Mapping[str, Any]) -> Optional[str]:
+        return formatEventAsClassicLogText(event, formatTime=lambda when: formatTime(when, timeFormatRFC3339))
+
+    return textLine
+
+
+@implementer(ILogObserver)
+class LineRelay:
+    """
+    A worker's log observer when its parent writes twistd's log itself:
+    each event, the line the parent would write for it, on the parent's
+    pipe; the parent copies the lines into its log as they are.  Writes
+    block: a parent behind slows its workers rather than losing lines.
+    """
+
+    def __init__(self, fd: int, logFormat: str, worker: int) -> None:
+        """
+        @param fd: the pipe to the parent.
+        @param logFormat: C{"text"} or C{"json"}.
+        @param worker: the worker's number, in every JSON line.
+        """
+        self.fd = fd
+        self.format = lineFormatter(logFormat, worker)
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        """
+        Write one event's line.
+        """
+        line = self.format(event)
+        if line:
+            try:
+                writeAll(self.fd, line.encode("utf-8", "replace"))
+            except OSError:
+                pass
 
 
 @implementer(IReadDescriptor)
@@ -222,18 +289,18 @@ def run(spec: WorkerSpec, reactor) -> int:
     try:
         service = buildWorker(spec, reactor)
     except ConfigError as e:
-        log.critical("worker {worker} cannot start: {why}", worker=spec.index, why=str(e))
+        log.critical("worker {number} cannot start: {why}", number=spec.index, why=str(e))
         return 1
 
     def start() -> None:
         try:
             service.startService()
         except SystemExit as e:
-            log.critical("worker {worker} cannot start: {why}", worker=spec.index, why=str(e))
+            log.critical("worker {number} cannot start: {why}", number=spec.index, why=str(e))
             status[0] = 1
             reactor.stop()
         except BaseException:
-            log.failure("worker {worker} cannot start", worker=spec.index)
+            log.failure("worker {number} cannot start", number=spec.index)
             status[0] = 1
             reactor.stop()
 
@@ -265,5 +332,9 @@ def main() -> int:
         sys.path[:] = spec.path
     from twisted.internet import reactor
 
-    globalLogBeginner.beginLoggingTo([LogRelay(spec.logFD, spec.index)], redirectStandardIO=False)
+    if spec.logFormat is None:
+        observer: Any = LogRelay(spec.logFD, spec.index)
+    else:
+        observer = LineRelay(spec.logFD, spec.logFormat, spec.index)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     return run(spec, reactor)

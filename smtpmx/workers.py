@@ -14,8 +14,11 @@ parent then:
   - on C{SIGTERM} (twistd stops its services) sends C{SIGTERM} to every
     worker, by PID, and C{SIGKILL} to any still running
     L{STOP_GRACE} seconds later;
-  - writes the workers' log lines to its own log (twistd's, or
-    C{--log-format json}'s), each as the one-process server would;
+  - writes the workers' log lines to its log, each as the one-process
+    server would: it writes twistd's log itself (L{ParentLog}: the text
+    lines or C{--log-format json}'s, to stdout or the log file) and copies
+    the lines the workers made in the same format; with C{--syslog} or
+    C{--logger} it logs a record of each of their events instead;
   - serves C{--metrics}: every worker writes its figures into one
     prometheus_client multi-process directory (C{PROMETHEUS_MULTIPROC_DIR},
     a private one made here unless the environment names one), and the
@@ -39,22 +42,24 @@ import shutil
 import signal
 import sys
 import tempfile
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
-from twisted.logger import InvalidLogLevelError, LogLevel, Logger
+from twisted.logger import ILogObserver, InvalidLogLevelError, LogLevel, Logger
 from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 import smtpmx
 from smtpmx.config import Config
-from smtpmx.jsonlog import RELAYED
+from smtpmx.jsonlog import RELAYED, twistdLogFile
 from smtpmx.metrics import MULTIPROCESS_VARIABLE, WorkersFigures
 from smtpmx.relay.queue import Queue
 from smtpmx.services import ListeningService, SMTPMXService, threadRunner
-from smtpmx.worker import FIRST_SOCKET_FD, LOG_FD, NOTIFY_FD, WorkerSpec
+from smtpmx.worker import FIRST_SOCKET_FD, LOG_FD, NOTIFY_FD, WorkerSpec, lineFormatter
 
 # Seconds before a worker that ended is started again, at first and at most.
 MIN_RESTART_DELAY = 1.0
@@ -131,6 +136,57 @@ def eventFromRecord(line: bytes) -> dict[str, Any]:
     return event
 
 
+@implementer(ILogObserver)
+class ParentLog:
+    """
+    twistd's log, written by the parent of C{--workers} itself: its own
+    events, formatted as twistd would (L{lineFormatter}), and the lines
+    its workers made the same way, copied whole (L{writeLines}).  The
+    parent is the only writer, so lines never mix.
+
+    @ivar outFile: stdout or twistd's log file (L{twistdLogFile}).
+    @ivar logFormat: C{"text"} or C{"json"}.
+    """
+
+    def __init__(self, outFile, logFormat: str) -> None:
+        self.outFile = outFile
+        self.logFormat = logFormat
+        self.format = lineFormatter(logFormat)
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        """
+        Write one of the parent's events.
+        """
+        line = self.format(event)
+        if line:
+            self.writeLines(line)
+
+    def writeLines(self, text: str) -> None:
+        """
+        Write whole lines.
+        """
+        self.outFile.write(text)
+        self.outFile.flush()
+
+    def rotateOnSignal(self, reactor) -> None:
+        """
+        Rotate a log file on C{SIGUSR1}, as twistd does for its own.
+        """
+        if isinstance(self.outFile, LogFile) and not signal.getsignal(signal.SIGUSR1):
+            signal.signal(signal.SIGUSR1, lambda number, frame: reactor.callFromThread(self.outFile.rotate))
+
+
+def parentLog(twistdOptions: Optional[Mapping[str, Any]], logFormat: str) -> Optional[ParentLog]:
+    """
+    The log the parent of C{--workers} writes itself, where twistd would
+    write its own; L{None} with C{--syslog} or C{--logger}, which twistd
+    keeps.
+    """
+    if twistdOptions is not None and (twistdOptions.get("syslog") or twistdOptions.get("logger")):
+        return None
+    return ParentLog(twistdLogFile(twistdOptions), logFormat)
+
+
 class WorkerProcess(ProcessProtocol):
     """
     One worker as its parent sees it: its spec written to it, its log and
@@ -162,9 +218,21 @@ class WorkerProcess(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         """
-        Log each whole line: records of the worker's log, or its stdout
-        and stderr as they are.
+        Log each whole line: the worker's log lines, copied into the
+        parent's log; records of its events; or its stdout and stderr as
+        they are.
         """
+        log = self.supervisor.log if self.supervisor is not None else None
+        if childFD == LOG_FD and isinstance(log, ParentLog):
+            data = self._partial.pop(childFD, b"") + data
+            end = data.rfind(b"\n") + 1
+            if end:
+                log.writeLines(data[:end].decode("utf-8", "replace"))
+            if len(data) - end > MAX_LINE:
+                log.writeLines(data[end:].decode("utf-8", "replace") + "\n")
+            elif end < len(data):
+                self._partial[childFD] = data[end:]
+            return
         lines = (self._partial.get(childFD, b"") + data).split(b"\n")
         rest = lines.pop()
         if len(rest) > MAX_LINE:
@@ -180,7 +248,7 @@ class WorkerProcess(ProcessProtocol):
         """
         rest = self._partial.pop(childFD, b"")
         if rest:
-            self.lineReceived(childFD, rest)
+            self.childDataReceived(childFD, rest + b"\n")
 
     def lineReceived(self, childFD: int, line: bytes) -> None:
         """
@@ -196,7 +264,7 @@ class WorkerProcess(ProcessProtocol):
                 return
         text = line.decode("utf-8", "replace").rstrip("\r")
         if text.strip():
-            self.log.warn("worker {worker}: {line}", worker=self.index, line=text)
+            self.log.warn("worker {number}: {line}", number=self.index, line=text)
 
     def processEnded(self, reason: Failure) -> None:
         """
@@ -232,9 +300,10 @@ class Supervisor(Service):
     @ivar workers: the worker of each number now running (or starting).
     @ivar figures: the workers' figures when C{--metrics} is on, else
         L{None}; its directory is made when the service starts.
+    @ivar log: the L{ParentLog}, or L{None}.
     """
 
-    log = Logger()
+    logger = Logger()
 
     def __init__(
         self,
@@ -245,6 +314,7 @@ class Supervisor(Service):
         environ: Optional[dict[str, str]] = None,
         recoverQueue: Callable[[str], object] = lambda path: Queue(path).recover(),
         handleSignal: bool = True,
+        log: Optional[ParentLog] = None,
     ) -> None:
         """
         @param config: the configuration, handed to every worker.
@@ -257,6 +327,9 @@ class Supervisor(Service):
             worker starts.
         @param handleSignal: whether C{SIGHUP} is passed on (the real
             server's; not a test's).
+        @param log: the log the parent writes itself, into which the
+            workers' lines are copied; L{None}: the workers send records
+            of their events, logged here.
         """
         self.config = config
         self.listeners = listeners
@@ -265,6 +338,7 @@ class Supervisor(Service):
         self.environ = dict(os.environ if environ is None else environ)
         self.recoverQueue = recoverQueue
         self.handleSignal = handleSignal
+        self.log = log
         self.count = config.workers
         self.workers: dict[int, WorkerProcess] = {}
         self.delays: dict[int, float] = {}
@@ -372,6 +446,7 @@ class Supervisor(Service):
                 for n, s in enumerate(self.listeners)
             ],
             path=list(sys.path),
+            logFormat=self.log.logFormat if self.log is not None else None,
         )
 
     def childFDs(self, index: int) -> dict[int, Any]:
@@ -399,14 +474,15 @@ class Supervisor(Service):
                 env=env, childFDs=self.childFDs(index),
             )
         except OSError as e:
-            self.log.error("cannot start worker {worker}: {why}", worker=index, why=e)
+            self.logger.error("cannot start worker {number}: {why}", number=index, why=e)
             del self.workers[index]
-            self._restartLater(index, 0.0)
+            self._restartLater(index, self._backOff(index))
             return
-        self.log.info(
-            "worker {worker} started: pid {pid}{relay}", worker=index, pid=worker.pid,
-            relay=" (it runs the relay queue)" if index == 1 else "",
-        )
+        if index == 1:
+            self.logger.info("worker {number} started: pid {pid} (it runs the relay queue)",
+                             number=index, pid=worker.pid)
+        else:
+            self.logger.info("worker {number} started: pid {pid}", number=index, pid=worker.pid)
 
     def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
         """
@@ -422,7 +498,7 @@ class Supervisor(Service):
             self.figures.processStopped(worker.pid)
         how = describeEnd(reason)
         if not self.running:
-            self.log.info("worker {worker} (pid {pid}) {how}", worker=worker.index, pid=worker.pid, how=how)
+            self.logger.info("worker {number} (pid {pid}) {how}", number=worker.index, pid=worker.pid, how=how)
             if not self.workers:
                 waiting, self._stopped = self._stopped, []
                 for d in waiting:
@@ -433,13 +509,22 @@ class Supervisor(Service):
             delay = 0.0
             self.delays[worker.index] = MIN_RESTART_DELAY
         else:
-            delay = self.delays.get(worker.index, MIN_RESTART_DELAY)
-            self.delays[worker.index] = min(delay * 2, MAX_RESTART_DELAY)
-        self.log.warn(
-            "worker {worker} (pid {pid}) {how} after {lived:.1f} s; starting it again in {delay:g} s",
-            worker=worker.index, pid=worker.pid, how=how, lived=lived, delay=delay,
+            delay = self._backOff(worker.index)
+        self.logger.warn(
+            "worker {number} (pid {pid}) {how} after {lived:.1f} s; starting it again in {delay:g} s",
+            number=worker.index, pid=worker.pid, how=how, lived=lived, delay=delay,
         )
         self._restartLater(worker.index, delay)
+
+    def _backOff(self, index: int) -> float:
+        """
+        The delay before worker C{index} is started again after an end
+        too soon; the next one will be twice as long (up to
+        L{MAX_RESTART_DELAY}).
+        """
+        delay = self.delays.get(index, MIN_RESTART_DELAY)
+        self.delays[index] = min(delay * 2, MAX_RESTART_DELAY)
+        return delay
 
     def _restartLater(self, index: int, delay: float) -> None:
         """
@@ -472,7 +557,7 @@ class Supervisor(Service):
         Pass C{SIGHUP} on to every worker: each reloads.
         """
         workers = list(self.workers.values())
-        self.log.info("SIGHUP: passed on to {n} worker(s)", n=len(workers))
+        self.logger.info("SIGHUP: passed on to {n} worker(s)", n=len(workers))
         for worker in workers:
             self._signal(worker, "HUP")
 
@@ -496,17 +581,24 @@ class WorkersService(SMTPMXService):
     @ivar supervisor: the L{Supervisor}.
     """
 
-    def __init__(self, config: Config, tlsOptions, reactor, handleSignals: bool = True, **supervisorArgs) -> None:
+    def __init__(self, config: Config, tlsOptions, reactor, handleSignals: bool = True,
+                 log: Optional[ParentLog] = None, **supervisorArgs) -> None:
         """
         @param tlsOptions: the STARTTLS context factory read at start-up,
             or L{None}; its certificate and key are handed to the workers.
         @param reactor: listens, spawns and times.
-        @param handleSignals: whether C{SIGHUP} is passed on.
+        @param handleSignals: whether C{SIGHUP} is passed on (and
+            C{SIGUSR1} rotates the log file).
+        @param log: the log the parent writes itself (L{parentLog}), which
+            becomes twistd's log observer; L{None} leaves twistd's.
         @param supervisorArgs: more arguments for the L{Supervisor} (tests).
         """
         from smtpmx.tls import exportPEM
 
         super().__init__(config)
+        self.logObserver = log
+        self.reactor = reactor
+        self.handleSignals = handleSignals
         factory = Factory.forProtocol(Protocol)
         factory.noisy = False
         listeners: list[ListeningService] = []
@@ -516,11 +608,21 @@ class WorkersService(SMTPMXService):
             listening.setServiceParent(self)
             listeners.append(listening)
         tls = exportPEM(tlsOptions) if tlsOptions is not None else None
-        self.supervisor = Supervisor(config, listeners, reactor, tls, handleSignal=handleSignals, **supervisorArgs)
+        self.supervisor = Supervisor(
+            config, listeners, reactor, tls, handleSignal=handleSignals, log=log, **supervisorArgs
+        )
         self.supervisor.setName("workers")
         self.supervisor.setServiceParent(self)
         if config.metrics is not None:
             self._addStatus(reactor)
+
+    def startService(self) -> None:
+        """
+        Start; a log file of our own rotates on C{SIGUSR1}, as twistd's.
+        """
+        if self.handleSignals and isinstance(self.logObserver, ParentLog):
+            self.logObserver.rotateOnSignal(self.reactor)
+        super().startService()
 
     def _addStatus(self, reactor) -> None:
         """

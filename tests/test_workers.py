@@ -10,6 +10,7 @@ L{tests.test_workers_e2e} runs the real thing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import shutil
@@ -26,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.config import Config, ConfigError, loadConfig
-from smtpmx.jsonlog import RELAYED, eventFields
+from smtpmx.jsonlog import RELAYED, eventFields, jsonLine
 from smtpmx.metrics import WorkersFigures
 from smtpmx.relay.queue import Queue
 from smtpmx.relay.queueformat import QueuedMessage, QueuedRecipient, isValidId
@@ -35,10 +36,20 @@ from smtpmx.relay.wakeup import PipeReader, QueueListener, QueueNotifier
 from smtpmx.server import QueueIds
 from smtpmx.services import AdoptedListeningService, SMTPMXService, addWorkerServices, buildService
 from smtpmx.validation import ValidatorChain
-from smtpmx.worker import LOG_FD, NOTIFY_FD, ParentWatch, WorkerSpec, logRecord, readSpec
+from smtpmx.worker import (
+    LOG_FD,
+    NOTIFY_FD,
+    LineRelay,
+    ParentWatch,
+    WorkerSpec,
+    lineFormatter,
+    logRecord,
+    readSpec,
+)
 from smtpmx.workers import (
     MAX_RESTART_DELAY,
     MIN_RESTART_DELAY,
+    ParentLog,
     STEADY,
     STOP_GRACE,
     SharedListeningService,
@@ -46,6 +57,7 @@ from smtpmx.workers import (
     WorkerProcess,
     WorkersService,
     eventFromRecord,
+    parentLog,
 )
 
 
@@ -378,6 +390,80 @@ class LogRelayTests(SynchronousTestCase):
         self.assertIn(RELAYED, events[0])
 
 
+class ParentLogTests(SynchronousTestCase):
+    """
+    The parent writing twistd's log itself, and copying its workers' lines.
+    """
+
+    def test_linesAsTwistdWrites(self):
+        """
+        A worker's line is what twistd's text observer writes for the
+        event; in JSON, the object of C{--log-format json} with the
+        worker's number.
+        """
+        import io
+
+        from twisted.logger import textFileLogObserver
+
+        event = dict(log_format="{id}: removed", id="ABC", log_time=1_700_000_000.5,
+                     log_level=LogLevel.info, log_namespace="smtpmx.relay.service.RelayService")
+        out = io.StringIO()
+        textFileLogObserver(out)(dict(event))
+        self.assertEqual(lineFormatter("text", 2)(dict(event)), out.getvalue())
+        line = json.loads(lineFormatter("json", 2)(dict(event)))
+        self.assertEqual(line, {**eventFields(event), "worker": 2})
+        self.assertEqual(lineFormatter("json")(dict(event)), jsonLine(event))
+
+    def test_relayWritesLines(self):
+        """
+        L{LineRelay} writes each event's line to the pipe.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        LineRelay(write, "text", 1)(dict(log_format="hi", log_time=1.0))
+        self.assertTrue(os.read(read, 1000).endswith(b"hi\n"))
+
+    def test_copiedWhole(self):
+        """
+        The parent writes its own events formatted, and the workers' lines
+        whole: a line cut in two by the pipe is written once complete, and
+        lines of two workers never mix.
+        """
+        import io
+
+        out = io.StringIO()
+        log = ParentLog(out, "text")
+
+        class Supervisor:
+            pass
+
+        supervisor = Supervisor()
+        supervisor.log = log
+        first = WorkerProcess(supervisor, 1, b"", 0.0)
+        second = WorkerProcess(supervisor, 2, b"", 0.0)
+        first.childDataReceived(LOG_FD, b"one\ntw")
+        second.childDataReceived(LOG_FD, b"three\n")
+        first.childDataReceived(LOG_FD, b"o\n")
+        first.childDataReceived(LOG_FD, b"four")
+        first.childConnectionLost(LOG_FD)
+        log(dict(log_format="parent", log_time=None))
+        self.assertEqual(out.getvalue(), "one\nthree\ntwo\nfour\n- [-#-] parent\n")
+
+    def test_whereTwistdWrites(self):
+        """
+        The parent writes where twistd would, in the format asked for; with
+        C{--syslog} or C{--logger} it leaves the log to twistd.
+        """
+        import sys
+
+        log = parentLog({"nodaemon": True, "logfile": None}, "json")
+        self.assertIs(log.outFile, sys.stdout)
+        self.assertEqual(log.logFormat, "json")
+        self.assertIsNone(parentLog({"syslog": True}, "text"))
+        self.assertIsNone(parentLog({"logger": "my.observer"}, "text"))
+
+
 class FakeProcess:
     """
     The transport of a worker on L{FakeReactor}: records signals.
@@ -540,6 +626,25 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 11)
         # Worker 1 was never touched.
         self.assertEqual(self.supervisor.workers[1].pid, 101)
+
+    def test_spawnFails(self):
+        """
+        A worker that cannot even be started (no more processes) is tried
+        again with the same back-off.
+        """
+        calls = []
+
+        def spawnProcess(*args, **kw):
+            calls.append(self.reactor.seconds())
+            raise OSError(11, "Resource temporarily unavailable")
+
+        self.reactor.spawnProcess = spawnProcess
+        self.start()
+        self.assertEqual(self.supervisor.workers, {})
+        for _ in range(3):
+            self.reactor.advance(self.supervisor.restarts[1].getTime() - self.reactor.seconds())
+        started = calls[0]
+        self.assertEqual([c - started for c in calls[::2]], [0, 1, 3, 7])
 
     def test_deadWorkersGaugesDropped(self):
         """

@@ -8,6 +8,7 @@ power cut) would.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -143,6 +144,17 @@ class WorkersTests(SharedProcessesTestCase):
         self.assertLess(time.monotonic() - began, 10)
         self.assertNotIn("will find the message", self.server.output())
 
+    def test_logAsOneProcess(self):
+        """
+        A worker's lines are in the parent's log as the one-process server
+        writes them (the fail2ban filter reads them).
+        """
+        queueId = send(self.server, [f"{unique('l')}@localhost"], unique("id") + "@client.example")
+        pattern = re.compile(
+            r"^\S+ \[smtpmx\.server\.SMTPServerProtocol#info\] " + queueId + r": client=\[127\.0\.0\.1\] ", re.M
+        )
+        self.assertTrue(waitUntil(lambda: pattern.search(self.server.output()), TIMEOUT))
+
     def test_hangUpPassedOn(self):
         """
         C{SIGHUP} to the parent (C{systemctl reload}) reloads every worker;
@@ -249,6 +261,26 @@ class LifeTests(SynchronousTestCase):
         queueId = send(server, [f"{unique('u')}@localhost"], unique("id") + "@client.example")
         self.assertEqual(pidOfQueueId(queueId), server.pid)
         self.assertNotIn("worker 1 started", server.output())
+
+    def test_jsonLog(self):
+        """
+        With C{--log-format json} every line, the parent's and the
+        workers', is one JSON object; a worker's says which worker.
+        """
+        server = RunningServer.start(self.addCleanup, ["--workers", "2", "--validator", "any",
+                                                       "--log-format", "json"])
+        waitForWorkers(server)
+        queueId = send(server, [f"{unique('u')}@localhost"], unique("id") + "@client.example")
+
+        def transaction():
+            lines = [json.loads(line) for line in server.output().splitlines()]
+            return [line for line in lines if line.get("queue_id") == queueId and "result" in line]
+
+        [line] = waitUntil(transaction, TIMEOUT)
+        self.assertIn(line["worker"], (1, 2))
+        self.assertEqual(line["client"], "127.0.0.1")
+        [started] = [json.loads(x) for x in server.output().splitlines() if "worker 2 started" in x]
+        self.assertNotIn("worker", started)
 
     def test_stopStopsAll(self):
         """
