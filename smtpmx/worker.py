@@ -175,27 +175,49 @@ class LineRelay:
     """
     A worker's log observer when its parent writes twistd's log itself:
     each event, the line the parent would write for it, on the parent's
-    pipe; the parent copies the lines into its log as they are.  Writes
-    block: a parent behind slows its workers rather than losing lines.
+    pipe; the parent copies the lines into its log as they are.
+
+    While the reactor runs, the lines of one turn of it are written
+    together at its end (one write, one wake-up of the parent, rather than
+    one per line).  Writes block: a parent behind slows its workers rather
+    than losing lines.
     """
 
-    def __init__(self, fd: int, logFormat: str, worker: int) -> None:
+    def __init__(self, fd: int, logFormat: str, worker: int, reactor=None) -> None:
         """
         @param fd: the pipe to the parent.
         @param logFormat: C{"text"} or C{"json"}.
         @param worker: the worker's number, in every JSON line.
+        @param reactor: gathers the lines of each of its turns; L{None}:
+            each line is written at once.
         """
         self.fd = fd
         self.format = lineFormatter(logFormat, worker)
+        self.reactor = reactor
+        self._pending: list[str] = []
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         """
-        Write one event's line.
+        Write one event's line, or keep it for the end of the turn.
         """
         line = self.format(event)
-        if line:
+        if not line:
+            return
+        self._pending.append(line)
+        if self.reactor is not None and self.reactor.running:
+            if len(self._pending) == 1:
+                self.reactor.callLater(0, self.flush)
+        else:
+            self.flush()
+
+    def flush(self) -> None:
+        """
+        Write the lines kept.
+        """
+        lines, self._pending = self._pending, []
+        if lines:
             try:
-                writeAll(self.fd, line.encode("utf-8", "replace"))
+                writeAll(self.fd, "".join(lines).encode("utf-8", "replace"))
             except OSError:
                 pass
 
@@ -335,6 +357,10 @@ def main() -> int:
     if spec.logFormat is None:
         observer: Any = LogRelay(spec.logFD, spec.index)
     else:
-        observer = LineRelay(spec.logFD, spec.logFormat, spec.index)
+        observer = LineRelay(spec.logFD, spec.logFormat, spec.index, reactor)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    return run(spec, reactor)
+    try:
+        return run(spec, reactor)
+    finally:
+        if isinstance(observer, LineRelay):
+            observer.flush()
