@@ -424,6 +424,28 @@ class ParentLogTests(SynchronousTestCase):
         LineRelay(write, "text", 1)(dict(log_format="hi", log_time=1.0))
         self.assertTrue(os.read(read, 1000).endswith(b"hi\n"))
 
+    def test_linesOfATurnTogether(self):
+        """
+        While the reactor runs, the lines of one of its turns are written
+        together at its end; once it has stopped, at once.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        os.set_blocking(read, False)
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        relay = LineRelay(write, "text", 1, reactor)
+        relay(dict(log_format="one"))
+        relay(dict(log_format="two"))
+        with self.assertRaises(BlockingIOError):
+            os.read(read, 1000)
+        reactor.advance(0)
+        self.assertEqual(os.read(read, 1000), b"- [-#-] one\n- [-#-] two\n")
+        reactor.running = False
+        relay(dict(log_format="three"))
+        self.assertEqual(os.read(read, 1000), b"- [-#-] three\n")
+
     def test_copiedWhole(self):
         """
         The parent writes its own events formatted, and the workers' lines
