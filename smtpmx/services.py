@@ -261,7 +261,6 @@ class SMTPMXService(MultiService):
             parent.setComponent(ILogObserver, self.logObserver)
         super().setServiceParent(parent)
 
-
     def _announce(self) -> None:
         """
         Log the configuration in one line, once, before listening.

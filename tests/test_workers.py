@@ -883,3 +883,22 @@ class BuildTests(SynchronousTestCase):
         self.assertEqual(names, ["listen tcp:0:interface=127.0.0.1", "workers", "metrics tcp:0:interface=127.0.0.1"])
         self.assertIsInstance(service.getServiceNamed(names[0]), SharedListeningService)
         self.assertIsInstance(service.supervisor.figures, WorkersFigures)
+
+    def test_entryPoint(self):
+        """
+        C{twistd smtpmx --workers 2} makes the parent, which writes
+        twistd's log itself (in the format asked for); C{--workers 1}, the
+        one-process server of old.
+        """
+        from smtpmx.tap import makeService
+        from tests.test_tap import parse
+
+        common = ["--maildir-root", self.config.maildirRoot, "--queue-dir", self.config.queueDir]
+        parent = makeService(parse("--workers", "2", "--log-format", "json", *common))
+        self.assertIsInstance(parent, WorkersService)
+        self.assertIsInstance(parent.logObserver, ParentLog)
+        self.assertEqual(parent.logObserver.logFormat, "json")
+        self.assertIs(parent.supervisor.log, parent.logObserver)
+        one = makeService(parse("--workers", "1", *common))
+        self.assertNotIsInstance(one, WorkersService)
+        self.assertTrue(one.getServiceNamed("relay").recover)
