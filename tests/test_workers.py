@@ -279,6 +279,27 @@ class WakeupTests(SynchronousTestCase):
         self.assertEqual(self.attempts, [])
         self.assertEqual(self.relay.messages, {})
 
+    def test_unreadableOnce(self):
+        """
+        A state file that cannot be read is logged once, not again at
+        every look at the queue.
+        """
+        self.relay.startService()
+        self.addCleanup(self.relay.stopService)
+        with open(self.queue.envelopePath("M1"), "wb") as f:
+            f.write(b"{not json")
+        with open(self.queue.messagePath("M1"), "wb") as f:
+            f.write(b"Subject: hi\n\nbody\n")
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        listener = QueueListener(self.relay, self.read, self.clock)
+        self.successResultOf(listener.lookForNew())
+        self.successResultOf(listener.lookForNew())
+        self.assertEqual(listener.unreadable, {"M1"})
+        self.assertEqual(len([e for e in events if "unreadable queue entry" in e.get("log_format", "")]), 1)
+        self.assertEqual(self.attempts, [])
+
     def test_fullPipeDropsAndRescanFinds(self):
         """
         When the pipe is full the word is dropped, not waited for; the

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IReadDescriptor
 
-from smtpmx.relay.queueformat import QueuedMessage, isValidId
+from smtpmx.relay.queueformat import CorruptMessage, QueuedMessage, isValidId
 from smtpmx.relay.service import RelayService
 
 # Seconds between two looks at the queue for messages whose word was lost.
@@ -157,6 +157,7 @@ class QueueListener(Service):
         self.reactor = reactor
         self.rescanInterval = rescanInterval
         self.reader = PipeReader(fd, self.heardOf)
+        self.unreadable: set[str] = set()
         self._loading: set[str] = set()
         self._loop: Optional[LoopingCall] = None
 
@@ -186,7 +187,8 @@ class QueueListener(Service):
         Another worker queued C{messageId}: load it and try it at once,
         unless the relay knows it already.  A message no longer in the
         queue (delivered and removed meanwhile) is ignored, and so is a
-        second word of a message being loaded.
+        second word of a message being loaded, and one whose state could
+        not be read (it is logged once, and left to the operator).
 
         Known means held or in flight: a message stays in flight until its
         removal is done, so a message that is not known is either new or
@@ -197,7 +199,8 @@ class QueueListener(Service):
             never fails.
         """
         relay = self.relay
-        if messageId in relay.messages or messageId in relay.inFlight or messageId in self._loading:
+        if (messageId in relay.messages or messageId in relay.inFlight or messageId in self._loading
+                or messageId in self.unreadable):
             return succeed(None)
         self._loading.add(messageId)
 
@@ -207,8 +210,13 @@ class QueueListener(Service):
             relay.queued(message)
 
         def failed(failure: Failure) -> None:
-            self.log.failure("{id}: cannot load a message another worker queued",
-                             failure, id=messageId)
+            self.unreadable.add(messageId)
+            if failure.check(CorruptMessage, OSError):
+                self.log.error("{id}: unreadable queue entry, not relayed: {why}",
+                               id=messageId, why=failure.getErrorMessage())
+            else:
+                self.log.failure("{id}: cannot load a message another worker queued",
+                                 failure, id=messageId)
 
         def done(result: object) -> object:
             self._loading.discard(messageId)
