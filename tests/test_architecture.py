@@ -64,7 +64,7 @@ LAYERS = (
             "smtpmx.auth.dmarc", "smtpmx.auth.checker",
         ),
     ),
-    ("dialogue", ("smtpmx.session", "smtpmx.server")),
+    ("dialogue", ("smtpmx.session", "smtpmx.replywriter", "smtpmx.server")),
     (
         "relay",
         (
@@ -88,6 +88,7 @@ LAYERS = (
 # smtpmx.interfaces.
 DIALOGUE = (
     "smtpmx.session",
+    "smtpmx.replywriter",
     "smtpmx.server",
     "smtpmx.body",
     "smtpmx.reply",
