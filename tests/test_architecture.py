@@ -42,7 +42,7 @@ LAYERS = (
     (
         "storage",
         (
-            "smtpmx.streaming", "smtpmx.delivery.maildir", "smtpmx.relay.queue",
+            "smtpmx.threadrunner", "smtpmx.streaming", "smtpmx.delivery.maildir", "smtpmx.relay.queue",
             "smtpmx.relay.intake", "smtpmx.routing", "smtpmx.freespace",
         ),
     ),
