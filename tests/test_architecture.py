@@ -75,7 +75,7 @@ LAYERS = (
         ),
     ),
     # Watching the server at work: what it counts, serves and logs.
-    ("operations", ("smtpmx.metrics", "smtpmx.webstatus", "smtpmx.jsonlog")),
+    ("operations", ("smtpmx.metrics", "smtpmx.webstatus", "smtpmx.jsonlog", "smtpmx.textlog")),
     (
         "entry",
         ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs", "smtpmx.reload",
