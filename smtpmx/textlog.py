@@ -7,7 +7,9 @@ every line: a time zone from two C{fromtimestamp} calls, a C{datetime},
 a C{strftime}, about 6 us, three times for every message received (the
 connection, the transaction, the disconnection).  L{textLogObserver}
 writes the very same lines, with Twisted's own
-C{formatEventAsClassicLogText}, but makes the time stamp once a second.
+C{formatEventAsClassicLogText}, but makes the time stamp once a second,
+and the text of the usual lines with C{str.format_map} rather than
+Twisted's C{string.Formatter} (L{classicLine}).
 
 L{twistdTextObserver} gives it where twistd would write its lines
 (L{smtpmx.jsonlog.twistdLogFile}), and, as twistd does, rotates a log file
@@ -59,13 +61,48 @@ class TimeStamps:
         return self._text
 
 
+def classicLine(event: Mapping[str, Any], stamps: Callable[[Optional[float]], str]) -> Optional[str]:
+    """
+    What C{formatEventAsClassicLogText(event, stamps)} gives, made faster
+    for the events the server logs all the time: a text format whose
+    fields are plain names (no C{()} call, Twisted's one addition to
+    C{str.format}), without a failure, a C{log_system} or a flattened
+    form.  Such a format gives with C{str.format_map} what Twisted's
+    C{string.Formatter} gives, field by field in Python, at a fraction of
+    the cost; every other event, and one whose format fails, is left to
+    Twisted.
+    """
+    text = event.get("log_format")
+    if (
+        type(text) is not str
+        or "(" in text
+        or "log_failure" in event
+        or "log_system" in event
+        or "log_flattened" in event
+    ):
+        return formatEventAsClassicLogText(event, stamps)
+    try:
+        text = text.format_map(event)
+    except Exception:
+        return formatEventAsClassicLogText(event, stamps)
+    if not text:
+        return None
+    level = event.get("log_level")
+    line = (
+        f"{stamps(event.get('log_time'))} "
+        f"[{event.get('log_namespace', '-')}#{'-' if level is None else level.name}] {text}"
+    )
+    return line.replace("\n", "\n\t") + "\n"
+
+
 def textLogObserver(outFile: IO[str]) -> ILogObserver:
     """
     An observer writing to C{outFile} exactly what twistd's
-    C{textFileLogObserver} would, its time stamps made once a second.
+    C{textFileLogObserver} would, its time stamps made once a second and
+    the usual lines made with L{classicLine}.
     """
     stamps = TimeStamps()
-    return FileLogObserver(outFile, lambda event: formatEventAsClassicLogText(event, stamps))
+    return FileLogObserver(outFile, lambda event: classicLine(event, stamps))
 
 
 def twistdTextObserver(

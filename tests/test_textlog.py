@@ -41,6 +41,18 @@ def events() -> list[dict]:
         {**base, "log_format": "no time"},
         {"log_time": 1738324862.0, "log_format": "{x}", "x": "{not a field}"},
         {"log_time": 1738324862.0, "log_format": None},
+        {**base, "log_time": 1738324863.0, "log_format": ""},
+        {**base, "log_time": 1738324863.0, "log_format": "{missing} field"},
+        {**base, "log_time": 1738324863.0, "log_format": "positional {}"},
+        {**base, "log_time": 1738324863.0, "log_format": "{0}"},
+        {**base, "log_time": 1738324863.0, "log_format": b"bytes {x}", "x": 1},
+        {**base, "log_time": 1738324863.0, "log_format": "call {f()}", "f": lambda: "called"},
+        {**base, "log_time": 1738324863.0, "log_format": "{r!r} {n:>5} {d[k]} {o.real} {n:{w}}",
+         "r": "quoted", "n": 42, "d": {"k": "v"}, "o": 3, "w": 6},
+        {**base, "log_time": 1738324863.0, "log_format": "{{braces}} {x}", "x": "é\n\ttab"},
+        {**base, "log_time": 1738324863.0, "log_format": "system", "log_system": "custom"},
+        {"log_time": 1738324863.0, "log_format": "no namespace, no level"},
+        {**base, "log_time": 1738324863.0, "log_format": "none namespace", "log_namespace": None},
     ]
 
 
@@ -60,6 +72,24 @@ class SameLinesTests(SynchronousTestCase):
             twistds(event)
         self.assertEqual(ours.getvalue(), theirs.getvalue())
         self.assertIn("2025-01-31T", ours.getvalue())
+
+    def test_usualLinesOnTheFastPath(self):
+        """
+        The usual lines (plain fields, no failure) are made without
+        Twisted's formatter; the others with it.
+        """
+        from smtpmx import textlog
+
+        used = []
+        original = textlog.formatEventAsClassicLogText
+        self.patch(textlog, "formatEventAsClassicLogText", lambda *a: used.append(a) or original(*a))
+        stamps = TimeStamps()
+        connect, line = events()[:2]
+        self.assertTrue(textlog.classicLine(connect, stamps).endswith("connect from [192.0.2.1]:40000\n"))
+        textlog.classicLine(line, stamps)
+        self.assertEqual(used, [])
+        textlog.classicLine(events()[3], stamps)
+        self.assertEqual(len(used), 1)
 
     def test_stampOncePerSecond(self):
         """
