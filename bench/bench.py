@@ -7,7 +7,9 @@ any} in a temporary directory and measure
   - messages per second from 10 concurrent clients (processes, so that the
     clients' GIL is not what is measured);
   - Postfix's C{smtp-source} (C{-s 10 -l 2048 -m 2000}), when installed;
-  - the server's peak RSS (VmHWM) while it receives one 30 MB message.
+  - the server's peak RSS (VmHWM) while it receives one 30 MB message;
+  - for each run, the server's CPU time per message (user and system, all
+    its threads, from /proc).
 
 Usage: C{python bench/bench.py [--messages N] [--clients C]}.
 """
@@ -111,6 +113,15 @@ def smtpSourceRun(server: RunningServer, messages: int, sessions: int, size: int
     return len(server.newMessages(RECIPIENT_DOMAIN, user)) - before, elapsed
 
 
+def cpuSeconds(pid: int) -> float:
+    """
+    The CPU time (user and system, every thread) process C{pid} has used.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peakRss(pid: int) -> int:
     """
     The peak resident set size of C{pid} in kB (VmHWM).
@@ -164,15 +175,21 @@ def main() -> None:
     with ExitStack() as cleanups:
         server = RunningServer.start(cleanups.callback, ["--validator", "any"])
 
-        n, seconds = clientsRun(server, 1, options.messages, options.size)
-        rows.append(("smtplib, 1 client", n, seconds, f"{n / seconds:.0f} msg/s"))
+        def measured(name: str, run) -> None:
+            # The server's CPU per message: its process's user and system
+            # time over the run, from /proc.
+            before = cpuSeconds(server.pid)
+            n, seconds = run()
+            perMessage = (cpuSeconds(server.pid) - before) * 1000 / max(n, 1)
+            rows.append((name, n, seconds, f"{n / seconds:.0f} msg/s, server CPU {perMessage:.2f} ms/msg"))
 
-        n, seconds = clientsRun(server, options.clients, options.per_client, options.size)
-        rows.append((f"smtplib, {options.clients} clients", n, seconds, f"{n / seconds:.0f} msg/s"))
-
+        measured("smtplib, 1 client", lambda: clientsRun(server, 1, options.messages, options.size))
+        measured(
+            f"smtplib, {options.clients} clients",
+            lambda: clientsRun(server, options.clients, options.per_client, options.size),
+        )
         if os.path.exists(SMTP_SOURCE):
-            n, seconds = smtpSourceRun(server, 2000, 10, options.size)
-            rows.append(("smtp-source -s 10 -m 2000", n, seconds, f"{n / seconds:.0f} msg/s"))
+            measured("smtp-source -s 10 -m 2000", lambda: smtpSourceRun(server, 2000, 10, options.size))
         else:
             rows.append(("smtp-source", 0, 0.0, "not installed"))
         if "Traceback" in server.log():
