@@ -7,11 +7,13 @@ any} in a temporary directory and measure
   - messages per second from 10 concurrent clients (processes, so that the
     clients' GIL is not what is measured);
   - Postfix's C{smtp-source} (C{-s 10 -l 2048 -m 2000}), when installed;
-  - the server's peak RSS (VmHWM) while it receives one 30 MB message.
+  - the server's peak RSS (VmHWM) while it receives one 30 MB message;
+  - for each run, the server's CPU time per message (user and system, all
+    its threads, from /proc).
 
 With C{--workers N} the server runs N workers (C{--workers}); the CPU
-time and peak RSS are then those of every process of the server, summed
-(CPU) or the largest (RSS).
+time is then summed over its processes and the peak RSS is the largest
+of them.
 
 Usage: C{python bench/bench.py [--messages N] [--clients C] [--workers N]}.
 """
@@ -30,6 +32,7 @@ from contextlib import ExitStack
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from tests import proctree  # noqa: E402
 from tests.e2e import RunningServer  # noqa: E402
 from tests.helpers import waitUntil  # noqa: E402
 
@@ -116,33 +119,12 @@ def smtpSourceRun(server: RunningServer, messages: int, sessions: int, size: int
     return len(server.newMessages(RECIPIENT_DOMAIN, user)) - before, elapsed
 
 
-def serverPids(server: RunningServer) -> list[int]:
+def cpuSeconds(pid: int) -> float:
     """
-    The server's process and its children (its workers).
+    The CPU time (user and system, every thread) process C{pid} and the
+    processes below it (the workers of C{--workers}) have used.
     """
-    pids = [server.pid]
-    for task in os.listdir(f"/proc/{server.pid}/task"):
-        try:
-            with open(f"/proc/{server.pid}/task/{task}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except FileNotFoundError:
-            pass
-    return pids
-
-
-def cpuSeconds(server: RunningServer) -> float:
-    """
-    The CPU time (user and system) the server's processes have used.
-    """
-    ticks = 0
-    for pid in serverPids(server):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return proctree.cpuSeconds(proctree.descendants(pid))
 
 
 def peakRss(pid: int) -> int:
@@ -160,7 +142,18 @@ def serverPeakRss(server: RunningServer) -> int:
     """
     The largest peak resident set size among the server's processes, in kB.
     """
-    return max(peakRss(pid) for pid in serverPids(server))
+    return max(peakRss(pid) for pid in proctree.descendants(server.pid))
+
+
+def startServer(cleanups: ExitStack, args: list[str], workers: int) -> RunningServer:
+    """
+    The server with C{args} and C{--workers}, once every worker accepts.
+    """
+    server = RunningServer.start(cleanups.callback, [*args, "--workers", str(workers)])
+    if workers > 1:
+        # Every worker, not only the relay worker that says the server is up.
+        waitUntil(lambda: server.output().count("accepting on") >= workers, 30)
+    return server
 
 
 def bigMessageRss(cleanups: ExitStack, megabytes: int, workers: int = 1) -> tuple[int, int, float]:
@@ -169,9 +162,8 @@ def bigMessageRss(cleanups: ExitStack, megabytes: int, workers: int = 1) -> tupl
 
     @return: peak RSS in kB before and after, and seconds taken.
     """
-    server = RunningServer.start(
-        cleanups.callback, ["--validator", "any", "--max-message-size", str((megabytes + 10) * 1024 * 1024),
-                            "--workers", str(workers)]
+    server = startServer(
+        cleanups, ["--validator", "any", "--max-message-size", str((megabytes + 10) * 1024 * 1024)], workers
     )
     # Let start-up settle, then one small message so that lazily imported
     # code is counted in the baseline.
@@ -206,26 +198,23 @@ def main() -> None:
 
     rows = []
     with ExitStack() as cleanups:
-        server = RunningServer.start(cleanups.callback, ["--validator", "any", "--workers", str(options.workers)])
-        if options.workers > 1:
-            # Every worker accepting, not only the relay worker that says
-            # the server is up.
-            waitUntil(lambda: server.output().count("accepting on") >= options.workers, 30)
+        server = startServer(cleanups, ["--validator", "any"], options.workers)
 
-        def timed(name: str, run) -> None:
-            """
-            One run, with the server's CPU time per message.
-            """
-            cpu = cpuSeconds(server)
+        def measured(name: str, run) -> None:
+            # The server's CPU per message: its processes' user and system
+            # time over the run, from /proc.
+            before = cpuSeconds(server.pid)
             n, seconds = run()
-            perMessage = (cpuSeconds(server) - cpu) * 1000 / max(n, 1)
+            perMessage = (cpuSeconds(server.pid) - before) * 1000 / max(n, 1)
             rows.append((name, n, seconds, f"{n / seconds:.0f} msg/s, server CPU {perMessage:.2f} ms/msg"))
 
-        timed("smtplib, 1 client", lambda: clientsRun(server, 1, options.messages, options.size))
-        timed(f"smtplib, {options.clients} clients",
-              lambda: clientsRun(server, options.clients, options.per_client, options.size))
+        measured("smtplib, 1 client", lambda: clientsRun(server, 1, options.messages, options.size))
+        measured(
+            f"smtplib, {options.clients} clients",
+            lambda: clientsRun(server, options.clients, options.per_client, options.size),
+        )
         if os.path.exists(SMTP_SOURCE):
-            timed("smtp-source -s 10 -m 2000", lambda: smtpSourceRun(server, 2000, 10, options.size))
+            measured("smtp-source -s 10 -m 2000", lambda: smtpSourceRun(server, 2000, 10, options.size))
         else:
             rows.append(("smtp-source", 0, 0.0, "not installed"))
         if "Traceback" in server.log():

@@ -42,6 +42,7 @@ from smtpmx.auth.checker import SenderAuthentication
 from smtpmx.config import Config
 from smtpmx.interfaces import IMessageStore, IServerObserver
 from smtpmx.reply import Reply
+from smtpmx.replywriter import ReplyWriter
 from smtpmx.session import Action, Answer, NegotiatedTLS, Session
 from smtpmx.transactionlog import TRANSACTION_LOG_FORMAT, RecipientVerdict, TransactionRecord
 from smtpmx.validation import ValidatorChain
@@ -141,6 +142,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._transportPaused = False
         self._heldWhilePaused = 0
         self._abortCall = None
+        self._replies: Optional[ReplyWriter] = None
         self.lastActive = factory.clock.seconds()
 
     # Connection life.
@@ -149,6 +151,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         """
         Admit the connection (or refuse it past a limit) and greet.
         """
+        self._replies = ReplyWriter(self.transport)
         peer = self.transport.getPeer()
         self.clientHost = getattr(peer, "host", "unknown")
         self.clientPort = getattr(peer, "port", 0)
@@ -253,6 +256,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             return
         self._closing = True
         self.setTimeout(None)
+        self._replies.flush()
         self.transport.loseConnection()
         # A client that reads nothing would keep a closing connection open
         # forever, its replies unsent: cut it off after a grace period.
@@ -267,9 +271,22 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 
     def _sendReply(self, r: Reply) -> None:
         """
-        Write one reply.
+        Write one reply, or gather it with the others of the batch of
+        input being answered (L{_batch}).
         """
-        self.transport.write(r.format())
+        self._replies.send(r.format())
+
+    def _batch(self, f: Callable[..., None], *args: object) -> None:
+        """
+        Call C{f(*args)}, answering a batch of input: the replies it sends
+        go out together, in one write.
+        """
+        began = self._replies.hold()
+        try:
+            f(*args)
+        finally:
+            if began:
+                self._replies.flush()
 
     # Flow control: no input is acted on while an answer of ours is pending.
     # Lines wait in the line buffer; the socket itself is paused only when
@@ -305,7 +322,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             self._transportPaused = False
             self.transport.resumeProducing()
         # Act on whatever arrived while we waited.
-        LineReceiver.dataReceived(self, b"")
+        self._batch(LineReceiver.dataReceived, self, b"")
 
     def _waitingOnUs(self) -> bool:
         """
@@ -355,7 +372,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
             return
         self.lastActive = self.factory.clock.seconds()
         self.resetTimeout()
-        super().dataReceived(data)
+        self._batch(LineReceiver.dataReceived, self, data)
         if self.paused:
             # Pipelining is bounded: count what may wait for us (all of
             # this chunk, at most), and stop reading once it passes one long
@@ -395,11 +412,14 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 
         def arrived(answer: Answer) -> None:
             if waiting:
-                if not self._closing:
-                    self._answer(answer)
-                self._done("command")
+                self._batch(answered, answer)
             else:
                 now.append(answer)
+
+        def answered(answer: Answer) -> None:
+            if not self._closing:
+                self._answer(answer)
+            self._done("command")
 
         d.addCallback(arrived)
         if now:
@@ -434,6 +454,8 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         RFC 3207: anything the client sent after STARTTLS in the clear is
         thrown away, never run once TLS is up.
         """
+        # The reply to STARTTLS goes out in the clear, before the switch.
+        self._replies.flush()
         discarded = self.clearLineBuffer()
         if discarded:
             self.log.info(
@@ -484,15 +506,18 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._wait("store")
         # Commands pipelined after the data wait in the line buffer.
         self.setLineMode(leftover)
-        d.addCallback(self._dataAnswered)
+        d.addCallback(lambda record: self._batch(self._dataAnswered, record))
 
     def _dataAnswered(self, record: TransactionRecord) -> None:
         """
         The transaction is over: one log line for it (the record rides
-        along in the event as C{transaction}, for structured logs), then
-        its reply.
+        along in the event as C{transaction}, for structured logs, and so
+        do the line's fields), then its reply.  The line is made here with
+        C{str.format}, a third of what the logger's own formatting of its
+        nine fields costs.
         """
-        self.log.info(TRANSACTION_LOG_FORMAT, transaction=record, **record.logFields())
+        fields = record.logFields()
+        self.log.info("{line}", line=TRANSACTION_LOG_FORMAT.format(**fields), transaction=record, **fields)
         self.factory.observer.transactionEnded(record)
         if self.transport is not None and not self._closing:
             self._sendReply(record.reply)

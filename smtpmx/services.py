@@ -26,6 +26,7 @@ import smtpmx
 from smtpmx.config import Config, ConfigError, summarize
 from smtpmx.pluginlookup import PluginLoadError, PluginNotFound
 from smtpmx.durable import DIRECTORY_MODE, directoryModeFor, makeDirectories
+from smtpmx.threadrunner import ThreadRunner
 from smtpmx.validation import ValidatorChain
 
 class StartupFailed(SystemExit, Exception):
@@ -337,15 +338,11 @@ def checkWritable(option: str, path: str, mode: int = DIRECTORY_MODE) -> None:
 
 def threadRunner(reactor) -> Callable[..., Deferred]:
     """
-    C{runBlocking(f, *args, **kwargs)}: runs C{f} in C{reactor}'s thread
-    pool and returns a L{Deferred} of its result.  The pool is only
-    fetched (and started) on first use.
+    C{runBlocking(f, *args, **kwargs)}: runs C{f} in a thread and returns a
+    L{Deferred} of its result (L{ThreadRunner}: its threads start on first
+    use and stop when C{reactor} shuts down).
     """
-
-    def runBlocking(f, *args, **kwargs) -> Deferred:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
-
-    return runBlocking
+    return ThreadRunner(reactor)
 
 
 class _LazyResolver:

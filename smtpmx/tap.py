@@ -248,9 +248,15 @@ def makeService(options: Options) -> SMTPMXService:
         options.config, options.validators, options.tlsOptions, reactor, options.filters,
         options.backends, handleSignals=True,
     )
+    twistdOptions = getattr(options, "parent", None)
     if options.config.logFormat == LogFormat.JSON.value:
         from smtpmx.jsonlog import JSONLogObserver, twistdLogFile
 
         # Opened now, as twistd opens its own: before it daemonizes.
         service.logObserver = JSONLogObserver(twistdLogFile(twistdOptions))
+    else:
+        from smtpmx.textlog import twistdTextObserver
+
+        # twistd's own lines, their time stamps made once a second.
+        service.logObserver = twistdTextObserver(twistdOptions, reactor.callFromThread)
     return service

@@ -38,20 +38,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.logger import (
-    ILogObserver,
-    Logger,
-    formatEventAsClassicLogText,
-    formatTime,
-    globalLogBeginner,
-    timeFormatRFC3339,
-)
+from twisted.logger import ILogObserver, Logger, globalLogBeginner
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpmx.config import Config, ConfigError
 from smtpmx.jsonlog import eventFields, jsonLine
 from smtpmx.options import LogFormat
+from smtpmx.textlog import TimeStamps, classicLine
 
 # The descriptors of a worker (see the module's docstring).
 CONTROL_FD = 0
@@ -150,7 +144,8 @@ class LogRelay:
 def lineFormatter(logFormat: str, worker: Optional[int] = None) -> Callable[[Mapping[str, Any]], Optional[str]]:
     """
     What makes the line of a log event in twistd's log: its text format
-    (as C{textFileLogObserver} writes it) or C{--log-format json}'s
+    (as C{textFileLogObserver} writes it, made as
+    L{smtpmx.textlog.textLogObserver} makes it) or C{--log-format json}'s
     (L{jsonLine}, with C{worker}, the worker's number, when given).
     """
     if logFormat == LogFormat.JSON.value:
@@ -164,10 +159,8 @@ def lineFormatter(logFormat: str, worker: Optional[int] = None) -> Callable[[Map
 
         return workersLine
 
-    def textLine(event: Mapping[str, Any]) -> Optional[str]:
-        return formatEventAsClassicLogText(event, formatTime=lambda when: formatTime(when, timeFormatRFC3339))
-
-    return textLine
+    stamps = TimeStamps()
+    return lambda event: classicLine(event, stamps)
 
 
 @implementer(ILogObserver)

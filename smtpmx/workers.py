@@ -180,9 +180,12 @@ def parentLog(twistdOptions: Optional[Mapping[str, Any]], logFormat: str) -> Opt
     """
     The log the parent of C{--workers} writes itself, where twistd would
     write its own; L{None} with C{--syslog} or C{--logger}, which twistd
-    keeps.
+    keeps, and for a daemon told to log to stdout, which twistd refuses.
     """
     if twistdOptions is not None and (twistdOptions.get("syslog") or twistdOptions.get("logger")):
+        return None
+    if twistdOptions is not None and twistdOptions.get("logfile") == "-" and not twistdOptions.get("nodaemon"):
+        # twistd refuses this, with a message.
         return None
     return ParentLog(twistdLogFile(twistdOptions), logFormat)
 

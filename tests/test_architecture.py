@@ -42,7 +42,7 @@ LAYERS = (
     (
         "storage",
         (
-            "smtpmx.streaming", "smtpmx.delivery.maildir", "smtpmx.relay.queue",
+            "smtpmx.threadrunner", "smtpmx.streaming", "smtpmx.delivery.maildir", "smtpmx.relay.queue",
             "smtpmx.relay.intake", "smtpmx.routing", "smtpmx.freespace",
         ),
     ),
@@ -64,7 +64,7 @@ LAYERS = (
             "smtpmx.auth.dmarc", "smtpmx.auth.checker",
         ),
     ),
-    ("dialogue", ("smtpmx.session", "smtpmx.server")),
+    ("dialogue", ("smtpmx.session", "smtpmx.replywriter", "smtpmx.server")),
     (
         "relay",
         (
@@ -77,7 +77,7 @@ LAYERS = (
         ),
     ),
     # Watching the server at work: what it counts, serves and logs.
-    ("operations", ("smtpmx.metrics", "smtpmx.webstatus", "smtpmx.jsonlog")),
+    ("operations", ("smtpmx.metrics", "smtpmx.webstatus", "smtpmx.jsonlog", "smtpmx.textlog")),
     (
         "entry",
         ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs", "smtpmx.reload",
@@ -90,6 +90,7 @@ LAYERS = (
 # smtpmx.interfaces.
 DIALOGUE = (
     "smtpmx.session",
+    "smtpmx.replywriter",
     "smtpmx.server",
     "smtpmx.body",
     "smtpmx.reply",

@@ -1,0 +1,86 @@
+"""
+The short version of C{bench/compare.py}: every peer that is installed
+here (smtpmx always; Postfix, aiosmtpd, chasquid and C{smtp-sink} when
+they are) gets each load of the benchmark with a handful of messages, so
+that the script keeps working; the figures themselves are for
+C{bench/RESULTS.md}, never asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e import ROOT
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+
+
+def loadCompare():
+    """
+    C{bench/compare.py} as a module (C{bench/} is no package).
+    """
+    name = "smtpmx_bench_compare"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", "compare.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.skipif(not os.access(SMTP_SOURCE, os.X_OK), reason="needs Postfix's smtp-source (Debian's package postfix)")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to measure the servers")
+class CompareSmokeTests(SynchronousTestCase):
+    """
+    C{bench/compare.py} with tiny counts.
+    """
+
+    def test_everyPeerEveryLoad(self) -> None:
+        """
+        20 messages per load, one round, no relay run: the script exits 0
+        (nothing lost, nothing refused, every server started), and its
+        report has a row for each load of each server that is installed,
+        a line for each server that is not, and the disk's fsync rate.
+        (About 15 s.)
+        """
+        compare = loadCompare()
+        directory = tempfile.mkdtemp(prefix="smtpmx-compare-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        output = os.path.join(directory, "report.md")
+        status = compare.main([
+            "--messages", "20", "--runs", "1", "--no-install", "--no-relay", "--fsync-operations", "20",
+            "--stall", "20", "--output", output,
+        ])
+        with open(output) as f:
+            report = f.read()
+        self.assertEqual(status, 0, report)
+        self.assertNotIn("LOST", report)
+        rows = [line for line in report.splitlines() if line.startswith("| ") and " msg/s " not in line]
+        for key in compare.PEERS:
+            why = compare.missing(key)
+            for load in compare.LOADS:
+                matching = [row for row in rows if f" | {load.name} | " in row and self.names(key, row)]
+                if why:
+                    self.assertEqual(matching, [], report)
+                else:
+                    self.assertEqual(len(matching), 1, f"{key}, {load.name}:\n{report}")
+            if why:
+                self.assertIn(f"| {key} | not measured | {why} |", report)
+        self.assertIn("fsync file + fsync directory", report)
+        self.assertIn("× smtpmx", report)
+
+    @staticmethod
+    def names(key: str, row: str) -> bool:
+        """
+        Whether the report's table row C{row} is one of the server C{key}.
+        """
+        if key == "postfix":
+            return row.startswith("| Postfix ") and not row.startswith("| Postfix smtp-sink")
+        return row.startswith("| " + {"smtp-sink": "Postfix smtp-sink"}.get(key, key + " "))
