@@ -27,6 +27,9 @@ from smtpmx.envelope import CourierRecipient, Destination, LocalMailbox, RemoteA
 from smtpmx.reply import Reply
 from smtpmx.validation import Accept, Reject
 
+# How many client addresses L{Access.clientMayRelay} remembers at most.
+TRUSTED_CACHE = 4096
+
 
 class Access:
     """
@@ -56,6 +59,9 @@ class Access:
         )
         self.delimiter = delimiter
         self._delivery = tuple(delivery)
+        # clientMayRelay's answers by client address: the same few clients
+        # ask again and again, several times a message.
+        self._trusted: dict[str, bool] = {}
 
     @classmethod
     def fromConfig(cls, config: Config) -> "Access":
@@ -103,7 +109,21 @@ class Access:
 
     def clientMayRelay(self, clientHost: str) -> bool:
         """
-        Whether the client at C{clientHost} is in a relay network.
+        Whether the client at C{clientHost} is in a relay network.  The
+        answer is remembered for the last L{TRUSTED_CACHE} addresses asked
+        about (parsing the address costs more than the rest of a RCPT's
+        policy).
+        """
+        trusted = self._trusted.get(clientHost)
+        if trusted is None:
+            if len(self._trusted) >= TRUSTED_CACHE:
+                self._trusted.clear()
+            trusted = self._trusted[clientHost] = self._inRelayNetwork(clientHost)
+        return trusted
+
+    def _inRelayNetwork(self, clientHost: str) -> bool:
+        """
+        Whether the address C{clientHost} is in a relay network.
         """
         try:
             ip = ipaddress.ip_address(clientHost.split("%", 1)[0])

@@ -38,6 +38,11 @@ _LOCAL_FORBIDDEN = frozenset(' \t<>@",;:()[]')
 # A source route: "@a,@b:" before the mailbox (RFC 5321 3.6.1, C.2).
 _ROUTE_RE = re.compile(r"^@[^,:@<>]+(?:,\s*@[^,:@<>]+)*:")
 _PARAM_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+# A control character (NUL to US, and DEL); in a mailbox name, a slash or
+# a backslash as well.  One regular expression search, not a Python loop
+# per character: every address of every message is checked.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class Address:
         Whether the address holds a control character (NUL, DEL, ...): such
         an address may name no mailbox here and is never sent on.
         """
-        return any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(self))
+        return _CONTROL.search(str(self)) is not None
 
     def isPostmaster(self) -> bool:
         """
@@ -276,8 +281,7 @@ def checkSafeName(name: str) -> None:
         raise UnsafeMailbox("empty mailbox name")
     if name.startswith("."):
         raise UnsafeMailbox("mailbox name starts with a dot")
-    for c in name:
-        if c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F:
-            raise UnsafeMailbox("mailbox name has an unsafe character")
+    if _UNSAFE_IN_NAME.search(name) is not None:
+        raise UnsafeMailbox("mailbox name has an unsafe character")
     if len(name.encode("utf-8", "surrogateescape")) > 255:
         raise UnsafeMailbox("mailbox name too long")

@@ -158,4 +158,5 @@ def summarize(config: Config) -> str:
         f"auth-checks={','.join(config.authChecks) or 'none'} "
         f"dmarc-policy={config.dmarcPolicy} "
         f"tls={'on' if config.tlsCertificate else 'off'} relay-tls={config.relayTls}"
+        + (f" workers={config.workers}" if config.workers > 1 else "")
     )

@@ -40,6 +40,11 @@ RESERVED = frozenset({"time", "level", "text", "logger", "traceback"})
 # line.
 RENAMED = {"id": "queue_id"}
 
+# The key of an event that a worker of --workers logged and its parent
+# writes (smtpmx.workers): the JSON object the worker made of it, with
+# "worker", its number; it is written as it is.
+RELAYED = "smtpmx_worker_fields"
+
 
 def isoTime(timestamp: Optional[float]) -> Optional[str]:
     """
@@ -91,6 +96,9 @@ def eventFields(event: Mapping[str, Any]) -> dict[str, Any]:
     """
     The JSON object of one log event.
     """
+    relayed = event.get(RELAYED)
+    if isinstance(relayed, dict):
+        return dict(relayed)
     level = event.get("log_level")
     namespace = event.get("log_namespace") or ""
     fields: dict[str, Any] = {
@@ -117,6 +125,14 @@ def eventFields(event: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def jsonLine(event: Mapping[str, Any]) -> str:
+    """
+    The line of one log event: its JSON object (L{eventFields}) and a
+    newline.
+    """
+    return json.dumps(eventFields(event), ensure_ascii=False, default=str) + "\n"
+
+
 @implementer(ILogObserver)
 class JSONLogObserver:
     """
@@ -133,8 +149,7 @@ class JSONLogObserver:
         """
         Write one event.
         """
-        line = json.dumps(eventFields(event), ensure_ascii=False, default=str)
-        self.outFile.write(line + "\n")
+        self.outFile.write(jsonLine(event))
         self.outFile.flush()
 
 

@@ -225,9 +225,7 @@ class Metrics:
         """
         if self.multiprocessDirectory is None:
             return self.registry
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.multiprocessDirectory)
-        return registry
+        return WorkersFigures(self.multiprocessDirectory).exposition()
 
     def processStopped(self, pid: Optional[int] = None) -> None:
         """
@@ -328,6 +326,37 @@ class Metrics:
         """
         self.queueMessages.set(count)
         self.queueOldestAge.set(max(now - oldest, 0.0) if count and oldest is not None else 0.0)
+
+
+class WorkersFigures:
+    """
+    The figures of every process writing to a multi-process directory,
+    for a process that counts nothing itself: the parent of C{--workers},
+    which serves C{/metrics} for its workers.  It makes no family (one
+    would write this process's figures there too: its health, 0, would be
+    the lowest).
+
+    @ivar multiprocessDirectory: the workers' C{PROMETHEUS_MULTIPROC_DIR}.
+    """
+
+    def __init__(self, multiprocessDirectory: str) -> None:
+        self.multiprocessDirectory = multiprocessDirectory
+
+    def exposition(self) -> CollectorRegistry:
+        """
+        A registry that reads and combines every process's files each time
+        it is collected (blocking).
+        """
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocessDirectory)
+        return registry
+
+    def processStopped(self, pid: int) -> None:
+        """
+        Drop the gauges of process C{pid}, which stopped without saying so
+        (killed): its connections and queue are no longer anyone's.
+        """
+        mark_process_dead(pid, self.multiprocessDirectory)
 
 
 class MetricsService(Service):

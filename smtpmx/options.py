@@ -531,6 +531,15 @@ SECTIONS: tuple[Section, ...] = (
                 " (docs/monitoring.rst).  It goes where twistd's log goes (``--logfile``,"
                 " or stdout with ``--nodaemon``), not to syslog.",
             ),
+            Option(
+                "workers", "N",
+                "Reactor processes that share the listening sockets; one of them runs the"
+                " relay queue.",
+                POSITIVE_INT, field="workers", default=1,
+                details="Above 1, every ``--listen`` must be ``tcp:`` or ``tcp6:``; twistd's"
+                " process binds them and watches the workers (docs/workers.rst).  Raise it"
+                " to the number of cores when one process is CPU-bound.",
+            ),
         ),
     ),
 )
@@ -670,7 +679,23 @@ def spfRejectNeedsSpf(values: dict[str, Any], given: Mapping[str, Given]) -> Non
         raise ConfigError("--spf-reject needs spf in --auth-checks")
 
 
+# More worker processes than this is a mistake, not a configuration.
+MAX_WORKERS = 64
+
+
+def workersShareTCP(values: dict[str, Any], given: Mapping[str, Given]) -> None:
+    """
+    At most L{MAX_WORKERS} workers, and above 1 they accept on TCP
+    sockets their parent bound (C{tcp:} or C{tcp6:}, adopted as they are).
+    """
+    if values["workers"] > MAX_WORKERS:
+        raise ConfigError(f"{given['workers'].label}: at most {MAX_WORKERS}")
+    for description in values["listen"] if values["workers"] > 1 else ():
+        if description.split(":", 1)[0].strip().lower() not in ("tcp", "tcp6"):
+            raise ConfigError(f"--listen {description!r}: with --workers above 1, use tcp: or tcp6:")
+
+
 RULES: tuple[Rule, ...] = (
     smarthostIsStarRoute, oneRoutePerDomain, certificateWithKey, oneBackendPerDomain,
-    spfRejectNeedsSpf,
+    spfRejectNeedsSpf, workersShareTCP,
 )

@@ -11,6 +11,7 @@ standard reply of their own, they take it from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional, Sequence
 
 
@@ -33,6 +34,20 @@ class Reply:
         a textstring is C{%d09 / %d32-126}): a text that echoes what a
         client sent, or that a validator or filter gave, has any other
         character escaped, C{\\x00} or C{\\xe9}, never sent raw.
+
+        Made once per reply: the standard replies are sent again and
+        again, so the bytes are kept on the value (not a field: equality
+        and hashing do not see them).
+        """
+        wire = self.__dict__.get("_wire")
+        if wire is None:
+            wire = self._format()
+            object.__setattr__(self, "_wire", wire)
+        return wire
+
+    def _format(self) -> bytes:
+        """
+        The reply as it goes on the wire (L{format}), made anew.
         """
         lines = self.text.split("\n")
         out = []
@@ -118,10 +133,12 @@ def queued(queueId: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {queueId}")
 
 
+@lru_cache(maxsize=16)
 def greeting(hostname: str) -> Reply:
     """
     The C{220} greeting of a new connection (RFC 5321 section 4.2); no
-    enhanced code before EHLO (RFC 2034 section 3).
+    enhanced code before EHLO (RFC 2034 section 3).  The same value for
+    the same name, so that its wire form is made once (L{Reply.format}).
     """
     return Reply(220, None, f"{hostname} ESMTP smtpmx")
 
@@ -129,7 +146,16 @@ def greeting(hostname: str) -> Reply:
 def ehlo(hostname: str, extensions: Sequence[str]) -> Reply:
     """
     The answer to EHLO (RFC 5321 section 4.1.1.1): our name, then one
-    extension keyword per line.
+    extension keyword per line.  The same value for the same name and
+    extensions, like L{greeting}.
+    """
+    return _ehlo(hostname, tuple(extensions))
+
+
+@lru_cache(maxsize=64)
+def _ehlo(hostname: str, extensions: tuple[str, ...]) -> Reply:
+    """
+    L{ehlo}, remembered.
     """
     return Reply(250, None, "\n".join([hostname, *extensions]))
 

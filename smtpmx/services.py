@@ -11,7 +11,7 @@ L{smtpmx.tap} gives the global one.
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.python.components import Componentized
@@ -23,8 +23,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 import smtpmx
-from smtpmx.config import Config, summarize
+from smtpmx.config import Config, ConfigError, summarize
+from smtpmx.pluginlookup import PluginLoadError, PluginNotFound
 from smtpmx.durable import DIRECTORY_MODE, directoryModeFor, makeDirectories
+from smtpmx.threadrunner import ThreadRunner
 from smtpmx.validation import ValidatorChain
 
 class StartupFailed(SystemExit, Exception):
@@ -147,6 +149,60 @@ class ListeningService(Service):
         return None
 
 
+class AdoptedListeningService(Service):
+    """
+    Accepts on a listening socket that another process bound: a worker of
+    C{--workers} on its parent's (C{adoptStreamPort}).  Every worker
+    accepts on the same sockets; the kernel gives each connection to one.
+
+    @ivar port: the L{twisted.internet.interfaces.IListeningPort} once
+        accepting.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, description: str, fileDescriptor: int, addressFamily: int,
+                 factory, label: str = "smtpmx worker") -> None:
+        """
+        @param description: the endpoint the socket was bound for, for the
+            log and the health check.
+        @param fileDescriptor: the listening socket, non-blocking; closed
+            once adopted (the port holds its own copy).
+        @param addressFamily: its family (C{socket.AF_INET} or C{AF_INET6}).
+        @param label: who accepts, in the log (C{smtpmx worker 2}).
+        """
+        self._reactor = reactor
+        self.label = label
+        self.description = description
+        self.fileDescriptor: Optional[int] = fileDescriptor
+        self.addressFamily = addressFamily
+        self.factory = factory
+        self.port = None
+
+    def startService(self) -> None:
+        """
+        Accept on the socket.
+        """
+        super().startService()
+        if self.fileDescriptor is None:
+            raise RuntimeError(f"the socket of {self.description} is gone: a worker starts once")
+        self.port = self._reactor.adoptStreamPort(self.fileDescriptor, self.addressFamily, self.factory)
+        os.close(self.fileDescriptor)
+        self.fileDescriptor = None
+        self.log.info("{label} accepting on {address}", label=self.label,
+                      address=_formatAddress(self.port.getHost()))
+
+    def stopService(self) -> Optional[Deferred]:
+        """
+        Stop accepting (the socket stays open in the other processes).
+        """
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
 def _reason(failure: Failure) -> str:
     """
     A failure's message on one line.
@@ -184,11 +240,17 @@ class SMTPMXService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, threadPool: Optional[ThreadPool] = None) -> None:
+    def __init__(self, config: Config, threadPool: Optional[ThreadPool] = None,
+                 announce: bool = True) -> None:
+        """
+        @param announce: whether starting logs the configuration (not a
+            worker's: its parent has).
+        """
         super().__init__()
         self.config = config
         self.threadPool = threadPool
         self.logObserver: Optional[ILogObserver] = None
+        self._announced = not announce
 
     def setServiceParent(self, parent) -> None:
         """
@@ -199,8 +261,6 @@ class SMTPMXService(MultiService):
         if self.logObserver is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.logObserver)
         super().setServiceParent(parent)
-
-    _announced = False
 
     def _announce(self) -> None:
         """
@@ -278,15 +338,11 @@ def checkWritable(option: str, path: str, mode: int = DIRECTORY_MODE) -> None:
 
 def threadRunner(reactor) -> Callable[..., Deferred]:
     """
-    C{runBlocking(f, *args, **kwargs)}: runs C{f} in C{reactor}'s thread
-    pool and returns a L{Deferred} of its result.  The pool is only
-    fetched (and started) on first use.
+    C{runBlocking(f, *args, **kwargs)}: runs C{f} in a thread and returns a
+    L{Deferred} of its result (L{ThreadRunner}: its threads start on first
+    use and stop when C{reactor} shuts down).
     """
-
-    def runBlocking(f, *args, **kwargs) -> Deferred:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
-
-    return runBlocking
+    return ThreadRunner(reactor)
 
 
 class _LazyResolver:
@@ -304,6 +360,48 @@ class _LazyResolver:
         if self._resolver is None:
             self._resolver = self._make()
         return getattr(self._resolver, name)
+
+
+T = TypeVar("T")
+
+
+def loadPlugins(make: Callable[[Sequence[str]], T], specifications: Sequence[str], kind: str) -> T:
+    """
+    Make the plugins named by C{specifications} with C{make}, turning a
+    name not found or a plugin that fails to load into the one-line
+    start-up error the user sees.
+
+    @param kind: C{"validator"}, C{"filter"} or C{"backend"}, as the
+        options name them.
+
+    @raise ConfigError: a plugin is not found or cannot be made.
+    """
+    try:
+        return make(specifications)
+    except PluginNotFound as e:
+        raise ConfigError(
+            f"unknown {kind} {e.args[0]!r} (twistd smtpmx --list-{kind}s lists them)"
+        ) from None
+    except PluginLoadError as e:
+        raise ConfigError(str(e)) from None
+
+
+def configuredPlugins(config: Config) -> tuple[ValidatorChain, list, dict]:
+    """
+    The validator chain, the message filters (C{(name, filter)} pairs) and
+    the delivery backends (by specification) that C{config} names.
+
+    @raise ConfigError: a plugin is not found or cannot be made.
+    """
+    from smtpmx.backendlookup import configuredBackends
+    from smtpmx.filterchain import makeFilters
+    from smtpmx.validators import makeValidatorChain
+
+    return (
+        loadPlugins(makeValidatorChain, config.validators, "validator"),
+        loadPlugins(makeFilters, config.filters, "filter"),
+        loadPlugins(configuredBackends, config.delivery, "backend"),
+    )
 
 
 # Threads of sender authentication's pool: each runs the checks of one
@@ -353,9 +451,11 @@ def buildService(
     filters: Sequence[tuple[str, object]] = (),
     backends: Optional[Mapping[str, object]] = None,
     handleSignals: bool = False,
+    worker=None,
 ) -> SMTPMXService:
     """
-    Build the server's services.
+    Build the server's services: the whole server in one process or, with
+    C{worker}, one worker of C{--workers} (docs/workers.rst).
 
     @param reactor: the reactor to listen, time and run threads with.
     @param filters: the message filters, C{(name, filter)} pairs in order;
@@ -366,6 +466,11 @@ def buildService(
         service hands their queued recipients to them.
     @param handleSignals: whether C{SIGHUP} reloads (the real server's
         process; not a test's).
+    @param worker: L{None} for the whole server; for a worker, its
+        L{smtpmx.worker.WorkerSpec}: it accepts on the sockets its parent
+        bound, runs the relay only if it is the relay worker (which lists
+        the queue rather than recovering it, and hears of the messages
+        the others queue), and serves no C{--metrics} (the parent does).
     """
     from smtpmx.access import Access
     from smtpmx.delivery.maildir import MaildirStore
@@ -420,22 +525,27 @@ def buildService(
         observer=metrics,
         lowOnSpace=monitor.isLow if monitor is not None else None,
     )
-    relay = RelayService(
-        config,
-        queue,
-        runBlocking,
-        reactor,
-        _LazyResolver(lambda: makeResolver(config.dnsServer, reactor)),
-        deliver,
-        factory.newQueueId,
-        reactor,
-        backends=backends,
-    )
-    queueStore.onQueued = relay.queued
-    service = SMTPMXService(config, authPool)
-    # First, so that the queue is recovered before any connection is taken.
-    relay.setName("relay")
-    relay.setServiceParent(service)
+    service = SMTPMXService(config, authPool, announce=worker is None)
+    relay = None
+    if worker is None or worker.relay:
+        relay = RelayService(
+            config,
+            queue,
+            runBlocking,
+            reactor,
+            _LazyResolver(lambda: makeResolver(config.dnsServer, reactor)),
+            deliver,
+            factory.newQueueId,
+            reactor,
+            backends=backends,
+            recover=worker is None,
+        )
+        queueStore.onQueued = relay.queued
+        # First, so that the queue is recovered before any connection is taken.
+        relay.setName("relay")
+        relay.setServiceParent(service)
+    if worker is not None:
+        addWorkerServices(service, worker, relay, queueStore, reactor)
     if monitor is not None:
         # Before listening: the first measure is made before any MAIL.
         monitor.setName("free space")
@@ -451,28 +561,57 @@ def buildService(
     )
     reloader.setName("reload")
     reloader.setServiceParent(service)
-    listeners = []
-    for description in config.listen:
-        listening = ListeningService(reactor, description, factory)
-        listening.setName(f"listen {description}")
+    listeners: list = []
+    if worker is None:
+        for description in config.listen:
+            listeners.append(ListeningService(reactor, description, factory))
+    else:
+        for description, fileDescriptor, family in worker.listeners:
+            listeners.append(AdoptedListeningService(
+                reactor, description, fileDescriptor, family, factory, f"smtpmx worker {worker.index}"
+            ))
+    for listening in listeners:
+        listening.setName(f"listen {listening.description}")
         listening.setServiceParent(service)
-        listeners.append(listening)
     if metrics is not None:
-        addStatusServices(service, metrics, relay, listeners, reactor, runBlocking)
+        addStatusServices(service, metrics, relay, listeners, reactor, runBlocking, serve=worker is None)
     return service
 
 
-def addStatusServices(service: MultiService, metrics, relay, listeners: Sequence[ListeningService],
-                      reactor, runBlocking: Callable[..., Deferred]) -> None:
+def addWorkerServices(service: MultiService, worker, relay, queueStore, reactor) -> None:
     """
-    C{--metrics}: the relay's attempts counted, the queue sampled, and
-    C{/metrics} and C{/healthz} served (L{smtpmx.webstatus}).
+    What makes a worker of C{--workers} one of several: the relay worker
+    hears of the messages the others queue; the others tell it
+    (L{smtpmx.relay.wakeup}).
+    """
+    from smtpmx.relay.wakeup import QueueListener, QueueNotifier
+
+    if relay is None:
+        queueStore.onQueued = QueueNotifier(worker.notifyFD)
+        return
+    listener = QueueListener(relay, worker.notifyFD, reactor)
+    # After the relay, whose list of the queue comes first.
+    listener.setName("queue listener")
+    listener.setServiceParent(service)
+
+
+def addStatusServices(service: MultiService, metrics, relay, listeners: Sequence[ListeningService],
+                      reactor, runBlocking: Callable[..., Deferred], serve: bool = True) -> None:
+    """
+    C{--metrics}: the relay's attempts counted, the queue sampled, the
+    health checked, and C{/metrics} and C{/healthz} served
+    (L{smtpmx.webstatus}).
+
+    @param relay: the relay service, or L{None} in a worker without it.
+    @param serve: whether this process serves them (not a worker: its
+        parent serves every worker's figures).
     """
     from smtpmx.metrics import MetricsService
     from smtpmx.webstatus import HealthCheck, statusSite
 
     config = service.config
-    relay.onAttempt = metrics.relayAttempted
+    if relay is not None:
+        relay.onAttempt = metrics.relayAttempted
     health = HealthCheck(
         lambda: [s.description for s in listeners if s.port is None],
         [("--maildir-root", config.maildirRoot), ("--queue-dir", config.queueDir)],
@@ -482,6 +621,8 @@ def addStatusServices(service: MultiService, metrics, relay, listeners: Sequence
     sampler = MetricsService(metrics, relay, reactor, checkHealth=health.check)
     sampler.setName("metrics")
     sampler.setServiceParent(service)
+    if not serve:
+        return
     site = statusSite(metrics, health, runBlocking, beforeScrape=sampler.sample)
     status = ListeningService(reactor, config.metrics, site, label="smtpmx metrics")
     status.setName(f"metrics {config.metrics}")

@@ -473,9 +473,11 @@ class Session:
 
         d = self.validators.validate(t.context, address)
         # A validator whose backend hangs must not hold the session (and
-        # its connection slot) for ever: it is a temporary failure.
+        # its connection slot) for ever: it is a temporary failure.  A
+        # verdict given at once needs no timer.
         timeout = min(VALIDATOR_TIMEOUT, self.config.commandTimeout)
-        d.addTimeout(timeout, self._clock)
+        if not d.called:
+            d.addTimeout(timeout, self._clock)
         d.addCallbacks(decided, failed)
         d.addErrback(self._broke)
         return d

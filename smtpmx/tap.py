@@ -13,18 +13,18 @@ for tests.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional
 
 from twisted.python import usage
 
 from smtpmx.config import Config, ConfigError, loadConfig, readConfigFile
-from smtpmx.backendlookup import configuredBackends, findBackendFactories
-from smtpmx.filterchain import findFilterFactories, makeFilters
+from smtpmx.backendlookup import findBackendFactories
+from smtpmx.filterchain import findFilterFactories
 from smtpmx.options import OPTIONS, LogFormat, Option, plainText
-from smtpmx.pluginlookup import PluginLoadError, PluginNotFound, listing
+from smtpmx.pluginlookup import listing
 from smtpmx.validation import ValidatorChain
-from smtpmx.services import SMTPMXService, buildService
-from smtpmx.validators import findValidatorFactories, makeValidatorChain
+from smtpmx.services import SMTPMXService, buildService, configuredPlugins
+from smtpmx.validators import findValidatorFactories
 
 
 def helpText(option: Option) -> str:
@@ -139,28 +139,6 @@ class TableOptions(usage.Options):
         return flags
 
 
-T = TypeVar("T")
-
-
-def loadPlugins(make: Callable[[Sequence[str]], T], specifications: Sequence[str], kind: str) -> T:
-    """
-    Make the plugins named by C{specifications} with C{make}, turning a
-    name not found or a plugin that fails to load into the one-line
-    start-up error the user sees.
-
-    @param kind: C{"validator"}, C{"filter"} or C{"backend"}, as the
-        options name them.
-    """
-    try:
-        return make(specifications)
-    except PluginNotFound as e:
-        raise ConfigError(
-            f"unknown {kind} {e.args[0]!r} (twistd smtpmx --list-{kind}s lists them)"
-        ) from None
-    except PluginLoadError as e:
-        raise ConfigError(str(e)) from None
-
-
 class Options(TableOptions):
     """
     The command line of C{twistd smtpmx}: the options of
@@ -231,9 +209,7 @@ class Options(TableOptions):
             self.config = loadConfig(
                 fileOptions, self.flagOptions(), configPath=self["config"]
             )
-            self.validators = loadPlugins(makeValidatorChain, self.config.validators, "validator")
-            self.filters = loadPlugins(makeFilters, self.config.filters, "filter")
-            self.backends = loadPlugins(configuredBackends, self.config.delivery, "backend")
+            self.validators, self.filters, self.backends = configuredPlugins(self.config)
             twistd = getattr(self, "parent", None)
             if self.config.logFormat == LogFormat.JSON.value and twistd is not None and twistd.get("syslog"):
                 raise ConfigError("--log-format json: the JSON lines go to twistd's log file or stdout, not to syslog")
@@ -252,17 +228,35 @@ class Options(TableOptions):
 
 def makeService(options: Options) -> SMTPMXService:
     """
-    The twistd entry point: the server on the global reactor.
+    The twistd entry point: the server on the global reactor, in this
+    process or, with C{--workers} above 1, in that many worker processes
+    this one starts and watches (L{smtpmx.workers}).
     """
     from twisted.internet import reactor
 
+    twistdOptions = getattr(options, "parent", None)
+    if options.config.workers > 1:
+        from smtpmx.workers import WorkersService, parentLog
+
+        # The log is opened now, as twistd opens its own: before it
+        # daemonizes.
+        return WorkersService(
+            options.config, options.tlsOptions, reactor,
+            log=parentLog(twistdOptions, options.config.logFormat),
+        )
     service = buildService(
         options.config, options.validators, options.tlsOptions, reactor, options.filters,
         options.backends, handleSignals=True,
     )
+    twistdOptions = getattr(options, "parent", None)
     if options.config.logFormat == LogFormat.JSON.value:
         from smtpmx.jsonlog import JSONLogObserver, twistdLogFile
 
         # Opened now, as twistd opens its own: before it daemonizes.
-        service.logObserver = JSONLogObserver(twistdLogFile(getattr(options, "parent", None)))
+        service.logObserver = JSONLogObserver(twistdLogFile(twistdOptions))
+    else:
+        from smtpmx.textlog import twistdTextObserver
+
+        # twistd's own lines, their time stamps made once a second.
+        service.logObserver = twistdTextObserver(twistdOptions, reactor.callFromThread)
     return service

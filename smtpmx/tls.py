@@ -73,10 +73,31 @@ def loadCertificateChain(
         belong to the certificate, or (with C{checkValidity}) the
         certificate is not valid now.
     """
-    if now is None:
-        now = lambda: datetime.datetime.now(datetime.timezone.utc)  # noqa: E731
     certData = _readFile(certPath, "certificate")
     keyData = _readFile(keyPath, "key")
+    return parseCertificateChain(certData, keyData, certPath, keyPath, now, checkValidity)
+
+
+def parseCertificateChain(
+    certData: bytes,
+    keyData: bytes,
+    certPath: str,
+    keyPath: str,
+    now: Optional[Callable[[], datetime.datetime]] = None,
+    checkValidity: bool = True,
+):
+    """
+    Check a certificate chain and its private key, given as PEM bytes.
+
+    @param certPath: where the certificates were read, for messages.
+    @param keyPath: where the key was read, for messages.
+
+    @return: see L{loadCertificateChain}.
+
+    @raise ConfigError: see L{loadCertificateChain}.
+    """
+    if now is None:
+        now = lambda: datetime.datetime.now(datetime.timezone.utc)  # noqa: E731
     try:
         certificates = x509.load_pem_x509_certificates(certData)
     except ValueError:
@@ -134,6 +155,17 @@ def serverTLSOptions(
     @raise ConfigError: see L{loadCertificateChain}.
     """
     certificates, key = loadCertificateChain(certPath, keyPath, now, checkValidity)
+    return contextFactory(certificates, key, certPath)
+
+
+def contextFactory(certificates: list, key, certPath: str) -> CertificateOptions:
+    """
+    The server's context factory for a checked chain (L{parseCertificateChain}).
+
+    @param certPath: where the certificates were read, for messages.
+
+    @raise ConfigError: OpenSSL cannot use them.
+    """
     try:
         return CertificateOptions(
             privateKey=PKey.from_cryptography_key(key),
@@ -200,3 +232,34 @@ def expiryWarning(
             " renew it and send smtpmx SIGHUP"
         )
     return None
+
+
+def exportPEM(options: CertificateOptions) -> tuple[bytes, bytes]:
+    """
+    The certificate chain (the server's certificate first) and the
+    private key of a context factory, as PEM: what the parent of
+    C{--workers} hands its workers, which may no longer be able to read
+    a key only root can read (L{fromPEM}).
+    """
+    chain = [options.certificate, *(options.extraCertChain or [])]
+    certData = b"".join(
+        c.to_cryptography().public_bytes(serialization.Encoding.PEM) for c in chain
+    )
+    keyData = options.privateKey.to_cryptography_key().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return certData, keyData
+
+
+def fromPEM(certData: bytes, keyData: bytes, certPath: str, keyPath: str) -> CertificateOptions:
+    """
+    The server's context factory from what L{exportPEM} gave, its
+    validity not checked (it was when it was read).
+
+    @param certPath: where the certificates were read, for messages.
+    @param keyPath: where the key was read, for messages.
+    """
+    certificates, key = parseCertificateChain(certData, keyData, certPath, keyPath, checkValidity=False)
+    return contextFactory(certificates, key, certPath)

@@ -193,3 +193,32 @@ class LmtpDomainTests(SynchronousTestCase):
 
         config = Config(domains=("example.org",), delivery=(("example.org", "lmtp:" + LMTP),))
         self.assertEqual(Access.fromConfig(config).lmtpEndpoint("EXAMPLE.org"), LMTP)
+
+
+class TrustedClientTests(SynchronousTestCase):
+    """
+    L{Access.clientMayRelay} remembers its answers, within bounds.
+    """
+
+    def test_sameAnswerRemembered(self):
+        """
+        Asked again about the same address, it gives the same answer.
+        """
+        access = Access(["example.org"], [], ["192.0.2.0/24"])
+        for _ in range(2):
+            self.assertTrue(access.clientMayRelay("192.0.2.7"))
+            self.assertFalse(access.clientMayRelay("198.51.100.1"))
+            self.assertFalse(access.clientMayRelay("not an address"))
+
+    def test_bounded(self):
+        """
+        However many clients ask, it remembers at most C{TRUSTED_CACHE} of
+        them, and still answers rightly past that.
+        """
+        from smtpmx import access as module
+
+        access = Access(["example.org"], [], ["10.0.0.0/8"])
+        for n in range(module.TRUSTED_CACHE + 10):
+            self.assertTrue(access.clientMayRelay(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"))
+        self.assertLessEqual(len(access._trusted), module.TRUSTED_CACHE)
+        self.assertFalse(access.clientMayRelay("192.0.2.1"))

@@ -154,3 +154,37 @@ class MailboxNameTests(SynchronousTestCase):
         """
         for local in ["a/b", '"a\\\\b"', "a\x01b", ".x", "..", '""', "a\x7f"]:
             self.assertRaises(UnsafeMailbox, mailboxName, Address(local, "x"), "+")
+
+
+class CharacterChecksTests(SynchronousTestCase):
+    """
+    The control-character and safe-name checks match their definition,
+    character by character, for any text.
+    """
+
+    @given(st.text(alphabet=st.characters(max_codepoint=0x200), max_size=30))
+    def test_controlCharacters(self, text):
+        """
+        An address has a control character exactly when some character of
+        it is below 0x20 or is DEL.
+        """
+        from smtpmx.address import Address
+
+        expected = any(ord(c) < 0x20 or ord(c) == 0x7F for c in text + "@example.org")
+        self.assertEqual(Address(text, "example.org").hasControlCharacters(), expected)
+
+    @given(st.text(alphabet=st.characters(max_codepoint=0x200), min_size=1, max_size=30))
+    def test_safeName(self, text):
+        """
+        A name that does not start with a dot is refused exactly when it
+        holds a slash, a backslash or a control character.
+        """
+        from smtpmx.address import UnsafeMailbox, checkSafeName
+
+        if text.startswith("."):
+            return
+        unsafe = any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+        if unsafe:
+            self.assertRaises(UnsafeMailbox, checkSafeName, text)
+        else:
+            checkSafeName(text)

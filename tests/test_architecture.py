@@ -42,7 +42,7 @@ LAYERS = (
     (
         "storage",
         (
-            "smtpmx.streaming", "smtpmx.delivery.maildir", "smtpmx.relay.queue",
+            "smtpmx.threadrunner", "smtpmx.streaming", "smtpmx.delivery.maildir", "smtpmx.relay.queue",
             "smtpmx.relay.intake", "smtpmx.relay.groupcommit", "smtpmx.routing", "smtpmx.freespace",
         ),
     ),
@@ -64,23 +64,25 @@ LAYERS = (
             "smtpmx.auth.dmarc", "smtpmx.auth.checker",
         ),
     ),
-    ("dialogue", ("smtpmx.session", "smtpmx.server")),
+    ("dialogue", ("smtpmx.session", "smtpmx.replywriter", "smtpmx.server")),
     (
         "relay",
         (
             "smtpmx.relay.nexthop", "smtpmx.relay.pool",
             "smtpmx.relay.request", "smtpmx.relay.transaction", "smtpmx.relay.service",
             "smtpmx.relay.bouncing", "smtpmx.relay.backlog",
+            # Word of new messages between the workers of --workers.
+            "smtpmx.relay.wakeup",
             # The built-in delivery backends: lmtp uses the relay's values.
             "smtpmx.plugins.builtin_backends",
         ),
     ),
     # Watching the server at work: what it counts, serves and logs.
-    ("operations", ("smtpmx.metrics", "smtpmx.webstatus", "smtpmx.jsonlog")),
+    ("operations", ("smtpmx.metrics", "smtpmx.webstatus", "smtpmx.jsonlog", "smtpmx.textlog")),
     (
         "entry",
         ("smtpmx.tap", "smtpmx.queuecli", "smtpmx.testing", "smtpmx.optiondocs", "smtpmx.reload",
-         "smtpmx.services"),
+         "smtpmx.services", "smtpmx.worker", "smtpmx.workers"),
     ),
 )
 
@@ -89,6 +91,7 @@ LAYERS = (
 # smtpmx.interfaces.
 DIALOGUE = (
     "smtpmx.session",
+    "smtpmx.replywriter",
     "smtpmx.server",
     "smtpmx.body",
     "smtpmx.reply",
@@ -317,12 +320,13 @@ class ArchitectureTests(SynchronousTestCase):
 
     def test_onlyTheEntryPointTakesTheReactor(self) -> None:
         """
-        Only the twistd entry point (C{smtpmx.tap}) and the command-line tool
-        import the global reactor; everything else is given one.
+        Only the entry points -- twistd's (C{smtpmx.tap}), a worker
+        process's (C{smtpmx.worker}) and the command-line tool's -- import
+        the global reactor; everything else is given one.
         """
         offences = []
         for module, path in modules():
-            if module in ("smtpmx.tap", "smtpmx.queuecli"):
+            if module in ("smtpmx.tap", "smtpmx.worker", "smtpmx.queuecli"):
                 continue
             for imported, line in importedModules(module, parse(path)):
                 if imported == "twisted.internet.reactor":

@@ -113,6 +113,23 @@ class DataReaderTests(SynchronousTestCase):
         self.assertEqual(readAll(dotStuff(message), cuts), (message, b""))
 
 
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b".."]), max_size=40))
+    def test_lineEndingsAsDefined(self, parts):
+        """
+        The message is what comes before the first CRLF.CRLF (the stream
+        read as if after a CRLF) with every CRLF followed by a dot
+        unstuffed, then every CRLF and every bare CR made LF: the
+        definition, written as three plain replacements.
+        """
+        data = b"".join(parts) + b"\r\n.\r\nNEXT"
+        stream = b"\r\n" + data
+        end = stream.find(b"\r\n.\r\n")
+        region = stream[: end + 2]
+        expected = region.replace(b"\r\n.", b"\r\n").replace(b"\r\n", b"\n").replace(b"\r", b"\n")[1:]
+        self.assertEqual(readAll(data), (expected, stream[end + 5 :]))
+
+
 class HeaderScannerTests(SynchronousTestCase):
     """
     L{HeaderScanner} counts Received headers in the header section only.

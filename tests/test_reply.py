@@ -96,3 +96,33 @@ class ReplyTests(SynchronousTestCase):
         ]:
             self.assertEqual(r.code, 421)
             self.assertTrue(r.text.startswith("mx.example Error: "), r)
+
+
+class WireFormTests(SynchronousTestCase):
+    """
+    A reply's wire form is made once and kept, without changing what the
+    reply is.
+    """
+
+    def test_madeOnce(self):
+        """
+        Formatting again gives the very same bytes; the value still equals,
+        and hashes like, a reply never formatted.
+        """
+        r = Reply(250, "2.1.0", "Ok")
+        first = r.format()
+        self.assertIs(r.format(), first)
+        self.assertEqual(first, b"250 2.1.0 Ok\r\n")
+        fresh = Reply(250, "2.1.0", "Ok")
+        self.assertEqual(r, fresh)
+        self.assertEqual(hash(r), hash(fresh))
+        self.assertEqual(repr(r), repr(fresh))
+
+    def test_greetingAndEhloShared(self):
+        """
+        The greeting and the EHLO answer for the same name and extensions
+        are one value each, whatever sequence the extensions come in.
+        """
+        self.assertIs(reply.greeting("mx.example.org"), reply.greeting("mx.example.org"))
+        self.assertIs(reply.ehlo("mx.example.org", ["A", "B"]), reply.ehlo("mx.example.org", ("A", "B")))
+        self.assertEqual(reply.ehlo("mx.example.org", ["A", "B"]).format(), b"250-mx.example.org\r\n250-A\r\n250 B\r\n")

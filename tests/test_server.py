@@ -924,6 +924,18 @@ class ValidatorTimeoutTests(SynchronousTestCase):
         s.clock.advance(2)
         self.assertEqual(s.output(), ["451 4.3.0 Error: temporary failure checking the recipient, try again later", "250 2.0.0 Ok"])
 
+    def test_verdictAtOnceNoTimer(self):
+        """
+        A verdict given at once needs no timer: none is set for it.
+        """
+        s = Server(commandTimeout=30).greeted()
+        s.codes("MAIL FROM:<a@b.example>\r\n")
+        delays = []
+        callLater = s.clock.callLater
+        s.clock.callLater = lambda delay, *a, **kw: (delays.append(delay), callLater(delay, *a, **kw))[1]
+        self.assertEqual(s.codes("RCPT TO:<alice@example.org>\r\n"), ["250 2.1.5 Ok"])
+        self.assertNotIn(30, delays)
+
 
 class LogTests(SynchronousTestCase):
     """

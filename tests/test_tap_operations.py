@@ -137,6 +137,19 @@ class OperationsTests(SynchronousTestCase):
         text.setServiceParent(other)
         self.assertIsNone(ILogObserver(other, None))
 
+    def test_textObserverUnderTwistd(self):
+        """
+        Under twistd, C{--log-format text} gives the application the text
+        observer of L{smtpmx.textlog} (twistd's lines, for less CPU); with
+        C{--syslog} it gives none, and twistd logs to syslog itself.
+        """
+        from twisted.logger import FileLogObserver
+
+        options = self.parse(parent={"syslog": False, "logfile": None, "nodaemon": True})
+        self.assertIsInstance(makeService(options).logObserver, FileLogObserver)
+        syslog = self.parse(parent={"syslog": True, "logfile": None, "nodaemon": True})
+        self.assertIsNone(makeService(syslog).logObserver)
+
     def test_jsonToTheLogFile(self):
         """
         With twistd's C{--logfile PATH}, the JSON lines go to that file.

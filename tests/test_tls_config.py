@@ -17,7 +17,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.config import ConfigError
-from smtpmx.tls import certificateOf, expiryWarning, serverTLSOptions
+from smtpmx.tls import certificateOf, expiryWarning, exportPEM, fromPEM, serverTLSOptions
 
 NOW = datetime.datetime(2030, 6, 1, tzinfo=datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -119,6 +119,23 @@ class ServerTLSOptionsTests(SynchronousTestCase):
         context = options.getContext()
         self.assertIsInstance(context, SSL.Context)
         self.assertEqual(options._options & SSL.OP_NO_TLSv1_1, SSL.OP_NO_TLSv1_1)
+
+    def test_handedToWorkers(self):
+        """
+        The certificate chain and key, exported as the parent of
+        C{--workers} hands them to its workers, make the same TLS options.
+        """
+        options = self.options(pem(self.cert, self.inter), pem(self.key))
+        certData, keyData = exportPEM(options)
+        again = fromPEM(certData, keyData, "cert.pem", "key.pem")
+        self.assertEqual(certificateOf(again), self.cert)
+        self.assertEqual(
+            [c.to_cryptography() for c in again.extraCertChain], [self.inter]
+        )
+        self.assertEqual(
+            again.privateKey.to_cryptography_key().private_numbers(), self.key.private_numbers()
+        )
+        self.assertIsInstance(again.getContext(), SSL.Context)
 
     def test_chain(self):
         """

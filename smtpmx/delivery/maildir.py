@@ -56,6 +56,10 @@ FOLDER_MARKER = "maildirfolder"
 # made from several threads at once.
 _counter = itertools.count()
 
+# Body bytes written in one write with a copy's headers, at most: joining
+# costs a copy of them, saving one system call.
+SMALL_WRITE = 256 * 1024
+
 
 @lru_cache(maxsize=4096)
 def mailboxPath(root: str, mailbox: LocalMailbox) -> str:
@@ -276,14 +280,15 @@ class MaildirCopy:
         self.fd: Optional[int] = None
         self.state = CopyState.NONE
 
-    def create(self, hostname: str, readable: bool = False) -> int:
+    def create(self, hostname: str, readable: bool = False, body: bytes = b"") -> int:
         """
-        Create this copy's file in C{tmp/} and write its headers.
+        Create this copy's file in C{tmp/} and write its headers, and
+        C{body} after them in the same write.
         """
         self.name = uniqueName(hostname)
         self.fd = createTemporary(self.mailbox, self.name, readable, self.mode)
         self.state = CopyState.TMP
-        durable.writeAll(self.fd, self.headers)
+        durable.writeAll(self.fd, self.headers + body if body else self.headers)
         return self.fd
 
     def close(self) -> None:
@@ -340,9 +345,14 @@ class MaildirFiles(MessageFiles):
 
     def appendBody(self, data: bytes) -> None:
         """
-        Append body bytes to the first copy.
+        Append body bytes to the first copy; the first bytes go with its
+        headers, in one write (a small message is one write in all).
         """
-        durable.writeAll(self._first(), data)
+        first = self._copies[0]
+        if first.fd is None and len(data) <= SMALL_WRITE:
+            first.create(self._hostname, readable=True, body=data)
+        else:
+            durable.writeAll(self._first(), data)
         self._bodySize += len(data)
 
     def seal(self) -> None:

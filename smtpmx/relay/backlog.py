@@ -83,6 +83,14 @@ class Backlog:
         if self.looking:
             self._settled.add(messageId)
 
+    def hear(self, messageId: str) -> None:
+        """
+        Someone else queued or changed C{messageId}: a candidate for the
+        next look, first.
+        """
+        if messageId not in self.candidates:
+            self.candidates.insert(0, messageId)
+
     def flushed(self) -> None:
         """
         Everything on disk was made due (C{smtpmx-queue flush}): scan
@@ -101,7 +109,8 @@ class Backlog:
     def look(self, room: int, held: Collection[str]) -> Optional[Deferred[list[QueuedMessage]]]:
         """
         Read up to C{room} messages due from disk, when some may be due and
-        no look is running: the candidates first, then a scan.
+        no look is running: the candidates first, then, if something on
+        disk may be due, a scan.
 
         @param held: the IDs of the messages held in memory, left out.
         @return: L{None} when there is nothing to look for; else a
@@ -116,7 +125,7 @@ class Backlog:
         self._settled = set()
         self._dueWhileLooking = math.inf
         candidates, self.candidates = self.candidates, []
-        d = self.runBlocking(self.queue.due, now, room, candidates, frozenset(held), self.keep)
+        d = self.runBlocking(self.queue.due, now, room, candidates, frozenset(held), self.keep, self.dueAt <= now)
         return d.addCallbacks(self._found, self._failed, callbackArgs=(now,))
 
     def _found(self, found: DueMessages, now: float) -> list[QueuedMessage]:
@@ -129,7 +138,8 @@ class Backlog:
             self._lastScan = now
             self.dueAt = min(found.nextDue, self._dueWhileLooking)
         settled, self._settled = self._settled, set()
-        self.candidates = [c for c in found.candidates if c not in settled]
+        heard = self.candidates
+        self.candidates = heard + [c for c in found.candidates if c not in settled and c not in heard]
         return [m for m in found.messages if m.id not in settled]
 
     def _failed(self, failure: Failure) -> list[QueuedMessage]:

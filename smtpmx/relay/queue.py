@@ -51,6 +51,9 @@ from smtpmx.relay.queueformat import (
 
 _log = Logger()
 
+# Seconds before a state file that could not be read is read again.
+UNREADABLE_DELAY = 86400.0
+
 
 class Queue:
     """
@@ -243,7 +246,7 @@ class Queue:
         return messages
 
     def due(self, now: float, limit: int, candidates: Sequence[str] = (), exclude: Collection[str] = (),
-            keep: int = 0) -> DueMessages:
+            keep: int = 0, scan: bool = True) -> DueMessages:
         """
         Up to C{limit} messages due at C{now} (a recipient pending whose
         next attempt has come, or none pending: a message to settle),
@@ -257,26 +260,34 @@ class Queue:
         message) for files whose hint has come, and up to C{keep} of those
         left over are returned as the next candidates.  A message whose
         hint had come but that is not due (a state written by an older
-        version, or a hint lost in a crash) gets its hint put right.
+        version, or a hint lost in a crash) gets its hint put right; one
+        whose state cannot be read is logged and looked at again a day
+        later (the recovery of the next start moves it to C{corrupt/}).
 
         @param exclude: IDs to leave out (the messages the service holds).
+        @param scan: whether to scan when the candidates run out.
         @return: what was found, L{DueMessages}.
         """
         found = DueMessages()
         pending = [c for c in candidates if c not in exclude]
         scanned = False
+        read: set[str] = set()
         while len(found.messages) < limit:
             if not pending:
-                if scanned:
+                if scanned or not scan:
                     break
                 scanned = True
-                pending = self._scanDue(now, exclude, found)
+                pending = [c for c in self._scanDue(now, exclude, found) if c not in read]
                 continue
             messageId = pending.pop(0)
+            if messageId in read:
+                continue
+            read.add(messageId)
             try:
                 message = self.load(messageId)
             except (CorruptMessage, OSError) as e:
-                _log.error("{id}: unreadable queue entry: {reason}", id=messageId, reason=str(e))
+                _log.error("{id}: unreadable queue entry, not relayed: {reason}", id=messageId, reason=str(e))
+                _setTime(self.envelopePath(messageId), now + UNREADABLE_DELAY)
                 continue
             if message is None:
                 continue

@@ -107,6 +107,7 @@ class RelayService(Service):
         newQueueId: Callable[[], str],
         reactor=None,
         backends: Optional[Mapping[str, object]] = None,
+        recover: bool = True,
     ) -> None:
         """
         @param config: the configuration.
@@ -123,6 +124,10 @@ class RelayService(Service):
             specification (L{smtpmx.backendlookup.configuredBackends});
             any other a queued recipient's C{via} names is made from the
             plugins on first use.
+        @param recover: whether starting recovers the queue (L{Queue.recover}),
+            which only the one process that starts first may do; with
+            C{--workers} their parent has done it, and the relay worker only
+            lists the queue, since the other workers may be writing to it.
         """
         self.config = config
         self.queue = queue
@@ -148,6 +153,7 @@ class RelayService(Service):
         # Destinations that could not be reached: until when they are not
         # tried, and why.
         self.down: dict[tuple, tuple[float, str]] = {}
+        self.recover = recover
         self._loop: Optional[LoopingCall] = None
         self._polling = False
         self._lastStatistics = -math.inf
@@ -156,8 +162,9 @@ class RelayService(Service):
 
     def startService(self) -> None:
         """
-        Recover the queue, then poll it: the messages waiting are taken in
-        from disk at the first poll, at most L{activeLimit} at a time.
+        Recover the queue (or, without C{recover}, only count it), then
+        poll it: the messages waiting are taken in from disk at the first
+        poll, at most L{activeLimit} at a time.
 
         Recovery blocks, on purpose: it runs as the reactor starts, before
         any connection is accepted, and it must, since L{Queue.recover}
@@ -168,7 +175,7 @@ class RelayService(Service):
         Service.startService(self)
         if self.pool.closed:
             self.pool = SessionPool(self.reactor)
-        self.queueSize = len(self.queue.recover())
+        self.queueSize = len(self.queue.recover()) if self.recover else len(self.queue.ids())
         self.backlog.noteDue(-math.inf)
         self.log.info("relay queue: {n} message(s) waiting", n=self.queueSize)
         self._loop = LoopingCall(self.poll)
@@ -208,9 +215,22 @@ class RelayService(Service):
     def wake(self) -> None:
         """
         Messages may have been queued or changed on disk by someone else
-        (another process): look at the queue at the next poll.
+        (another process): look at the queue now.
         """
         self.backlog.noteDue(-math.inf)
+        self._lookAtDisk()
+
+    def heardOf(self, messageId: str) -> None:
+        """
+        Someone else (another worker) queued C{messageId}: take it in from
+        disk now, unless it is held.  It is read through the backlog, which
+        drops what it read of a message whose attempt ended meanwhile, so
+        that an older state is never attempted again.
+        """
+        if messageId in self.messages or messageId in self.inFlight:
+            return
+        self.backlog.hear(messageId)
+        self._lookAtDisk()
 
     def queueStatistics(self) -> tuple[int, Optional[float]]:
         """
@@ -283,6 +303,9 @@ class RelayService(Service):
                 self.backlog.noteDue(dueTime(message))
                 break
             self._hold(message)
+        if self.backlog.candidates:
+            # Heard of meanwhile.
+            self._lookAtDisk()
 
     def _hold(self, message: QueuedMessage) -> None:
         """
