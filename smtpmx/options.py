@@ -492,8 +492,7 @@ SECTIONS: tuple[Section, ...] = (
                 "relay-active-limit", "N",
                 "Messages the relay attempts at once at most; the rest wait on disk in the queue.",
                 POSITIVE_INT, field="relayActiveLimit", default=1000,
-                details="Like Postfix's ``qmgr_message_active_limit``: what the relay holds in"
-                " memory stays bounded whatever the queue's length (docs/relay.rst).",
+                details="Like Postfix's ``qmgr_message_active_limit`` (docs/relay.rst).",
             ),
             Option(
                 "relay-tls", "MODE",

@@ -23,7 +23,8 @@ from smtpmx.relay.queue import Queue, dueTime
 from smtpmx.relay.queueformat import QueuedMessage, QueuedRecipient
 from smtpmx.relay.backlog import RESCAN_INTERVAL
 from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
-from smtpmx.relay.service import DOWN_TIME, RelayService
+from smtpmx.relay.pool import DOWN_TIME
+from smtpmx.relay.service import RelayService
 from tests.test_relay_service import FakeDeliver
 
 LIMIT = 4
@@ -323,7 +324,7 @@ class DownDestinationTests(SynchronousTestCase):
         self.assertEqual(len(self.calls), 11)
         [(request, d)] = self.calls[10:]
         d.callback(DeliveryResult(recipients={"r12@remote.example": RecipientResult(250, "2.0.0", "ok", Disposition.DELIVERED)}))
-        self.assertEqual(self.service.down, {})
+        self.assertEqual(self.service.down.destinations, {})
 
     def test_flushForgets(self) -> None:
         """
@@ -332,10 +333,10 @@ class DownDestinationTests(SynchronousTestCase):
         """
         self.enqueue(0)
         self.calls[0][1].callback(DeliveryResult(connected=False, error="refused"))
-        self.assertEqual(len(self.service.down), 1)
+        self.assertEqual(len(self.service.down.destinations), 1)
         self.queue.requestFlush()
         self.clock.advance(1)
-        self.assertEqual(self.service.down, {})
+        self.assertEqual(self.service.down.destinations, {})
 
 
 class QueueDueTests(SynchronousTestCase):

@@ -42,6 +42,9 @@ CLOSE_QUIT_TIMEOUT = 5.0
 MAX_CONNECTIONS = 50
 MAX_CONNECTIONS_PER_DESTINATION = 10
 
+# Seconds a destination that could not be reached is not tried again.
+DOWN_TIME = 10.0
+
 
 class PooledSession:
     """
@@ -313,3 +316,55 @@ async def quitAndClose(protocol: ClientProtocol, timeout: float) -> None:
             pass
     await protocol.close()
 
+
+
+class DownDestinations:
+    """
+    The destinations that could not be reached a moment ago (refused,
+    timed out, no greeting): for L{DOWN_TIME} seconds a transaction to one
+    of them fails at once, with the same reason, without a connection.
+    The transactions that waited for a connection slot behind those that
+    found a next hop down (a connect timeout takes 30 s) then end at once
+    rather than each waiting its own timeout.
+
+    @ivar destinations: each destination found down, to until when and
+        why.
+    """
+
+    def __init__(self, clock, downTime: float = DOWN_TIME) -> None:
+        """
+        @param clock: the clock (L{IReactorTime}).
+        @param downTime: seconds a destination found down is not tried.
+        """
+        self.clock = clock
+        self.downTime = downTime
+        self.destinations: dict[tuple, tuple[float, str]] = {}
+
+    def why(self, destination: tuple) -> Optional[str]:
+        """
+        Why C{destination} is not to be tried now, or L{None}.
+        """
+        down = self.destinations.get(destination)
+        if down is None or down[0] <= self.clock.seconds():
+            return None
+        return down[1]
+
+    def noted(self, result, destination: tuple):
+        """
+        Note a transaction's result (a L{smtpmx.relay.request.DeliveryResult}):
+        a destination not reached is down, one reached is not.
+
+        @return: C{result}.
+        """
+        if result.connected:
+            self.destinations.pop(destination, None)
+        else:
+            self.destinations[destination] = (self.clock.seconds() + self.downTime, result.error or "unreachable")
+        return result
+
+    def prune(self) -> None:
+        """
+        Forget the destinations whose time is over.
+        """
+        now = self.clock.seconds()
+        self.destinations = {k: v for k, v in self.destinations.items() if v[0] > now}

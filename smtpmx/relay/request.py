@@ -74,6 +74,14 @@ class RecipientResult:
     text: str
     disposition: Disposition
 
+    @property
+    def status(self) -> str:
+        """
+        The enhanced status code for a bounce: the reply's, or one made
+        from its code (C{5.0.0}).
+        """
+        return self.enhanced or f"{str(self.code)[0]}.0.0"
+
 
 @dataclass(frozen=True)
 class DeliveryRequest:

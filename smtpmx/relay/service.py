@@ -47,7 +47,7 @@ from smtpmx.relay.backlog import Backlog
 from smtpmx.relay.bouncing import Bouncer
 from smtpmx.relay.groupcommit import StateCommits
 from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, resolveNextHops
-from smtpmx.relay.pool import SessionPool
+from smtpmx.relay.pool import DownDestinations, SessionPool
 from smtpmx.relay.queue import Queue, dueTime
 from smtpmx.relay.queueformat import BOUNCED, DELIVERED, PENDING, QueuedMessage, QueuedRecipient
 from smtpmx.relay.retry import isExpired, nextAttemptDelay
@@ -56,15 +56,12 @@ from smtpmx.relay.request import (
     DeliveryResult,
     Disposition,
     RecipientAttempt,
-    RecipientResult,
 )
 
 # How often the queue is looked at for due messages and flush requests,
 # and how often it is counted for the metrics.
 POLL_INTERVAL = 1.0
 STATISTICS_INTERVAL = 5.0
-# Seconds a destination that could not be reached is not tried again.
-DOWN_TIME = 10.0
 # IDs of messages found due but not taken in for lack of room, kept for
 # the next look (per message of --relay-active-limit): the scans of a long
 # backlog are spread over this many messages each.
@@ -150,9 +147,7 @@ class RelayService(Service):
         self.queueSize = 0
         self.oldestCreated: Optional[float] = None
         self.backlog = Backlog(queue, runBlocking, clock, CANDIDATES_PER_LIMIT * self.activeLimit)
-        # Destinations that could not be reached: until when they are not
-        # tried, and why.
-        self.down: dict[tuple, tuple[float, str]] = {}
+        self.down = DownDestinations(clock)
         self.recover = recover
         self._loop: Optional[LoopingCall] = None
         self._polling = False
@@ -267,8 +262,8 @@ class RelayService(Service):
                     for r in message.pending():
                         r.nextAttempt = min(r.nextAttempt, now)
                 self.backlog.flushed()
-                self.down.clear()
-            self.down = {k: v for k, v in self.down.items() if v[0] > now}
+                self.down.destinations.clear()
+            self.down.prune()
             for message in list(self.messages.values()):
                 if message.id not in self.inFlight and dueTime(message) <= now:
                     self._attempt(message)
@@ -563,29 +558,14 @@ class RelayService(Service):
     def _deliverUnlessDown(self, destination: tuple, request: DeliveryRequest) -> Deferred[DeliveryResult]:
         """
         The transaction, unless the destination could not be reached a
-        moment ago: then it is unreachable at once, without a connection.
-        The attempts that waited for a connection slot behind those that
-        found a next hop down (a connect timeout takes 30 s) go back to the
-        queue at once rather than each waiting its own timeout, and the
-        attempts of other destinations get their turn within the cap.
+        moment ago (L{DownDestinations}): the attempts of other
+        destinations get their turn within the limit on attempts.
         """
-        down = self.down.get(destination)
-        if down is not None and down[0] > self.clock.seconds():
-            return succeed(DeliveryResult(connected=False, error=down[1], remoteMta=request.hop.name))
-
-        def noted(result: DeliveryResult) -> DeliveryResult:
-            """
-            Remember a destination that could not be reached; forget one
-            that could.
-            """
-            if result.connected:
-                self.down.pop(destination, None)
-            else:
-                self.down[destination] = (self.clock.seconds() + DOWN_TIME, result.error or "unreachable")
-            return result
-
+        why = self.down.why(destination)
+        if why is not None:
+            return succeed(DeliveryResult(connected=False, error=why, remoteMta=request.hop.name))
         d = self.deliver(request, reactor=self.reactor, runBlocking=self.runBlocking, pool=self.pool)
-        return d.addCallback(noted)
+        return d.addCallback(self.down.noted, destination)
 
     def _logUnreachable(self, message: QueuedMessage, label: str, result: DeliveryResult, delay: float) -> None:
         """
@@ -614,7 +594,7 @@ class RelayService(Service):
                     Disposition.TEMPORARY, "451 4.4.0 no reply for this recipient", "4.4.0", remoteMta
                 )
             else:
-                attempt = RecipientAttempt(rr.disposition, f"{rr.code} {rr.text}".strip(), _status(rr), remoteMta)
+                attempt = RecipientAttempt(rr.disposition, f"{rr.code} {rr.text}".strip(), rr.status, remoteMta)
             found.append((r, attempt))
             self.log.info(
                 "{id}: to=<{to}> relay={relay} conn_use={use} delay={delay:.1f} tls={tls} "
@@ -707,12 +687,3 @@ def _paths(recipients: list[QueuedRecipient]) -> str:
     Recipients as paths, for a log line.
     """
     return ",".join(f"<{r.address}>" for r in recipients)
-
-
-def _status(result: RecipientResult) -> str:
-    """
-    The enhanced status of a recipient result, or one made from its code.
-    """
-    if result.enhanced:
-        return result.enhanced
-    return f"{str(result.code)[0]}.0.0"
