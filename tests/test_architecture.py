@@ -70,7 +70,7 @@ LAYERS = (
         (
             "smtpmx.relay.nexthop", "smtpmx.relay.pool",
             "smtpmx.relay.request", "smtpmx.relay.transaction", "smtpmx.relay.service",
-            "smtpmx.relay.bouncing", "smtpmx.relay.backlog",
+            "smtpmx.relay.bouncing", "smtpmx.relay.backlog", "smtpmx.relay.queuefigures",
             # Word of new messages between the workers of --workers.
             "smtpmx.relay.wakeup",
             # The built-in delivery backends: lmtp uses the relay's values.

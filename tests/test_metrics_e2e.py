@@ -135,8 +135,11 @@ class MetricsTests(SynchronousTestCase):
 
         def settled() -> Samples:
             samples = scrape(server)
+            # The delivered message leaves the queue once its removal is
+            # durable, a moment after the attempt is counted.
             done = samples[("smtpmx_relay_deliveries_total", (("result", "delivered"),))] == 1 and \
-                samples[("smtpmx_relay_deliveries_total", (("result", "deferred"),))] == 1
+                samples[("smtpmx_relay_deliveries_total", (("result", "deferred"),))] == 1 and \
+                samples[("smtpmx_queue_messages", ())] == 1
             return samples if done else {}
 
         samples = waitUntil(settled, TIMEOUT)

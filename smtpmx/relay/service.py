@@ -50,6 +50,7 @@ from smtpmx.relay.nexthop import NextHop, PermanentFailure, TemporaryFailure, re
 from smtpmx.relay.pool import DownDestinations, SessionPool
 from smtpmx.relay.queue import Queue, dueTime
 from smtpmx.relay.queueformat import BOUNCED, DELIVERED, PENDING, QueuedMessage, QueuedRecipient
+from smtpmx.relay.queuefigures import QueueFigures
 from smtpmx.relay.retry import isExpired, nextAttemptDelay
 from smtpmx.relay.request import (
     DeliveryRequest,
@@ -61,7 +62,6 @@ from smtpmx.relay.request import (
 # How often the queue is looked at for due messages and flush requests,
 # and how often it is counted for the metrics.
 POLL_INTERVAL = 1.0
-STATISTICS_INTERVAL = 5.0
 # IDs of messages found due but not taken in for lack of room, kept for
 # the next look (per message of --relay-active-limit): the scans of a long
 # backlog are spread over this many messages each.
@@ -144,14 +144,12 @@ class RelayService(Service):
         self.inFlight: set[str] = set()
         self.onAttempt: Optional[Callable[[RecipientAttempt], None]] = None
         self.activeLimit = config.relayActiveLimit
-        self.queueSize = 0
-        self.oldestCreated: Optional[float] = None
+        self.figures = QueueFigures()
         self.backlog = Backlog(queue, runBlocking, clock, CANDIDATES_PER_LIMIT * self.activeLimit)
         self.down = DownDestinations(clock)
         self.recover = recover
         self._loop: Optional[LoopingCall] = None
         self._polling = False
-        self._lastStatistics = -math.inf
 
     # Life cycle.
 
@@ -170,9 +168,9 @@ class RelayService(Service):
         Service.startService(self)
         if self.pool.closed:
             self.pool = SessionPool(self.reactor)
-        self.queueSize = len(self.queue.recover()) if self.recover else len(self.queue.ids())
+        self.figures.size = len(self.queue.recover()) if self.recover else len(self.queue.ids())
         self.backlog.noteDue(-math.inf)
-        self.log.info("relay queue: {n} message(s) waiting", n=self.queueSize)
+        self.log.info("relay queue: {n} message(s) waiting", n=self.figures.size)
         self._loop = LoopingCall(self.poll)
         self._loop.clock = self.clock
         self._loop.start(POLL_INTERVAL, now=False)
@@ -197,9 +195,7 @@ class RelayService(Service):
         L{activeLimit} messages are held already (it then waits on disk
         and is taken in when there is room, oldest due first).
         """
-        self.queueSize += 1
-        if self.oldestCreated is None or message.created < self.oldestCreated:
-            self.oldestCreated = message.created
+        self.figures.queued(message.created)
         if message.id in self.messages:
             return
         if len(self.messages) < self.activeLimit and dueTime(message) <= self.clock.seconds():
@@ -230,11 +226,9 @@ class RelayService(Service):
     def queueStatistics(self) -> tuple[int, Optional[float]]:
         """
         How many messages the queue holds and when the oldest was queued
-        (L{None} when none), as last counted on disk (every
-        L{STATISTICS_INTERVAL} seconds) and kept up to date since, for
-        L{smtpmx.metrics}.
+        (L{None} when none), for L{smtpmx.metrics} (L{QueueFigures}).
         """
-        return self.queueSize, self.oldestCreated
+        return self.figures.size, self.figures.oldest
 
     # Scheduling.
 
@@ -269,9 +263,7 @@ class RelayService(Service):
                     self._attempt(message)
             self.backlog.tick(now)
             self._lookAtDisk()
-            if now - self._lastStatistics >= STATISTICS_INTERVAL:
-                self._lastStatistics = now
-                self.queueSize, self.oldestCreated = await self.runBlocking(self.queue.statistics)
+            await self.figures.count(now, lambda: self.runBlocking(self.queue.statistics))
         except Exception:
             self.log.failure("relay queue poll failed")
         finally:
@@ -661,12 +653,12 @@ class RelayService(Service):
         """
         if not message.pending():
             if await self.commits.remove(message.id):
-                self.queueSize = max(self.queueSize - 1, 0)
+                self.figures.left()
                 self.log.info("{id}: removed from the relay queue", id=message.id)
             return
         if not await self.commits.save(message):
             # Deleted by the operator meanwhile.
-            self.queueSize = max(self.queueSize - 1, 0)
+            self.figures.left()
 
 async def _gather(coroutines: list) -> list:
     """
