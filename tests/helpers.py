@@ -60,6 +60,39 @@ def recordDirectorySyncs(case) -> list[str]:
     return synced
 
 
+def recordRemovals(case) -> list[tuple[str, str]]:
+    """
+    Make the test C{case} record, in order, every file that
+    L{smtpmx.durable} removes (C{("unlink", its directory's name)}) and
+    every directory it syncs (C{("fsync", its name)}), still doing both.
+
+    @return: the list the events are appended to.
+    """
+    from smtpmx import durable
+
+    events: list[tuple[str, str]] = []
+    realUnlink = os.unlink
+    realSync = durable.fsyncDirectory
+
+    def unlink(path: str) -> None:
+        """
+        Record a removal.
+        """
+        events.append(("unlink", os.path.basename(os.path.dirname(path))))
+        realUnlink(path)
+
+    def sync(path: str) -> None:
+        """
+        Record a directory fsync.
+        """
+        events.append(("fsync", os.path.basename(path)))
+        realSync(path)
+
+    case.patch(durable.os, "unlink", unlink)
+    case.patch(durable, "fsyncDirectory", sync)
+    return events
+
+
 def dropConnections(factory) -> None:
     """
     Close the server side of every connection a fake server's C{factory}

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smtpmx import durable
 from smtpmx.relay.groupcommit import StateCommits
 from smtpmx.relay.queue import Queue
-from tests.helpers import recordDirectorySyncs
+from tests.helpers import recordDirectorySyncs, recordRemovals
 from tests.test_queue import makeMessage
 
 
@@ -59,26 +59,7 @@ class QueueCommitTests(SynchronousTestCase):
         message files are removed: a crash in between leaves message files
         that recovery removes, never a queued message without its file.
         """
-        events: list[tuple[str, str]] = []
-        realUnlink = os.unlink
-        realSync = durable.fsyncDirectory
-
-        def unlink(path: str) -> None:
-            """
-            Record a removal.
-            """
-            events.append(("unlink", os.path.basename(os.path.dirname(path))))
-            realUnlink(path)
-
-        def sync(path: str) -> None:
-            """
-            Record a directory fsync.
-            """
-            events.append(("fsync", os.path.basename(path)))
-            realSync(path)
-
-        self.patch(durable.os, "unlink", unlink)
-        self.patch(durable, "fsyncDirectory", sync)
+        events = recordRemovals(self)
         self.queue.commit([], ["A", "B"])
         self.assertEqual(
             events,

@@ -35,6 +35,7 @@ from smtpmx.relay.queueformat import (
     encodeMessage,
     isValidId,
 )
+from tests.helpers import recordRemovals
 from tests.test_maildir_store import CountingRunner, ManualRunner, makeDirectory, runNow
 
 RECEIVED = b"Received: from client.example (client.example [192.0.2.1])\n\tby mx.example.org with ESMTP id 0A1B2C\n"
@@ -396,26 +397,7 @@ class QueueTests(SynchronousTestCase, QueueTestMixin):
         then its message file, each directory fsynced after.
         """
         self.queue.add(makeMessage(), b"x\n")
-        events: list[tuple[str, str]] = []
-        realUnlink = os.unlink
-        realSync = durable.fsyncDirectory
-
-        def unlink(path: str) -> None:
-            """
-            Record a removal.
-            """
-            events.append(("unlink", os.path.basename(os.path.dirname(path))))
-            realUnlink(path)
-
-        def sync(path: str) -> None:
-            """
-            Record a directory fsync.
-            """
-            events.append(("fsync", os.path.basename(path)))
-            realSync(path)
-
-        self.patch(durable.os, "unlink", unlink)
-        self.patch(durable, "fsyncDirectory", sync)
+        events = recordRemovals(self)
         self.assertTrue(self.queue.remove("0A1B2C"))
         self.assertEqual(
             events, [("unlink", "env"), ("fsync", "env"), ("unlink", "msg"), ("fsync", "msg")]
