@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -142,7 +143,7 @@ class _BodySink:
         return {spec: hasher.digest() for spec, hasher, _ in self._hashes}
 
 
-class _Canonicalizer:
+class _Canonicalizer(ABC):
     """
     One body canonicalization, streamed (RFC 6376 sections 3.4.3 and
     3.4.4): the line rules applied by L{_lines}, then the empty lines at
@@ -194,19 +195,19 @@ class _Canonicalizer:
             self._text = True
         self._pending += count
 
+    @abstractmethod
     def _lines(self, data: bytes) -> bytes:
         """
         Apply the line rules to the next bytes of the body.
 
         @return: what can be passed on now; the rest is held back.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def _flush(self) -> bytes:
         """
         @return: what L{_lines} held back, at the end of the body.
         """
-        raise NotImplementedError()
 
 
 class _Simple(_Canonicalizer):
