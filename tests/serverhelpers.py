@@ -6,6 +6,7 @@ a L{MemoryStore}, no sockets and no threads.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import maybeDeferred
@@ -66,6 +67,15 @@ def makeConfig(**overrides) -> Config:
     base = dict(hostname="mx.example.org", domains=("example.org",))
     base.update(overrides)
     return dataclasses.replace(Config(), **base)
+
+
+def directoryConfig(directory: str, **overrides) -> Config:
+    """
+    L{makeConfig} with the Maildir root and the queue in C{directory}.
+    """
+    overrides.setdefault("maildirRoot", os.path.join(directory, "Maildir"))
+    overrides.setdefault("queueDir", os.path.join(directory, "queue"))
+    return makeConfig(**overrides)
 
 
 class Server:

@@ -8,7 +8,6 @@ authors.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -22,7 +21,6 @@ from smtpmx.access import Access
 from smtpmx.address import Address
 from smtpmx.backendlookup import BackendLoadError, BackendNotFound, findBackendFactories, makeBackends
 from smtpmx.backends import describeVia
-from smtpmx.config import Config
 from smtpmx.envelope import CourierRecipient, LmtpRecipient
 from smtpmx.interfaces import IDeliveryBackend, IDeliveryBackendFactory
 from smtpmx.plugins.builtin_backends import LmtpBackend
@@ -33,6 +31,7 @@ from smtpmx.relay.service import RelayService
 from smtpmx.reply import Reply
 from smtpmx.testing import RecordingBackend, deliverWithBackend
 from tests.examplebackend import loadExampleBackend
+from tests.serverhelpers import directoryConfig
 
 
 class BackendLookupTests(SynchronousTestCase):
@@ -118,12 +117,8 @@ class CourierServiceTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.dir)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.config = dataclasses.replace(
-            Config(),
-            hostname="mx.example.org",
-            domains=("example.org", "files.example"),
-            maildirRoot=os.path.join(self.dir, "Maildir"),
-            queueDir=os.path.join(self.dir, "queue"),
+        self.config = directoryConfig(
+            self.dir, domains=("example.org", "files.example"),
             retrySchedule=(60, 300),
             delivery=(("example.org", "spool:x"),),
         )

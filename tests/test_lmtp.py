@@ -8,7 +8,6 @@ socket and a real unix socket.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -22,7 +21,6 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from smtpmx.config import Config
 from smtpmx.relay.nexthop import NextHop
 from smtpmx.relay.pool import SessionPool
 from smtpmx.relay.queue import Queue
@@ -31,6 +29,7 @@ from smtpmx.relay.service import RelayService
 from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition
 from smtpmx.relay.transaction import deliver
 from tests.sink import Sink
+from tests.serverhelpers import directoryConfig
 
 MESSAGE = b"Received: from client.example\nSubject: test\n\nHello.\n.leading dot\nend\n"
 SHORT = {"connect": 2, "greeting": 2, "command": 2, "tlsHandshake": 2, "dataBlock": 2, "finalDot": 2, "quit": 2}
@@ -288,12 +287,8 @@ class LmtpServiceTests(_LmtpMixin, TestCase):
         self.addCleanup(self.smtp.stop)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.config = dataclasses.replace(
-            Config(),
-            hostname="mx.example.org",
-            domains=("example.org",),
-            maildirRoot=os.path.join(self.directory, "Maildir"),
-            queueDir=os.path.join(self.directory, "queue"),
+        self.config = directoryConfig(
+            self.directory,
             routes=(("client.example", "127.0.0.1", smtpPort),),
             retrySchedule=(60, 300),
             maxQueueAge=3600,

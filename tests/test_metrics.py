@@ -21,7 +21,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.address import parseAddress
 from smtpmx.auth.results import ArcResult, AuthResults, DkimResult, DmarcResult, SpfResult
-from smtpmx.config import Config
 from smtpmx.envelope import Envelope
 from smtpmx.metrics import (
     MULTIPROCESS_VARIABLE,
@@ -39,7 +38,7 @@ from smtpmx.session import NegotiatedTLS
 from smtpmx.transactionlog import TransactionRecord
 from smtpmx.validation import Accept, Reject
 from tests.e2e import ROOT
-from tests.serverhelpers import Server, TLSv13Handle
+from tests.serverhelpers import Server, TLSv13Handle, directoryConfig
 from tests.test_relay_service import FakeDeliver
 
 TRANSACTION = (
@@ -360,9 +359,8 @@ class RelayCountingTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.dir)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.config = dataclasses.replace(
-            Config(), hostname="mx.example.org", domains=("example.org",),
-            maildirRoot=os.path.join(self.dir, "Maildir"), queueDir=os.path.join(self.dir, "queue"),
+        self.config = directoryConfig(
+            self.dir,
             routes=(("*", "127.0.0.9", 25),), retrySchedule=(60,), maxQueueAge=3600,
         )
         self.queue = Queue(self.config.queueDir)

@@ -9,7 +9,6 @@ go.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -18,7 +17,6 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpmx.config import Config
 from smtpmx.relay.queue import Queue, dueTime
 from smtpmx.relay.queueformat import QueuedMessage, QueuedRecipient
 from smtpmx.relay.backlog import RESCAN_INTERVAL
@@ -26,6 +24,7 @@ from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition, R
 from smtpmx.relay.pool import DOWN_TIME
 from smtpmx.relay.service import RelayService
 from tests.test_relay_service import FakeDeliver
+from tests.serverhelpers import directoryConfig
 
 LIMIT = 4
 
@@ -44,9 +43,8 @@ class ActiveLimitTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.dir)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.config = dataclasses.replace(
-            Config(), hostname="mx.example.org", domains=("example.org",),
-            maildirRoot=os.path.join(self.dir, "Maildir"), queueDir=os.path.join(self.dir, "queue"),
+        self.config = directoryConfig(
+            self.dir,
             routes=(("*", "127.0.0.9", 25),), retrySchedule=(60,), maxQueueAge=86400,
             relayActiveLimit=LIMIT,
         )
@@ -266,9 +264,8 @@ class DownDestinationTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.dir)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        config = dataclasses.replace(
-            Config(), hostname="mx.example.org", domains=("example.org",),
-            maildirRoot=os.path.join(self.dir, "Maildir"), queueDir=os.path.join(self.dir, "queue"),
+        config = directoryConfig(
+            self.dir,
             routes=(("*", "127.0.0.9", 25),), retrySchedule=(60,), maxQueueAge=86400,
         )
         self.queue = Queue(config.queueDir)

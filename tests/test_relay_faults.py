@@ -31,7 +31,6 @@ from twisted.internet.task import Clock, deferLater
 from twisted.names import authority, dns, server
 from twisted.trial.unittest import TestCase
 
-from smtpmx.config import Config
 from smtpmx.relay import transaction
 from smtpmx.relay.nexthop import makeResolver
 from smtpmx.relay.queue import Queue
@@ -40,6 +39,7 @@ from smtpmx.relay.service import POLL_INTERVAL, RelayService
 from tests.dnszone import zoneSource
 from tests.helpers import makeDirectory, unique
 from tests.sink import Sink
+from tests.serverhelpers import directoryConfig
 
 # Every relay timeout, in seconds, while the fault lasts: it shows within
 # a second.  Once the fault is gone, a slow machine gets longer ones.
@@ -68,12 +68,8 @@ class RelayFaultTests(TestCase):
         self.addCleanup(self.sink.stop)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.config = dataclasses.replace(
-            Config(),
-            hostname="mx.example.org",
-            domains=("example.org",),
-            maildirRoot=os.path.join(self.directory, "Maildir"),
-            queueDir=os.path.join(self.directory, "queue"),
+        self.config = directoryConfig(
+            self.directory,
             routes=(("remote.example", "127.0.0.1", self.port),),
             relayPort=self.port,
             retrySchedule=(RETRY,),

@@ -19,13 +19,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx.access import Access
-from smtpmx.config import Config
 from smtpmx.delivery.maildir import deliverBytes
 from smtpmx.relay.tlspolicy import TLSPolicy
 from smtpmx.relay.request import DeliveryRequest, DeliveryResult, Disposition, RecipientResult
 from smtpmx.relay.queue import Queue
 from smtpmx.relay.queueformat import PENDING, QueuedMessage, QueuedRecipient
 from smtpmx.relay.service import RelayService
+from tests.serverhelpers import directoryConfig
 
 
 class FakeDeliver:
@@ -82,12 +82,8 @@ class RelayServiceTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.dir)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.config = dataclasses.replace(
-            Config(),
-            hostname="mx.example.org",
-            domains=("example.org",),
-            maildirRoot=os.path.join(self.dir, "Maildir"),
-            queueDir=os.path.join(self.dir, "queue"),
+        self.config = directoryConfig(
+            self.dir,
             routes=(("remote.example", "127.0.0.3", 2525), ("other.example", "127.0.0.4", 2525), ("*", "127.0.0.9", 25)),
             retrySchedule=(60, 300),
             maxQueueAge=3600,
