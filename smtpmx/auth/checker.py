@@ -27,6 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smtpmx.address import Address
+from smtpmx.auth.dkim import verifyMessage
+from smtpmx.auth.dmarc import checkDmarc
 from smtpmx.auth.results import (
     ArcResult,
     AuthResults,
@@ -35,6 +37,7 @@ from smtpmx.auth.results import (
     Method,
     SpfResult,
 )
+from smtpmx.auth.spf import checkSpf
 from smtpmx.envelope import Envelope
 
 # How many SPF verdicts are remembered (the least recently used go first).
@@ -72,12 +75,8 @@ class Checks:
 def realChecks() -> Checks:
     """
     The checks of L{smtpmx.auth.spf}, L{smtpmx.auth.dkim} and
-    L{smtpmx.auth.dmarc}, imported on first use.
+    L{smtpmx.auth.dmarc}.
     """
-    from smtpmx.auth.dkim import verifyMessage
-    from smtpmx.auth.dmarc import checkDmarc
-    from smtpmx.auth.spf import checkSpf
-
     return Checks(checkSpf, verifyMessage, checkDmarc)
 
 
@@ -140,6 +139,7 @@ class SenderAuthentication:
     @ivar methods: the methods that are on.
     @ivar resolver: the L{smtpmx.auth.dns.Resolver} (its C{clock} is the
         one of the deadlines handed to its C{lookups}).
+    @ivar checks: the L{Checks} run.
     @ivar timeout: the time budget of one message, in seconds
         (C{--auth-timeout}).
     """
@@ -177,7 +177,7 @@ class SenderAuthentication:
         self.random = random
         self._runInThread = runInThread
         self._clock = clock
-        self._checks = checks
+        self.checks = checks if checks is not None else realChecks()
         self._memo: OrderedDict[tuple, _SenderCheck] = OrderedDict()
         self._memoSize = memoSize
         self._memoLifetime = memoLifetime
@@ -189,15 +189,6 @@ class SenderAuthentication:
         (RFC 7489 section 4.2).
         """
         return Method.SPF in self.methods or Method.DMARC in self.methods
-
-    @property
-    def checks(self) -> Checks:
-        """
-        The checks run, L{realChecks} unless others were given.
-        """
-        if self._checks is None:
-            self._checks = realChecks()
-        return self._checks
 
     def inThread(self, deadline: Optional[float], f: Callable, *args) -> Deferred:
         """
