@@ -13,7 +13,8 @@ import socket
 import tomllib
 from typing import Any, Callable, Mapping, Optional
 
-from smtpmx.options import FILE_OPTIONS, RULES, Given, Option, configType, fileKeys
+from smtpmx.optionrules import RULES, Given
+from smtpmx.options import FILE_OPTIONS, Option, configType, fileKeys
 from smtpmx.optiontypes import ConfigError, LoadContext, asList, hostPort
 
 __all__ = ["Config", "ConfigError", "loadConfig", "readConfigFile", "summarize"]

@@ -32,7 +32,7 @@ LAYERS = (
             "smtpmx", "smtpmx.reply", "smtpmx.address", "smtpmx.envelope",
             "smtpmx.transactionlog",
             "smtpmx.headers", "smtpmx.body", "smtpmx.bounce", "smtpmx.interfaces",
-            "smtpmx.options", "smtpmx.optiontypes", "smtpmx.config", "smtpmx.durable",
+            "smtpmx.options", "smtpmx.optionrules", "smtpmx.optiontypes", "smtpmx.config", "smtpmx.durable",
             "smtpmx.relay", "smtpmx.relay.stuffing", "smtpmx.relay.retry",
             "smtpmx.relay.tlspolicy", "smtpmx.relay.queueformat", "smtpmx.delivery",
             "smtpmx.backends", "smtpmx.auth", "smtpmx.auth.results",

@@ -19,10 +19,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmx import optiondocs
 from smtpmx.config import Config, ConfigError, checkOption, loadConfig
+from smtpmx.optionrules import Given
 from smtpmx.options import (
     FILE_OPTIONS,
     OPTIONS,
-    Given,
     Option,
     Section,
     configType,
