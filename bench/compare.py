@@ -3,7 +3,7 @@ smtpmx side by side with its peers, on the same machine, the same load and
 the same file system, in one command::
 
     python bench/compare.py [--messages 2000] [--size 5120] [--runs 3]
-        [--peers smtpmx,postfix,aiosmtpd,chasquid,smtp-sink] [--no-install]
+        [--peers smtpmx,smtpmx-w2,postfix,aiosmtpd,chasquid,smtp-sink] [--no-install]
         [--no-relay] [--smtpmx-args ARGS] [--output FILE]
 
 It finds (or, as root, installs: Debian's C{postfix}, C{chasquid} and
@@ -11,7 +11,8 @@ C{maildrop}; aiosmtpd from PyPI) and starts, each on its own loopback
 port, each filing into Maildirs under one temporary directory:
 
   - smtpmx (C{twistd -n smtpmx --validator any}; the client is in the
-    default relay network, so trusted);
+    default relay network, so trusted), twice: C{--workers 1} (the
+    ratios are to this one) and C{--workers 2} (C{smtpmx-w2});
   - a private Postfix delivering through C{virtual(8)} (L{tests.postfix});
   - aiosmtpd with C{mailbox.Maildir}, file and directory fsynced
     (L{tests.aiosmtpdmaildir});
@@ -77,12 +78,17 @@ SMTP_SOURCE = "/usr/sbin/smtp-source"
 HOST = "127.0.0.1"
 DOMAIN = "localhost"
 SENDER = "bench@remote.example"
-PEERS = ("smtpmx", "postfix", "aiosmtpd", "chasquid", "smtp-sink")
+PEERS = ("smtpmx", "smtpmx-w2", "postfix", "aiosmtpd", "chasquid", "smtp-sink")
+
+# smtpmx's rows: the peer key and the server's --workers.  The ratios are
+# to the first.
+WORKERS = {"smtpmx": 1, "smtpmx-w2": 2}
 
 # What each server promises before its 250, as read from its code and
 # seen with strace (see bench/RESULTS.md).
 DURABILITY = {
     "smtpmx": "file fsync + directory fsync before the 250",
+    "smtpmx-w2": "the same: file fsync + directory fsync before the 250",
     "postfix": "queue file fsync before the 250 (no directory fsync); virtual(8) fsyncs each Maildir file",
     "aiosmtpd": "file fsync (mailbox.Maildir) + new/ fsync before the 250",
     "chasquid": "queue file written, not fsynced, before the 250; maildrop fsyncs each Maildir file",
@@ -188,15 +194,17 @@ def startPeer(key: str, cleanups: ExitStack, directory: str, users: Sequence[str
     home = os.path.join(directory, key)
     os.makedirs(home)
     os.chmod(home, 0o755)
-    if key == "smtpmx":
+    if key in WORKERS:
         import smtpmx
 
-        server = RunningServer.start(add, ["--validator", "any", *smtpmxArgs], directory=home)
+        args = ["--validator", "any", *smtpmxArgs, "--workers", str(WORKERS[key])]
+        server = RunningServer.start(add, args, directory=home)
         return Peer(
-            key, f"smtpmx {smtpmx.__version__}", server.pid, server.port,
+            key, f"smtpmx {smtpmx.__version__} --workers {WORKERS[key]}", server.pid, server.port,
             maildirCounter(lambda user: server.maildir(DOMAIN, user)),
-            notes=" ".join(["twistd -n smtpmx --validator any", *smtpmxArgs])
-            + "; the client (127.0.0.1) is in the default relay network: no per-client checks",
+            notes=" ".join(["twistd -n smtpmx", *args])
+            + "; the client (127.0.0.1) is in the default relay network: no per-client checks"
+            + ("; the memory is summed over the parent and its workers" if WORKERS[key] > 1 else ""),
             check=lambda: [f"{n} traceback(s) in its log" for n in [server.log().count("Traceback")] if n],
         )
     if key == "postfix":
@@ -598,6 +606,9 @@ def report(peers: Sequence[Peer], runs: Sequence[Run], skipped: dict[str, str], 
                  f"Load average (1 min) {averages[0]:.2f} at the start, {averages[1]:.2f} at the end"
                  " (other work on the machine counts: see the last column).")
     lines.append("")
+    if "smtpmx" in {p.key for p in peers}:
+        lines.append("× smtpmx is the ratio of msg/s to smtpmx with `--workers 1`.")
+        lines.append("")
     lines.append("| server | load | msg/s | × smtpmx | landed msg/s | server CPU ms/msg | peak memory | load avg |")
     lines.append("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
     names = {p.key: p.name for p in peers}
@@ -675,7 +686,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--fsync-operations", type=int, default=2000)
     parser.add_argument("--stall", type=float, default=60.0,
                         help="give up waiting for copies to land after this many seconds without progress")
-    parser.add_argument("--smtpmx-args", default="", help="more smtpmx options, e.g. '--workers 2'")
+    parser.add_argument("--smtpmx-args", default="",
+                        help="more options for both smtpmx rows, e.g. '--relay-active-limit 20' (not --workers: "
+                        "the peers smtpmx and smtpmx-w2 are --workers 1 and 2)")
     parser.add_argument("--directory", default=None, help="where the Maildirs go (default: a new temporary directory)")
     parser.add_argument("--output", default=None, help="also write the report to this file")
     options = parser.parse_args(argv)
@@ -686,6 +699,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         """
         print(text, file=sys.stderr, flush=True)
 
+    if any(a == "--workers" or a.startswith("--workers=") for a in shlex.split(options.smtpmx_args)):
+        parser.error("--smtpmx-args cannot set --workers: the peers smtpmx and smtpmx-w2 are --workers 1 and 2")
     keys = [k.strip() for k in options.peers.split(",") if k.strip()]
     for k in keys:
         if k not in PEERS:

@@ -83,4 +83,7 @@ class CompareSmokeTests(SynchronousTestCase):
         """
         if key == "postfix":
             return row.startswith("| Postfix ") and not row.startswith("| Postfix smtp-sink")
+        if key in ("smtpmx", "smtpmx-w2"):
+            workers = {"smtpmx": 1, "smtpmx-w2": 2}[key]
+            return row.startswith("| smtpmx ") and f" --workers {workers} " in row.split("|")[1] + " "
         return row.startswith("| " + {"smtp-sink": "Postfix smtp-sink"}.get(key, key + " "))
