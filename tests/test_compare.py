@@ -44,11 +44,12 @@ class CompareSmokeTests(SynchronousTestCase):
 
     def test_everyPeerEveryLoad(self) -> None:
         """
-        20 messages per load, one round, no relay run: the script exits 0
-        (nothing lost, nothing refused, every server started), and its
-        report has a row for each load of each server that is installed,
-        a line for each server that is not, and the disk's fsync rate.
-        (About 15 s.)
+        20 messages per load, one round, no relay run, a memory load of
+        3 clients with 1 MiB each: the script exits 0 (nothing lost,
+        nothing refused, every server started), and its report has a row
+        for each load of each server that is installed, and one in the
+        memory table, a line for each server that is not, and the disk's
+        fsync rate.  (About 25 s.)
         """
         compare = loadCompare()
         directory = tempfile.mkdtemp(prefix="smtpmx-compare-test-")
@@ -56,15 +57,18 @@ class CompareSmokeTests(SynchronousTestCase):
         output = os.path.join(directory, "report.md")
         status = compare.main([
             "--messages", "20", "--runs", "1", "--no-install", "--no-relay", "--fsync-operations", "20",
-            "--stall", "20", "--output", output,
+            "--stall", "20", "--memory-clients", "3", "--memory-size", "1048576", "--output", output,
         ])
         with open(output) as f:
             report = f.read()
         self.assertEqual(status, 0, report)
         self.assertNotIn("LOST", report)
         rows = [line for line in report.splitlines() if line.startswith("| ") and " msg/s " not in line]
+        memoryRows = [row for row in rows if " | 3/3 | " in row]
         for key in compare.PEERS:
             why = compare.missing(key)
+            self.assertEqual(len([row for row in memoryRows if self.names(key, row)]), 0 if why else 1,
+                             f"{key}, memory:\n{report}")
             for load in compare.LOADS:
                 matching = [row for row in rows if f" | {load.name} | " in row and self.names(key, row)]
                 if why:
@@ -75,6 +79,7 @@ class CompareSmokeTests(SynchronousTestCase):
                 self.assertIn(f"| {key} | not measured | {why} |", report)
         self.assertIn("fsync file + fsync directory", report)
         self.assertIn("× smtpmx", report)
+        self.assertIn("`smtp-source -l 1048576 -m 3 -s 3`", report)
 
     @staticmethod
     def names(key: str, row: str) -> bool:
