@@ -30,13 +30,17 @@ file in C{new/} of each recipient's Maildir; for the sink its counter) and
 reports loudly any that did not; it measures the server's processes from
 C{/proc} (L{tests.proctree}): CPU time (including children reaped in the
 meantime), and the peak of their summed resident and proportional set
-sizes, sampled every 0.2 s.
+sizes, sampled every 0.2 s.  Then the memory load, once per server: 10
+clients at once send one 30 MiB message each; the memory idle just
+before it and at its peak (sampled every 0.1 s), and whether every copy
+landed.
 
 It prints one Markdown report: the machine (CPUs, CPU model, kernel, file
 system, load average), a table with, per server and load, the medians of
 the runs of messages per second (C{250}s over the time C{smtp-source}
 took), the ratio to smtpmx, messages per second until the last copy
-landed, server CPU milliseconds per message, and the peak memory; each
+landed, server CPU milliseconds per message, and the peak memory; a
+table of the memory load (after warm-up, idle, peak, peak ÷ idle); each
 server's durability; the disk's rate of create + write + fsync of the file
 + fsync of the directory, from 1 and from 10 threads; and the relay's
 drain rate from C{bench/relay_bench.py --queued}.  It exits 1 if any
