@@ -681,11 +681,12 @@ def report(peers: Sequence[Peer], runs: Sequence[Run], skipped: dict[str, str], 
         lines.append(f"Memory: {options.memory_clients} clients at once each send one message of "
                      f"{options.memory_size:,} bytes (`smtp-source -l {options.memory_size} -m "
                      f"{options.memory_clients} -s {options.memory_clients}`), once per server, after the runs "
-                     "above. Idle is the memory after 1 s without mail, just before the load; peak the highest sample (every 0.1 s) during "
-                     "it; RSS summed over the server's processes, and PSS too for several.")
+                     "above. Idle is the memory after 1 s without mail, just before the load; peak the highest "
+                     "sample (every 0.1 s) during it; RSS summed over the server's processes, and PSS too for "
+                     "several.")
         lines.append("")
         lines.append("| server | after warm-up | idle before the load | peak during the load | peak ÷ idle "
-                     "| landed | seconds |")
+                     "| landed | seconds until landed |")
         lines.append("| --- | --- | --- | --- | ---: | ---: | ---: |")
         for peer in peers:
             m = memoryRuns.get(peer.key)
@@ -872,7 +873,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if options.output:
         with open(options.output, "w") as f:
             f.write(text)
-    if any(r.problems for r in [*runs, *(m.run for m in memoryRuns.values())]) or any(rate is None for rate, _ in relay):
+    everyRun = [*runs, *(m.run for m in memoryRuns.values())]
+    if any(r.problems for r in everyRun) or any(rate is None for rate, _ in relay):
         failed = True
     return 1 if failed else 0
 
