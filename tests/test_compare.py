@@ -92,3 +92,34 @@ class CompareSmokeTests(SynchronousTestCase):
             workers = {"smtpmx": 1, "smtpmx-w2": 2}[key]
             return row.startswith("| smtpmx ") and f" --workers {workers} " in row.split("|")[1] + " "
         return row.startswith("| " + {"smtp-sink": "Postfix smtp-sink"}.get(key, key + " "))
+
+
+class CompareUnitTests(SynchronousTestCase):
+    """
+    Parts of C{bench/compare.py} that need no server.
+    """
+
+    def test_workersNotInSmtpmxArgs(self) -> None:
+        """
+        C{--smtpmx-args} cannot set C{--workers}: the peers C{smtpmx} and
+        C{smtpmx-w2} are the two settings.
+        """
+        compare = loadCompare()
+        for args in ("--workers 2", "--relay-active-limit 5 --workers=3"):
+            with self.assertRaises(SystemExit):
+                compare.main(["--no-install", "--smtpmx-args", args])
+
+    def test_memoryRatios(self) -> None:
+        """
+        The memory load's peak over idle: RSS alone for one process, RSS
+        and PSS for several.
+        """
+        compare = loadCompare()
+        Memory = compare.Memory
+
+        def memoryRun(idle, peak):
+            run = compare.Run("smtpmx", compare.LOADS[0], 10, 10, 0, 10, 10, 1.0, 1.0, 0.1, peak, 0.0)
+            return compare.MemoryRun(idle, idle, run)
+
+        self.assertEqual(memoryRun(Memory(100, 100, 1), Memory(150, 150, 1)).ratios(), "1.50")
+        self.assertEqual(memoryRun(Memory(100, 50, 3), Memory(150, 100, 3)).ratios(), "1.50 RSS, 2.00 PSS")
