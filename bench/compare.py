@@ -3,7 +3,7 @@ smtpmx side by side with its peers, on the same machine, the same load and
 the same file system, in one command::
 
     python bench/compare.py [--messages 2000] [--size 5120] [--runs 3]
-        [--peers smtpmx,postfix,aiosmtpd,chasquid,smtp-sink] [--no-install]
+        [--peers smtpmx,smtpmx-w2,postfix,aiosmtpd,chasquid,smtp-sink] [--no-install]
         [--no-relay] [--smtpmx-args ARGS] [--output FILE]
 
 It finds (or, as root, installs: Debian's C{postfix}, C{chasquid} and
@@ -11,7 +11,8 @@ C{maildrop}; aiosmtpd from PyPI) and starts, each on its own loopback
 port, each filing into Maildirs under one temporary directory:
 
   - smtpmx (C{twistd -n smtpmx --validator any}; the client is in the
-    default relay network, so trusted);
+    default relay network, so trusted), twice: C{--workers 1} (the
+    ratios are to this one) and C{--workers 2} (C{smtpmx-w2});
   - a private Postfix delivering through C{virtual(8)} (L{tests.postfix});
   - aiosmtpd with C{mailbox.Maildir}, file and directory fsynced
     (L{tests.aiosmtpdmaildir});
@@ -29,13 +30,17 @@ file in C{new/} of each recipient's Maildir; for the sink its counter) and
 reports loudly any that did not; it measures the server's processes from
 C{/proc} (L{tests.proctree}): CPU time (including children reaped in the
 meantime), and the peak of their summed resident and proportional set
-sizes, sampled every 0.2 s.
+sizes, sampled every 0.2 s.  Then the memory load, once per server: 10
+clients at once send one 30 MiB message each; the memory idle just
+before it and at its peak (sampled every 0.1 s), and whether every copy
+landed.
 
 It prints one Markdown report: the machine (CPUs, CPU model, kernel, file
 system, load average), a table with, per server and load, the medians of
 the runs of messages per second (C{250}s over the time C{smtp-source}
 took), the ratio to smtpmx, messages per second until the last copy
-landed, server CPU milliseconds per message, and the peak memory; each
+landed, server CPU milliseconds per message, and the peak memory; a
+table of the memory load (after warm-up, idle, peak, peak ÷ idle); each
 server's durability; the disk's rate of create + write + fsync of the file
 + fsync of the directory, from 1 and from 10 threads; and the relay's
 drain rate from C{bench/relay_bench.py --queued}.  It exits 1 if any
@@ -75,14 +80,20 @@ from tests.proctree import Memory, cpuSeconds, descendants, loadAverage, memory 
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 HOST = "127.0.0.1"
+MiB = 1048576
 DOMAIN = "localhost"
 SENDER = "bench@remote.example"
-PEERS = ("smtpmx", "postfix", "aiosmtpd", "chasquid", "smtp-sink")
+PEERS = ("smtpmx", "smtpmx-w2", "postfix", "aiosmtpd", "chasquid", "smtp-sink")
+
+# smtpmx's rows: the peer key and the server's --workers.  The ratios are
+# to the first.
+WORKERS = {"smtpmx": 1, "smtpmx-w2": 2}
 
 # What each server promises before its 250, as read from its code and
 # seen with strace (see bench/RESULTS.md).
 DURABILITY = {
     "smtpmx": "file fsync + directory fsync before the 250",
+    "smtpmx-w2": "the same: file fsync + directory fsync before the 250",
     "postfix": "queue file fsync before the 250 (no directory fsync); virtual(8) fsyncs each Maildir file",
     "aiosmtpd": "file fsync (mailbox.Maildir) + new/ fsync before the 250",
     "chasquid": "queue file written, not fsynced, before the 250; maildrop fsyncs each Maildir file",
@@ -178,9 +189,11 @@ def maildirCounter(maildir: Callable[[str], str]) -> Callable[[Sequence[str]], i
     return lambda users: sum(countFiles(os.path.join(maildir(user), "new")) for user in users)
 
 
-def startPeer(key: str, cleanups: ExitStack, directory: str, users: Sequence[str], smtpmxArgs: Sequence[str]) -> Peer:
+def startPeer(key: str, cleanups: ExitStack, directory: str, users: Sequence[str], smtpmxArgs: Sequence[str],
+              maxSize: int) -> Peer:
     """
-    Start the server C{key} with its Maildirs under C{directory/key}.
+    Start the server C{key} with its Maildirs under C{directory/key},
+    taking messages of up to C{maxSize} bytes (the sink takes any).
 
     @raise tests.process.ProcessDidNotStart: it did not start.
     """
@@ -188,28 +201,31 @@ def startPeer(key: str, cleanups: ExitStack, directory: str, users: Sequence[str
     home = os.path.join(directory, key)
     os.makedirs(home)
     os.chmod(home, 0o755)
-    if key == "smtpmx":
+    if key in WORKERS:
         import smtpmx
 
-        server = RunningServer.start(add, ["--validator", "any", *smtpmxArgs], directory=home)
+        args = ["--validator", "any", "--max-message-size", str(maxSize), *smtpmxArgs, "--workers", str(WORKERS[key])]
+        server = RunningServer.start(add, args, directory=home)
         return Peer(
-            key, f"smtpmx {smtpmx.__version__}", server.pid, server.port,
+            key, f"smtpmx {smtpmx.__version__} --workers {WORKERS[key]}", server.pid, server.port,
             maildirCounter(lambda user: server.maildir(DOMAIN, user)),
-            notes=" ".join(["twistd -n smtpmx --validator any", *smtpmxArgs])
-            + "; the client (127.0.0.1) is in the default relay network: no per-client checks",
+            notes=" ".join(["twistd -n smtpmx", *args])
+            + "; the client (127.0.0.1) is in the default relay network: no per-client checks"
+            + ("; the memory is summed over the parent and its workers" if WORKERS[key] > 1 else ""),
             check=lambda: [f"{n} traceback(s) in its log" for n in [server.log().count("Traceback")] if n],
         )
     if key == "postfix":
-        instance = PrivatePostfix.start(add, home, HOST, freePort(HOST), DOMAIN, users)
+        instance = PrivatePostfix.start(add, home, HOST, freePort(HOST), DOMAIN, users, messageSizeLimit=maxSize)
         version = command(["/usr/sbin/postconf", "-d", "-h", "mail_version"])
         return Peer(
             key, f"Postfix {version} (virtual)", instance.pid, instance.port, maildirCounter(instance.maildir),
             notes="private instance (own main.cf, master.cf, queue), master -d; smtpd -> cleanup -> qmgr -> "
-            "virtual(8) to Maildir; users in a texthash table; otherwise Postfix's defaults",
+            "virtual(8) to Maildir; users in a texthash table; otherwise Postfix's defaults, but for the size limit "
+            "(below)",
             check=lambda: re.findall(r".*(?:fatal|panic):.*", instance.output())[:5],
         )
     if key == "aiosmtpd":
-        server = startAiosmtpd(add, home, HOST, DOMAIN)
+        server = startAiosmtpd(add, home, HOST, DOMAIN, dataSizeLimit=maxSize)
         return Peer(
             key, f"aiosmtpd {aiosmtpdVersion()} + mailbox.Maildir", server.pid, server.port,
             maildirCounter(server.maildir),
@@ -218,7 +234,7 @@ def startPeer(key: str, cleanups: ExitStack, directory: str, users: Sequence[str
             check=lambda: [line for line in server.output().splitlines() if "failed" in line or "Traceback" in line][:5],
         )
     if key == "chasquid":
-        instance = Chasquid.start(add, home, HOST, freePort(HOST), DOMAIN, users)
+        instance = Chasquid.start(add, home, HOST, freePort(HOST), DOMAIN, users, maxDataSizeMB=-(-maxSize // MiB))
         version = command(["/usr/bin/chasquid", "-version"]).replace("chasquid", "").strip()
         version = re.split(r"[ (]", version)[0] if version else ""
         return Peer(
@@ -403,11 +419,12 @@ def refusals(stderr: str, recipients: int) -> tuple[int, int, list[str]]:
     return messages, copies + messages * recipients, other
 
 
-def runLoad(peer: Peer, load: Load, base: str, messages: int, size: int, stall: float) -> Run:
+def runLoad(peer: Peer, load: Load, base: str, messages: int, size: int, stall: float, interval: float = 0.2) -> Run:
     """
     One run: C{smtp-source} sends C{messages} to C{base@DOMAIN} (and its
     numbered siblings), then wait until every copy has landed, or nothing
-    has moved for C{stall} seconds.
+    has moved for C{stall} seconds; the memory is sampled every
+    C{interval} seconds.
     """
     users = recipientsOf(base, load.recipients)
     before = peer.landed(users)
@@ -419,7 +436,7 @@ def runLoad(peer: Peer, load: Load, base: str, messages: int, size: int, stall: 
         f"{HOST}:{peer.port}",
     ]
     problems = []
-    with Sampler(peer.pid) as sampler:
+    with Sampler(peer.pid, interval) as sampler:
         began = time.monotonic()
         try:
             source = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -454,6 +471,45 @@ def runLoad(peer: Peer, load: Load, base: str, messages: int, size: int, stall: 
         peer.key, load, messages, accepted, refusedCopies, expected, landed, sent - began, done - began, cpu,
         sampler.peak, averageBefore, problems,
     )
+
+
+@dataclass
+class MemoryRun:
+    """
+    The memory load on one server: its memory once warmed up, just
+    before the load (idle), and the run (whose C{peak} is the peak during
+    it).
+    """
+
+    started: Memory
+    idle: Memory
+    run: Run
+
+    def ratios(self) -> str:
+        """
+        The peak over the idle memory: RSS, and for several processes PSS.
+        """
+        rss = self.run.peak.rss / self.idle.rss if self.idle.rss else 0.0
+        if max(self.idle.processes, self.run.peak.processes) <= 1:
+            return f"{rss:.2f}"
+        pss = self.run.peak.pss / self.idle.pss if self.idle.pss else 0.0
+        return f"{rss:.2f} RSS, {pss:.2f} PSS"
+
+
+def memoryLoad(peer: Peer, load: Load, size: int, stall: float, started: Memory, settle: float = 1.0) -> MemoryRun:
+    """
+    The memory load: after C{settle} seconds without mail, the server's
+    idle memory; then C{load.sessions} clients (C{smtp-source -s}) send one
+    message of C{size} bytes each at once, to C{mem@DOMAIN}, the memory
+    sampled every 0.1 s, and every copy awaited.  A refused message is a
+    problem here: the load did not happen.
+    """
+    time.sleep(settle)
+    idle = memory(descendants(peer.pid))
+    run = runLoad(peer, load, "mem", load.sessions, size, stall, interval=0.1)
+    if run.refusedCopies:
+        run.problems.append(f"REFUSED: {run.refusedCopies} of {run.expected} copies (too large?)")
+    return MemoryRun(started, idle, run)
 
 
 def fsyncRate(directory: str, threads: int, operations: int, size: int = 5120) -> float:
@@ -583,10 +639,11 @@ def median(values: Iterable[float]) -> float:
 
 def report(peers: Sequence[Peer], runs: Sequence[Run], skipped: dict[str, str], fsync: dict[int, list[float]],
            relay: list[tuple[Optional[float], str]], options, fileSystemName: str, loads: Sequence[Load],
-           averages: tuple[float, float]) -> str:
+           averages: tuple[float, float], memoryRuns: Optional[dict[str, MemoryRun]] = None) -> str:
     """
     The Markdown report.
     """
+    memoryRuns = memoryRuns or {}
     lines = []
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines.append(f"Run of `python bench/compare.py` on {now}: {options.messages} messages of {options.size} bytes "
@@ -598,6 +655,9 @@ def report(peers: Sequence[Peer], runs: Sequence[Run], skipped: dict[str, str], 
                  f"Load average (1 min) {averages[0]:.2f} at the start, {averages[1]:.2f} at the end"
                  " (other work on the machine counts: see the last column).")
     lines.append("")
+    if "smtpmx" in {p.key for p in peers}:
+        lines.append("× smtpmx is the ratio of msg/s to smtpmx with `--workers 1`.")
+        lines.append("")
     lines.append("| server | load | msg/s | × smtpmx | landed msg/s | server CPU ms/msg | peak memory | load avg |")
     lines.append("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
     names = {p.key: p.name for p in peers}
@@ -616,6 +676,28 @@ def report(peers: Sequence[Peer], runs: Sequence[Run], skipped: dict[str, str], 
                 f"{median(r.landedRate for r in mine):,.0f} | {median(r.cpuPerMessage for r in mine):.2f} | "
                 f"{memoryCell(peak)} | {median(r.loadAverage for r in mine):.2f} |"
             )
+    if memoryRuns:
+        lines.append("")
+        lines.append(f"Memory: {options.memory_clients} clients at once each send one message of "
+                     f"{options.memory_size:,} bytes (`smtp-source -l {options.memory_size} -m "
+                     f"{options.memory_clients} -s {options.memory_clients}`), once per server, after the runs "
+                     "above. Idle is the memory after 1 s without mail, just before the load; peak the highest "
+                     "sample (every 0.1 s) during it; RSS summed over the server's processes, and PSS too for "
+                     "several.")
+        lines.append("")
+        lines.append("| server | after warm-up | idle before the load | peak during the load | peak ÷ idle "
+                     "| landed | seconds until landed |")
+        lines.append("| --- | --- | --- | --- | ---: | ---: | ---: |")
+        for peer in peers:
+            m = memoryRuns.get(peer.key)
+            if m is None:
+                continue
+            flag = " ⚠" if m.run.problems or m.run.refusedCopies else ""
+            lines.append(
+                f"| {names[peer.key]}{flag} | {memoryCell(m.started)} | {memoryCell(m.idle)} | "
+                f"{memoryCell(m.run.peak)} | {m.ratios()} | {m.run.landed}/{m.run.expected} | "
+                f"{m.run.landedSeconds:.1f} |"
+            )
     lines.append("")
     lines.append("| server | durability before the 250 | set-up |")
     lines.append("| --- | --- | --- |")
@@ -623,6 +705,10 @@ def report(peers: Sequence[Peer], runs: Sequence[Run], skipped: dict[str, str], 
         lines.append(f"| {names[peer.key]} | {DURABILITY[peer.key]} | {peer.notes} |")
     for key, why in skipped.items():
         lines.append(f"| {key} | not measured | {why} |")
+    lines.append("")
+    lines.append(f"Every server takes messages of up to {options.max_size:,} bytes (smtpmx's `--max-message-size`, "
+                 "Postfix's `message_size_limit`, aiosmtpd's `data_size_limit`, chasquid's `max_data_size_mb`), "
+                 "for the memory load.")
     if fsync:
         lines.append("")
         cells = ", ".join(f"{median(rates):,.0f}/s ({threads} thread{'s' if threads > 1 else ''})"
@@ -640,6 +726,7 @@ def report(peers: Sequence[Peer], runs: Sequence[Run], skipped: dict[str, str], 
         for rate, detail in relay:
             if rate is None:
                 lines.append(f"Relay run FAILED: {detail}")
+    runs = [*runs, *(m.run for m in memoryRuns.values())]
     refused = [r for r in runs if r.refusedCopies]
     if refused:
         lines.append("")
@@ -675,10 +762,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--fsync-operations", type=int, default=2000)
     parser.add_argument("--stall", type=float, default=60.0,
                         help="give up waiting for copies to land after this many seconds without progress")
-    parser.add_argument("--smtpmx-args", default="", help="more smtpmx options, e.g. '--workers 2'")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory load")
+    parser.add_argument("--memory-clients", type=int, default=10,
+                        help="the memory load: clients at once, one message each (default 10)")
+    parser.add_argument("--memory-size", type=int, default=31457280,
+                        help="the memory load: bytes per message (default 31457280, 30 MiB)")
+    parser.add_argument("--smtpmx-args", default="",
+                        help="more options for both smtpmx rows, e.g. '--relay-active-limit 20' (not --workers: "
+                        "the peers smtpmx and smtpmx-w2 are --workers 1 and 2)")
     parser.add_argument("--directory", default=None, help="where the Maildirs go (default: a new temporary directory)")
     parser.add_argument("--output", default=None, help="also write the report to this file")
     options = parser.parse_args(argv)
+    # Room for the memory load's messages and the headers added on the way.
+    options.max_size = max(48 * MiB, options.memory_size + 16 * MiB)
 
     def say(text: str) -> None:
         """
@@ -686,6 +782,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         """
         print(text, file=sys.stderr, flush=True)
 
+    if any(a == "--workers" or a.startswith("--workers=") for a in shlex.split(options.smtpmx_args)):
+        parser.error("--smtpmx-args cannot set --workers: the peers smtpmx and smtpmx-w2 are --workers 1 and 2")
     keys = [k.strip() for k in options.peers.split(",") if k.strip()]
     for k in keys:
         if k not in PEERS:
@@ -703,7 +801,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # One base name per load and round; the peers that check recipients
     # must know them all in advance.
     bases = {(n, load): f"u{n}x{i}" for n in range(options.runs) for i, load in enumerate(loads)}
-    users = ["warm"] + [u for (n, load), base in bases.items() for u in recipientsOf(base, load.recipients)]
+    users = ["warm", "mem"] + [u for (n, load), base in bases.items() for u in recipientsOf(base, load.recipients)]
     failed = False
 
     with ExitStack() as cleanups:
@@ -717,7 +815,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for k in keys:
             say(f"starting {k}")
             try:
-                peers.append(startPeer(k, cleanups, directory, users, shlex.split(options.smtpmx_args)))
+                peers.append(startPeer(k, cleanups, directory, users, shlex.split(options.smtpmx_args),
+                                       options.max_size))
             except Exception as e:  # noqa: BLE001 -- reported, and the others still run
                 skipped[k] = f"did not start: {str(e)[:300]}"
                 say(f"{k} did not start: {e}")
@@ -727,6 +826,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run = runLoad(peer, warm, "warm", min(50, options.messages), options.size, options.stall)
             if run.problems:
                 say(f"warm-up of {peer.key}: {'; '.join(run.problems)}")
+        time.sleep(1.0)
+        warmed = {peer.key: memory(descendants(peer.pid)) for peer in peers}
         runs: list[Run] = []
         for n in range(options.runs):
             for load in loads:
@@ -740,6 +841,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"{run.cpuPerMessage:.2f} ms CPU/msg, {run.landed}/{run.expected} landed, "
                         f"{run.refusedCopies} refused, load {run.loadAverage:.2f}"
                         + (f" -- {'; '.join(run.problems)}" if run.problems else ""))
+        memoryRuns: dict[str, MemoryRun] = {}
+        if not options.no_memory:
+            big = Load(f"{options.memory_clients} × {mebibytes(options.memory_size)}", options.memory_clients, 1)
+            for peer in peers:
+                m = memoryRuns[peer.key] = memoryLoad(peer, big, options.memory_size, options.stall, warmed[peer.key])
+                say(f"memory, {peer.key}: idle {memoryCell(m.idle)}, peak {memoryCell(m.run.peak)} "
+                    f"({m.ratios()}), {m.run.landed}/{m.run.expected} landed"
+                    + (f" -- {'; '.join(m.run.problems)}" if m.run.problems else ""))
         for peer in peers:
             for problem in peer.check():
                 say(f"{peer.key}: {problem}")
@@ -758,12 +867,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for n in range(options.runs):
                 relay.append(relayRun(options.relay_messages))
                 say(f"relay run {n + 1}/{options.runs}: {relay[-1][0] or 'failed'} msg/s")
-        text = report(peers, runs, skipped, fsync, relay, options, machine, loads, (averageAtStart, loadAverage()))
+        text = report(peers, runs, skipped, fsync, relay, options, machine, loads, (averageAtStart, loadAverage()),
+                      memoryRuns)
     print(text, end="")
     if options.output:
         with open(options.output, "w") as f:
             f.write(text)
-    if any(r.problems for r in runs) or any(rate is None for rate, _ in relay):
+    everyRun = [*runs, *(m.run for m in memoryRuns.values())]
+    if any(r.problems for r in everyRun) or any(rate is None for rate, _ in relay):
         failed = True
     return 1 if failed else 0
 

@@ -140,7 +140,7 @@ class MaildirHandler:
         return "250 2.0.0 OK"
 
 
-async def serve(host: str, port: int, root: str, hostname: str) -> None:
+async def serve(host: str, port: int, root: str, hostname: str, dataSizeLimit: Optional[int] = None) -> None:
     """
     Serve until SIGTERM.
     """
@@ -148,7 +148,8 @@ async def serve(host: str, port: int, root: str, hostname: str) -> None:
 
     handler = MaildirHandler(root)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(handler, hostname=hostname), host, port)
+    limit = {} if dataSizeLimit is None else {"data_size_limit": dataSizeLimit}
+    server = await loop.create_server(lambda: SMTP(handler, hostname=hostname, **limit), host, port)
     bound = server.sockets[0].getsockname()
     print(f"listening on {bound[0]}:{bound[1]}", flush=True)
     stopped = asyncio.Event()
@@ -167,8 +168,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--root", required=True, help="the root of the Maildirs")
     parser.add_argument("--hostname", default="mx.bench.example")
+    parser.add_argument("--data-size-limit", type=int, default=None,
+                        help="largest message in bytes (default aiosmtpd's, 33554432)")
     options = parser.parse_args(argv)
-    asyncio.run(serve(options.host, options.port, options.root, options.hostname))
+    asyncio.run(serve(options.host, options.port, options.root, options.hostname, options.data_size_limit))
     return 0
 
 
@@ -218,18 +221,22 @@ class AiosmtpdServer:
         return self.runner.log()
 
 
-def startAiosmtpd(addCleanup: Callable, directory: str, host: str, domain: str, timeout: float = 20) -> AiosmtpdServer:
+def startAiosmtpd(addCleanup: Callable, directory: str, host: str, domain: str, timeout: float = 20,
+                  dataSizeLimit: Optional[int] = None) -> AiosmtpdServer:
     """
     Start the aiosmtpd peer on a free port of C{host}, its Maildirs under
     C{directory/Maildir}, register its stop with C{addCleanup}, and wait
     until it listens.
 
+    @param dataSizeLimit: the largest message in bytes; L{None} keeps
+        aiosmtpd's default (33554432).
     @raise tests.process.ProcessDidNotStart: it did not start.
     """
     maildirs = os.path.join(directory, "Maildir")
     os.makedirs(maildirs, exist_ok=True)
     runner = RunningProcess(
-        [sys.executable, "-m", "tests.aiosmtpdmaildir", "--host", host, "--port", "0", "--root", maildirs],
+        [sys.executable, "-m", "tests.aiosmtpdmaildir", "--host", host, "--port", "0", "--root", maildirs]
+        + ([] if dataSizeLimit is None else ["--data-size-limit", str(dataSizeLimit)]),
         os.path.join(directory, "aiosmtpd.out"), cwd=directory, env=environment(), name="aiosmtpd",
     )
     server = AiosmtpdServer(runner, maildirs, domain)

@@ -29,7 +29,7 @@ import os
 import shutil
 import socket
 import subprocess
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from tests.certs import makeAuthority, makeServerCertificate
 from tests.process import RunningProcess, acceptsConnections
@@ -108,11 +108,14 @@ class Chasquid:
     """
 
     def __init__(self, directory: str, host: str, port: int, domain: str, users: Iterable[str],
-                 hostname: str = "mx.bench.example") -> None:
+                 hostname: str = "mx.bench.example", maxDataSizeMB: Optional[int] = None) -> None:
         """
         Write the configuration (a certificate, which chasquid needs to
         start, the users with a plain password each, the maildrop filter,
         the Maildirs); L{start} runs it.
+
+        @param maxDataSizeMB: C{max_data_size_mb}, the largest message in
+            MiB; L{None} keeps chasquid's default (50).
         """
         self.directory = directory
         self.host = host
@@ -142,6 +145,8 @@ class Chasquid:
                 hostname=hostname, host=host, port=port, maildrop=MAILDROP, filter=filterPath,
                 data=os.path.join(directory, "data"), mailLog=os.path.join(directory, "mail.log"),
             ))
+            if maxDataSizeMB is not None:
+                f.write(f"max_data_size_mb: {maxDataSizeMB}\n")
         resolvConf = os.path.join(directory, "resolv.conf")
         with open(resolvConf, "w") as f:
             f.write(f"nameserver {NO_DNS}\n")
@@ -156,14 +161,16 @@ class Chasquid:
 
     @classmethod
     def start(cls, addCleanup: Callable, directory: str, host: str, port: int, domain: str,
-              users: Iterable[str], timeout: float = 20) -> "Chasquid":
+              users: Iterable[str], timeout: float = 20, **kw) -> "Chasquid":
         """
         Configure and start chasquid, register its stop with
         C{addCleanup}, and wait until it accepts connections.
 
+        @param kw: see L{__init__}.
+
         @raise tests.process.ProcessDidNotStart: it did not start.
         """
-        instance = cls(directory, host, port, domain, users)
+        instance = cls(directory, host, port, domain, users, **kw)
         addCleanup(instance.stop)
         instance.runner.launch(acceptsConnections(host, port), timeout)
         return instance

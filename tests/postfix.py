@@ -189,7 +189,7 @@ class PrivatePostfix:
     """
 
     def __init__(self, directory: str, host: str, port: int, domain: str, users: Iterable[str],
-                 hostname: str = "mx.bench.example") -> None:
+                 hostname: str = "mx.bench.example", messageSizeLimit: Optional[int] = None) -> None:
         """
         Write the configuration; L{start} runs it.
 
@@ -198,6 +198,9 @@ class PrivatePostfix:
             must its parents be.
         @param users: the local parts that have a mailbox; mail for any
             other is refused at RCPT, as a real server would.
+        @param messageSizeLimit: C{message_size_limit} in bytes (and the
+            mailbox limits raised to it when they are lower); L{None}
+            keeps Postfix's default (10240000).
         """
         self.directory = directory
         self.host = host
@@ -224,6 +227,10 @@ class PrivatePostfix:
                 maildirs=self.maildirs, mailboxes=mailboxes, uid=owner.pw_uid, gid=owner.pw_gid,
                 log=self.log, directory=directory,
             ))
+            if messageSizeLimit is not None:
+                mailboxLimit = max(51200000, messageSizeLimit)
+                f.write(f"message_size_limit = {messageSizeLimit}\n"
+                        f"mailbox_size_limit = {mailboxLimit}\nvirtual_mailbox_limit = {mailboxLimit}\n")
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
             f.write(MASTER_CF.format(host=host, port=port))
         self.runner = RunningProcess(
@@ -233,15 +240,17 @@ class PrivatePostfix:
 
     @classmethod
     def start(cls, addCleanup: Callable, directory: str, host: str, port: int, domain: str,
-              users: Iterable[str], timeout: float = 30) -> "PrivatePostfix":
+              users: Iterable[str], timeout: float = 30, **kw) -> "PrivatePostfix":
         """
         Write the configuration, make the queue's directories
         (C{postfix -c ETC check}), start the master, register its stop
         with C{addCleanup}, and wait until it accepts connections.
 
+        @param kw: see L{__init__}.
+
         @raise tests.process.ProcessDidNotStart: it did not start.
         """
-        instance = cls(directory, host, port, domain, users)
+        instance = cls(directory, host, port, domain, users, **kw)
         subprocess.run(
             [POSTFIX, "-c", instance.etc, "check"], check=True, timeout=timeout,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -44,11 +44,12 @@ class CompareSmokeTests(SynchronousTestCase):
 
     def test_everyPeerEveryLoad(self) -> None:
         """
-        20 messages per load, one round, no relay run: the script exits 0
-        (nothing lost, nothing refused, every server started), and its
-        report has a row for each load of each server that is installed,
-        a line for each server that is not, and the disk's fsync rate.
-        (About 15 s.)
+        20 messages per load, one round, no relay run, a memory load of
+        3 clients with 1 MiB each: the script exits 0 (nothing lost,
+        nothing refused, every server started), and its report has a row
+        for each load of each server that is installed, and one in the
+        memory table, a line for each server that is not, and the disk's
+        fsync rate.  (About 25 s.)
         """
         compare = loadCompare()
         directory = tempfile.mkdtemp(prefix="smtpmx-compare-test-")
@@ -56,15 +57,18 @@ class CompareSmokeTests(SynchronousTestCase):
         output = os.path.join(directory, "report.md")
         status = compare.main([
             "--messages", "20", "--runs", "1", "--no-install", "--no-relay", "--fsync-operations", "20",
-            "--stall", "20", "--output", output,
+            "--stall", "20", "--memory-clients", "3", "--memory-size", "1048576", "--output", output,
         ])
         with open(output) as f:
             report = f.read()
         self.assertEqual(status, 0, report)
         self.assertNotIn("LOST", report)
         rows = [line for line in report.splitlines() if line.startswith("| ") and " msg/s " not in line]
+        memoryRows = [row for row in rows if " | 3/3 | " in row]
         for key in compare.PEERS:
             why = compare.missing(key)
+            self.assertEqual(len([row for row in memoryRows if self.names(key, row)]), 0 if why else 1,
+                             f"{key}, memory:\n{report}")
             for load in compare.LOADS:
                 matching = [row for row in rows if f" | {load.name} | " in row and self.names(key, row)]
                 if why:
@@ -75,6 +79,7 @@ class CompareSmokeTests(SynchronousTestCase):
                 self.assertIn(f"| {key} | not measured | {why} |", report)
         self.assertIn("fsync file + fsync directory", report)
         self.assertIn("× smtpmx", report)
+        self.assertIn("`smtp-source -l 1048576 -m 3 -s 3`", report)
 
     @staticmethod
     def names(key: str, row: str) -> bool:
@@ -83,4 +88,38 @@ class CompareSmokeTests(SynchronousTestCase):
         """
         if key == "postfix":
             return row.startswith("| Postfix ") and not row.startswith("| Postfix smtp-sink")
+        if key in ("smtpmx", "smtpmx-w2"):
+            workers = {"smtpmx": 1, "smtpmx-w2": 2}[key]
+            return row.startswith("| smtpmx ") and f" --workers {workers} " in row.split("|")[1] + " "
         return row.startswith("| " + {"smtp-sink": "Postfix smtp-sink"}.get(key, key + " "))
+
+
+class CompareUnitTests(SynchronousTestCase):
+    """
+    Parts of C{bench/compare.py} that need no server.
+    """
+
+    def test_workersNotInSmtpmxArgs(self) -> None:
+        """
+        C{--smtpmx-args} cannot set C{--workers}: the peers C{smtpmx} and
+        C{smtpmx-w2} are the two settings.
+        """
+        compare = loadCompare()
+        for args in ("--workers 2", "--relay-active-limit 5 --workers=3"):
+            with self.assertRaises(SystemExit):
+                compare.main(["--no-install", "--smtpmx-args", args])
+
+    def test_memoryRatios(self) -> None:
+        """
+        The memory load's peak over idle: RSS alone for one process, RSS
+        and PSS for several.
+        """
+        compare = loadCompare()
+        Memory = compare.Memory
+
+        def memoryRun(idle, peak):
+            run = compare.Run("smtpmx", compare.LOADS[0], 10, 10, 0, 10, 10, 1.0, 1.0, 0.1, peak, 0.0)
+            return compare.MemoryRun(idle, idle, run)
+
+        self.assertEqual(memoryRun(Memory(100, 100, 1), Memory(150, 150, 1)).ratios(), "1.50")
+        self.assertEqual(memoryRun(Memory(100, 50, 3), Memory(150, 100, 3)).ratios(), "1.50 RSS, 2.00 PSS")
