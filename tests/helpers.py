@@ -12,13 +12,16 @@ wait cannot sleep, and do not use it.)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 import shutil
 import subprocess
 import tempfile
 import time
 import uuid
+from types import ModuleType
 from typing import Callable, Optional, TypeVar
 
 T = TypeVar("T")
@@ -285,3 +288,20 @@ def snapshot(python: str) -> dict:
     finally:
         shutil.rmtree(cwd, True)
     return json.loads(result.stdout)
+
+
+def loadBenchScript(fileName: str) -> ModuleType:
+    """
+    A script of C{bench/} (no package) as a module, loaded once, for the
+    smoke tests that run it small.
+
+    @param fileName: its file name, such as C{"compare.py"}.
+    """
+    name = "smtpmx_bench_" + fileName.removesuffix(".py")
+    if name not in sys.modules:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, "bench", fileName))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

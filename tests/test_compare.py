@@ -8,31 +8,23 @@ C{bench/RESULTS.md}, never asserted.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import ROOT
+from tests.helpers import loadBenchScript
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 
 
 def loadCompare():
     """
-    C{bench/compare.py} as a module (C{bench/} is no package).
+    C{bench/compare.py} as a module.
     """
-    name = "smtpmx_bench_compare"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", "compare.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return loadBenchScript("compare.py")
 
 
 @pytest.mark.skipif(not os.access(SMTP_SOURCE, os.X_OK), reason="needs Postfix's smtp-source (Debian's package postfix)")

@@ -8,31 +8,15 @@ figures themselves are for C{bench/RESULTS.md}, never asserted.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import os
-import sys
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import ROOT
+from tests.helpers import loadBenchScript
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
-
-
-def loadScript():
-    """
-    C{bench/cpu_per_message.py} as a module (C{bench/} is no package).
-    """
-    name = "smtpmx_bench_cpu_per_message"
-    if name not in sys.modules:
-        path = os.path.join(ROOT, "bench", "cpu_per_message.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.mark.skipif(not os.access(SMTP_SOURCE, os.X_OK), reason="needs Postfix's smtp-source (Debian's package postfix)")
@@ -45,7 +29,7 @@ class CpuPerMessageSmokeTests(SynchronousTestCase):
         """
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            status = loadScript().main(["--messages", "20", "--runs", "1", "--sessions", "2"])
+            status = loadBenchScript("cpu_per_message.py").main(["--messages", "20", "--runs", "1", "--sessions", "2"])
         self.assertEqual(status, 0, out.getvalue())
         report = out.getvalue()
         self.assertIn("| **threads** | median |", report)
