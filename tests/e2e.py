@@ -283,6 +283,26 @@ class RunningServer:
             texts.append(readLog(out) + readLog(err))
         return "".join(texts)
 
+    def transactionLine(self, text: str, timeout: float = 10.0) -> str:
+        """
+        The last transaction log line (one with C{result=}) that mentions
+        C{text}, waiting up to C{timeout} seconds for one.
+
+        @raise AssertionError: none came.
+        """
+
+        def lines() -> list[str]:
+            """
+            The transaction lines with C{text}.
+            """
+            return [l for l in self.log().splitlines() if text in l and "result=" in l]
+
+        waitUntil(lambda: bool(lines()), timeout=timeout)
+        found = lines()
+        if not found:
+            raise AssertionError(f"no transaction log line mentions {text!r}")
+        return found[-1]
+
     # What it stored.
 
     def maildir(self, domain: str, user: str) -> str:

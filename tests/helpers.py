@@ -305,3 +305,16 @@ def loadBenchScript(fileName: str) -> ModuleType:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def assertShownIn(case, source: str, *documents: str) -> None:
+    """
+    Fail C{case} unless each of C{documents} (paths from the checkout's
+    root) shows C{source} as an indented literal block, so that the code
+    a document shows is the code the tests run.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    indented = "".join(("    " + line) if line.strip() else "\n" for line in source.splitlines(True))
+    for name in documents:
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            case.assertIn(indented, f.read(), name)

@@ -25,7 +25,7 @@ import pytest
 from tests.authzone import CLIENT_HELO, arcSealed, dkimSigned, startDNS
 from tests.dnszone import failingServer, silentServer
 from tests.e2e import RunningServer, SharedProcessesTestCase, codes, freePort, headerBlock, rawDialog
-from tests.helpers import message, unique, waitUntil
+from tests.helpers import message, unique
 
 # Every blocking operation of a client is bounded by this.
 TIMEOUT = 15
@@ -166,23 +166,6 @@ def storedFiles(server: RunningServer) -> set[str]:
     return (filesUnder(os.path.join(server.dir, "Maildir"))
             | filesUnder(os.path.join(server.dir, "queue", "msg"))
             | filesUnder(os.path.join(server.dir, "queue", "env")))
-
-
-def logLine(server: RunningServer, text: str) -> str:
-    """
-    The transaction log line that mentions C{text}.
-    """
-    def lines() -> list[str]:
-        """
-        The transaction lines with C{text}.
-        """
-        return [l for l in server.log().splitlines() if text in l and "result=" in l]
-
-    waitUntil(lambda: bool(lines()), timeout=10)
-    found = lines()
-    if not found:
-        raise AssertionError(f"no transaction log line mentions {text!r}")
-    return found[-1]
 
 
 class ServersTestCase(SharedProcessesTestCase):
@@ -485,7 +468,7 @@ class AuthenticationTests(ServersTestCase):
         stored = self.deliver(signedMessage(user), "alice@example.test", user)
         self.assertEqual(verdicts(stored)[2], "dmarc=pass header.from=example.test")
         self.assertIn(" auth=[spf=pass dkim=none dmarc=pass arc=none] ",
-                      logLine(self.server, user))
+                      self.server.transactionLine(user))
 
     @pytest.mark.rfc("7489", "3.1.1")
     def test_dmarcPassByDkimRelaxed(self):
@@ -538,7 +521,7 @@ class AuthenticationTests(ServersTestCase):
         self.assertTrue(text.startswith("5.7.1 "), text)
         self.assertIn("dmarc", text.lower())
         self.assertEqual(storedFiles(self.server), before)
-        line = logLine(self.server, user)
+        line = self.server.transactionLine(user)
         self.assertIn(" auth=[spf=none dkim=none dmarc=fail(reject) arc=none] ", line)
         self.assertIn("result=550 5.7.1", line)
 
@@ -570,7 +553,7 @@ class AuthenticationTests(ServersTestCase):
         self.assertEqual(self.server.newMessages("localhost", user), [])
         [stored] = junkMessages(self.server, user)
         self.assertEqual(verdicts(stored)[2], "dmarc=fail header.from=quarantine.test")
-        self.assertIn("dmarc=fail(quarantine)", logLine(self.server, user))
+        self.assertIn("dmarc=fail(quarantine)", self.server.transactionLine(user))
 
     @pytest.mark.rfc("7489", "6.7")
     def test_dmarcNoneDelivered(self):
@@ -810,7 +793,7 @@ class AuthenticationTests(ServersTestCase):
         stored = self.deliver(signedMessage(user, extra=extra), "bob@none.test", user,
                               source=TRUSTED_SOURCE)
         self.assertEqual([h.authserv_id for h in parsedResults(stored)], ["other.test"])
-        self.assertNotIn(" auth=", logLine(self.server, user))
+        self.assertNotIn(" auth=", self.server.transactionLine(user))
 
 
 class AuthenticationOptionsTests(ServersTestCase):
@@ -914,7 +897,7 @@ class AuthenticationOptionsTests(ServersTestCase):
         self.assertEqual(code, 250, text)
         [stored] = self.unchecked.newMessages("localhost", user)
         self.assertEqual(parsedResults(stored), [])
-        self.assertNotIn(" auth=", logLine(self.unchecked, user))
+        self.assertNotIn(" auth=", self.unchecked.transactionLine(user))
 
     @pytest.mark.rfc("7208", "8.4")
     def test_spfRejectFail(self):

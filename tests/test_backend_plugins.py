@@ -30,6 +30,7 @@ from smtpmx.relay.request import Disposition, RecipientResult, resultOf
 from smtpmx.relay.service import RelayService
 from smtpmx.reply import Reply
 from smtpmx.testing import RecordingBackend, deliverWithBackend
+from tests.helpers import assertShownIn
 from tests.examplebackend import loadExampleBackend
 from tests.serverhelpers import directoryConfig
 
@@ -279,7 +280,4 @@ class DocumentedExampleTests(SynchronousTestCase):
         """
         from tests.examplebackend import SOURCE
 
-        with open(os.path.join(os.path.dirname(__file__), "..", "docs", "plugins.rst")) as f:
-            docs = f.read()
-        indented = "".join(("    " + line if line.strip() else line) for line in SOURCE.splitlines(True))
-        self.assertIn(indented, docs)
+        assertShownIn(self, SOURCE, os.path.join("docs", "plugins.rst"))

@@ -32,6 +32,7 @@ from smtpmx.filterstore import CHUNK, FilteringStore, Spool, filedEnvelope
 from smtpmx.interfaces import IFilterableMessage, IFilteredMessage, IMessageStore
 from smtpmx.reply import Refused
 from smtpmx.testing import MemoryStore, filterableMessage, runAtOnce, runFilter
+from tests.helpers import assertShownIn
 from tests.serverhelpers import makeConfig
 from tests.test_session import SessionDriver
 
@@ -649,13 +650,7 @@ class ExampleFilterTests(SynchronousTestCase):
         """
         README.rst and docs/plugins.rst show the example's code, indented.
         """
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        indented = "".join(
-            ("    " + line) if line.strip() else "\n" for line in self.source.splitlines(True)
-        )
-        for name in ("README.rst", os.path.join("docs", "plugins.rst")):
-            with open(os.path.join(root, name), encoding="utf-8") as f:
-                self.assertIn(indented, f.read(), name)
+        assertShownIn(self, self.source, "README.rst", os.path.join("docs", "plugins.rst"))
 
     def test_verdicts(self):
         """

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e import RunningServer, headerBlock, makeTemporaryDirectory, runToExit
 from tests.examplefilter import writeExampleFilters
-from tests.helpers import message, unique, waitUntil
+from tests.helpers import message, unique
 
 # Every blocking operation of a client is bounded by this.
 TIMEOUT = 15
@@ -63,14 +63,6 @@ class FilterServerTests(SynchronousTestCase):
             code, text = c.data(data)
             return code, text.decode("utf-8", "replace")
 
-    def logLine(self, server: RunningServer, queueIdOrText: str) -> str:
-        """
-        The transaction log line that mentions C{queueIdOrText}.
-        """
-        waitUntil(lambda: any(queueIdOrText in l and "result=" in l
-                              for l in server.log().splitlines()), timeout=10)
-        return [l for l in server.log().splitlines() if queueIdOrText in l and "result=" in l][-1]
-
     def test_acceptDelivered(self):
         """
         Filters that accept let the message through to INBOX, and the
@@ -82,7 +74,7 @@ class FilterServerTests(SynchronousTestCase):
         self.assertEqual(code, 250, text)
         [stored] = server.newMessages("localhost", "alice")
         self.assertIn(token.encode(), stored)
-        line = self.logLine(server, text.split()[-1])
+        line = server.transactionLine(text.split()[-1])
         self.assertIn("filters=[verdict accept, keyword accept]", line)
         self.assertNotIn("Traceback", server.log())
 
@@ -134,7 +126,7 @@ class FilterServerTests(SynchronousTestCase):
         self.assertEqual((code, text), (554, "5.7.1 Refused by the verdict filter, sorry"))
         self.assertEqual(server.tree() - before, set())
         self.assertIn("filters=[verdict 554 5.7.1, verdict accept] result=554",
-                      self.logLine(server, "result=554"))
+                      server.transactionLine("result=554"))
 
     def test_keywordExample(self):
         """
@@ -156,7 +148,7 @@ class FilterServerTests(SynchronousTestCase):
         code, text = self.send(server, message(unique("later-")))
         self.assertEqual(code, 250, text)
         self.assertEqual(len(server.newMessages("localhost", "alice")), 1)
-        self.assertIn("filters=[verdict accept]", self.logLine(server, text.split()[-1]))
+        self.assertIn("filters=[verdict accept]", server.transactionLine(text.split()[-1]))
 
     def test_raisingAccept(self):
         """
@@ -167,7 +159,7 @@ class FilterServerTests(SynchronousTestCase):
         code, text = self.send(server, message(unique("raise-")))
         self.assertEqual(code, 250, text)
         self.assertEqual(len(server.newMessages("localhost", "alice")), 1)
-        self.assertIn("filters=[verdict failed]", self.logLine(server, text.split()[-1]))
+        self.assertIn("filters=[verdict failed]", server.transactionLine(text.split()[-1]))
         self.assertIn("the verdict filter broke, as asked", server.log())
 
     def test_raisingTempfail(self):
@@ -204,7 +196,7 @@ class FilterServerTests(SynchronousTestCase):
         code, text = self.send(server, message(unique("trust-")))
         self.assertEqual(code, 250, text)
         self.assertEqual(len(server.newMessages("localhost", "alice")), 1)
-        self.assertNotIn("filters=", self.logLine(server, text.split()[-1]))
+        self.assertNotIn("filters=", server.transactionLine(text.split()[-1]))
 
     def test_listFilters(self):
         """

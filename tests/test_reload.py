@@ -30,6 +30,7 @@ from smtpmx.testing import runAtOnce, runFilter, validationContext
 from smtpmx.tls import certificateOf, serverTLSOptions
 from smtpmx.validators.aliases import AliasesValidator
 from tests import certs
+from tests.helpers import assertShownIn
 from tests.examplereload import SOURCE, loadWordsFilter
 
 
@@ -596,10 +597,7 @@ class DocumentedFilterTests(SynchronousTestCase):
         The example's code is in docs/plugins.rst, indented as a literal
         block, so that what is documented is what is tested.
         """
-        with open(os.path.join(os.path.dirname(__file__), "..", "docs", "plugins.rst")) as f:
-            docs = f.read()
-        indented = "".join(("    " + line if line.strip() else line) for line in SOURCE.splitlines(True))
-        self.assertIn(indented, docs)
+        assertShownIn(self, SOURCE, os.path.join("docs", "plugins.rst"))
 
     def test_reload(self) -> None:
         """

@@ -28,7 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests import rspamd as harness
 from tests.e2e import RunningServer, SharedProcessesTestCase, freePort, headerBlock
-from tests.helpers import message, unique, waitUntil
+from tests.helpers import message, unique
 
 # Every blocking operation of a client is bounded by this.
 TIMEOUT = 15
@@ -87,20 +87,6 @@ def junkMessages(server: RunningServer, domain: str, user: str) -> list[bytes]:
     return found
 
 
-def logLine(server: RunningServer, text: str) -> str:
-    """
-    The transaction log line that mentions C{text}.
-    """
-    def lines() -> list[str]:
-        """
-        The transaction lines with C{text}.
-        """
-        return [l for l in server.log().splitlines() if text in l and "result=" in l]
-
-    waitUntil(lambda: bool(lines()), timeout=10)
-    return lines()[-1]
-
-
 class RspamdServerTests(SharedProcessesTestCase):
     """
     One private rspamd and one server asking it, for the whole class.
@@ -139,7 +125,7 @@ class RspamdServerTests(SharedProcessesTestCase):
         self.assertEqual(filesUnder(os.path.join(maildir, "new")), [])
         self.assertEqual(filesUnder(os.path.join(maildir, ".Junk", "new")), [])
         self.assertEqual(filesUnder(os.path.join(self.server.dir, "queue")), [])
-        self.assertIn("filters=[rspamd 550 5.7.1] result=550", logLine(self.server, user))
+        self.assertIn("filters=[rspamd 550 5.7.1] result=550", self.server.transactionLine(user))
 
     def test_addHeaderJunk(self):
         """
@@ -158,7 +144,7 @@ class RspamdServerTests(SharedProcessesTestCase):
         self.assertRegex(block, rb"\nX-Spam-Score: \d+\.\d\d\n")
         self.assertLess(block.index(b"Received:"), block.index(b"X-Spam:"))
         self.assertEqual(self.server.newMessages("localhost", user), [])
-        self.assertIn("filters=[rspamd junk]", logLine(self.server, user))
+        self.assertIn("filters=[rspamd junk]", self.server.transactionLine(user))
 
     def test_hamInbox(self):
         """
@@ -175,7 +161,7 @@ class RspamdServerTests(SharedProcessesTestCase):
         self.assertRegex(block, rb"\nX-Spam-Score: -?\d+\.\d\d\n")
         self.assertNotIn(b"X-Spam: ", block)
         self.assertEqual(junkMessages(self.server, "localhost", user), [])
-        self.assertIn("filters=[rspamd accept]", logLine(self.server, user))
+        self.assertIn("filters=[rspamd accept]", self.server.transactionLine(user))
 
     def test_trustedNotFiltered(self):
         """
@@ -189,7 +175,7 @@ class RspamdServerTests(SharedProcessesTestCase):
         [stored] = self.server.newMessages("localhost", user)
         self.assertNotIn(b"X-Spam", headerBlock(stored))
         self.assertIn(harness.GTUBE, stored)
-        self.assertNotIn("filters=", logLine(self.server, user))
+        self.assertNotIn("filters=", self.server.transactionLine(user))
 
 
 class SilentServer:
@@ -263,7 +249,7 @@ class RspamdFailureTests(SynchronousTestCase):
         self.assertEqual(code, 250, text)
         [stored] = server.newMessages("localhost", user)
         self.assertNotIn(b"X-Spam", headerBlock(stored))
-        self.assertIn("filters=[rspamd failed] result=250", logLine(server, user))
+        self.assertIn("filters=[rspamd failed] result=250", server.transactionLine(user))
         self.assertIn("filter 'rspamd' failed", server.log())
         self.assertIn("ConnectionRefusedError", server.log())
 
