@@ -34,7 +34,7 @@ import threading
 from typing import Callable, Optional, Sequence
 
 from tests.e2e import environment
-from tests.process import RunningProcess, logMatches
+from tests.process import MaildirPeer, RunningProcess, logMatches
 
 PLAIN_LOCAL_PART = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,63}\Z")
 PLAIN_DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\Z")
@@ -175,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-class AiosmtpdServer:
+class AiosmtpdServer(MaildirPeer):
     """
     The aiosmtpd peer, running.
 
@@ -194,25 +194,6 @@ class AiosmtpdServer:
         self.maildirs = maildirs
         self.domain = domain
         self.port = 0
-
-    @property
-    def pid(self) -> int:
-        """
-        Its process ID.
-        """
-        return self.runner.pid
-
-    def stop(self) -> None:
-        """
-        SIGTERM, then SIGKILL; idempotent.
-        """
-        self.runner.stop()
-
-    def maildir(self, user: str) -> str:
-        """
-        The Maildir of C{user@domain}.
-        """
-        return os.path.join(self.maildirs, self.domain, user)
 
     def output(self) -> str:
         """

@@ -32,7 +32,7 @@ import subprocess
 from typing import Callable, Iterable, Optional
 
 from tests.certs import makeAuthority, makeServerCertificate
-from tests.process import RunningProcess, acceptsConnections
+from tests.process import MaildirPeer, RunningProcess, acceptsConnections
 
 CHASQUID = "/usr/bin/chasquid"
 MAILDROP = "/usr/bin/maildrop"
@@ -97,7 +97,7 @@ mail_log_path: "{mailLog}"
 """
 
 
-class Chasquid:
+class Chasquid(MaildirPeer):
     """
     A running private chasquid.
 
@@ -174,25 +174,6 @@ class Chasquid:
         addCleanup(instance.stop)
         instance.runner.launch(acceptsConnections(host, port), timeout)
         return instance
-
-    @property
-    def pid(self) -> int:
-        """
-        chasquid's process ID (the delivery agents are its children).
-        """
-        return self.runner.pid
-
-    def stop(self) -> None:
-        """
-        SIGTERM, then SIGKILL; idempotent.
-        """
-        self.runner.stop()
-
-    def maildir(self, user: str) -> str:
-        """
-        The Maildir of C{user@domain}.
-        """
-        return os.path.join(self.maildirs, self.domain, user)
 
     def output(self) -> str:
         """

@@ -15,7 +15,7 @@ import re
 import subprocess
 from typing import Callable, Iterable, Optional, Sequence
 
-from tests.process import RunningProcess, acceptsConnections
+from tests.process import MaildirPeer, RunningProcess, acceptsConnections
 from tests.proctree import stopGroup
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -169,7 +169,7 @@ def privatePostfixMissing() -> str:
     return ""
 
 
-class PrivatePostfix:
+class PrivatePostfix(MaildirPeer):
     """
     A Postfix instance of its own: configuration, queue and Maildirs in
     one directory, its master process (C{master -d}, in the foreground)
@@ -259,13 +259,6 @@ class PrivatePostfix:
         instance.runner.launch(acceptsConnections(host, port), timeout)
         return instance
 
-    @property
-    def pid(self) -> int:
-        """
-        The master's process ID (the daemons are its children).
-        """
-        return self.runner.pid
-
     def stop(self) -> None:
         """
         SIGTERM to the master, which ends its daemons; then, by PID, any
@@ -275,12 +268,6 @@ class PrivatePostfix:
             return
         self.runner.stop()
         stopGroup(self.runner.pid)
-
-    def maildir(self, user: str) -> str:
-        """
-        The Maildir of C{user@domain}.
-        """
-        return os.path.join(self.maildirs, self.domain, user)
 
     def output(self) -> str:
         """

@@ -218,6 +218,41 @@ class RunningProcess:
         return readLog(self.logPath) + (readLog(self.stderrPath) if self.stderrPath else "")
 
 
+
+class MaildirPeer:
+    """
+    A mail server the benchmark and the tests run beside smtpmx (a private
+    Postfix, chasquid, aiosmtpd), filing into Maildirs
+    C{<maildirs>/<domain>/<user>/}: what every one of them answers.
+
+    @ivar runner: its L{RunningProcess}.
+    @ivar maildirs: the root of its Maildirs.
+    @ivar domain: the domain it receives for.
+    """
+
+    runner: RunningProcess
+    maildirs: str
+    domain: str
+
+    @property
+    def pid(self) -> int:
+        """
+        Its (first) process ID; any other process of it is a child.
+        """
+        return self.runner.pid
+
+    def stop(self) -> None:
+        """
+        SIGTERM, then SIGKILL; idempotent.
+        """
+        self.runner.stop()
+
+    def maildir(self, user: str) -> str:
+        """
+        The Maildir of C{user@domain}.
+        """
+        return os.path.join(self.maildirs, self.domain, user)
+
 def logMatches(pattern: str | re.Pattern) -> Callable[[RunningProcess], Optional[re.Match]]:
     """
     A readiness check for L{RunningProcess.launch}: the current run has
